@@ -1,0 +1,20 @@
+# Compile settings for the project's own targets (tests, examples, benchmarks).
+# Nothing here reaches users of the bilevel::bilevel target.
+
+# bilevel_own_target(<target> [NATIVE]): warnings as errors, -O3 in Release, optional
+# -march=native and sanitizers.
+function(bilevel_own_target target)
+  cmake_parse_arguments(ARG "NATIVE" "" "" ${ARGN})
+  target_link_libraries(${target} PRIVATE bilevel::bilevel)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Werror
+                         $<$<CONFIG:Release>:-O3>)
+  if(ARG_NATIVE AND BILEVEL_NATIVE)
+    # GCC 12 reports false -Wmaybe-uninitialized inside its own AVX-512 headers.
+    target_compile_options(${target} PRIVATE -march=native -Wno-maybe-uninitialized)
+  endif()
+  if(BILEVEL_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer
+                           -fno-sanitize-recover=all)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
+endfunction()

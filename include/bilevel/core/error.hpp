@@ -1,0 +1,67 @@
+#pragma once
+// Exception hierarchy: every message names the function, the expected and the actual value.
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "types.hpp"
+
+namespace bilevel {
+
+/// Base of every error the library throws for bad input.
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+/// Matrix or layer shapes that do not fit together.
+class shape_error : public error {
+ public:
+  using error::error;
+};
+/// Data files that are missing, truncated or malformed.
+class data_error : public error {
+ public:
+  using error::error;
+};
+/// NaN or Inf where a finite number is required.
+class numeric_error : public error {
+ public:
+  using error::error;
+};
+/// Parameters outside their valid range (beta <= 0, batch 0, unknown names, ...).
+class config_error : public error {
+ public:
+  using error::error;
+};
+
+namespace detail {
+
+template <class... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+/// Throws shape_error unless `rows x cols` equals the expected shape.
+inline void require_shape(std::string_view function, std::string_view what, Index expected_rows,
+                          Index expected_cols, Index rows, Index cols) {
+  if (rows != expected_rows || cols != expected_cols) {
+    throw shape_error(concat(function, ": ", what, " must be ", expected_rows, "x", expected_cols,
+                             ", got ", rows, "x", cols));
+  }
+}
+
+/// Throws config_error unless `condition` holds; `expected` says what was required.
+template <class Value>
+void require(bool condition, std::string_view function, std::string_view what,
+             std::string_view expected, const Value& actual) {
+  if (!condition) {
+    throw config_error(concat(function, ": ", what, " must be ", expected, ", got ", actual));
+  }
+}
+
+}  // namespace detail
+}  // namespace bilevel
