@@ -1,0 +1,13 @@
+#pragma once
+// Every built-in activation pair, the ActivationPair concept and the numerical checker.
+
+#include "check.hpp"
+#include "concept.hpp"
+#include "hard_sigmoid.hpp"
+#include "hard_tanh.hpp"
+#include "identity.hpp"
+#include "leaky_relu.hpp"
+#include "relu.hpp"
+#include "sigmoid.hpp"
+#include "softmax.hpp"
+#include "tanh.hpp"

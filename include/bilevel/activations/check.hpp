@@ -1,0 +1,157 @@
+#pragma once
+// Numerical checks of an activation pair against the identities of METHODS.md §2, for built-in
+// and user-defined pairs alike:
+//   Fenchel-Young      G(a) + G*(z) - <z, a> >= 0 for any a, z, and = 0 at z = f(a)
+//   gradient           f = dG, by central differences of G
+//   VJP                <J_f(a)^T u, v> = <u, d/dh f(a + h v)>, by central differences of f
+//   inverse map        f(grad_conj(z)) = z on the range of f
+//   prox               z = prox_{tG*}(v) satisfies z = f((v - z) / t)  (Moreau's identity)
+// Finite differences are skipped where the forward and backward differences disagree (a kink
+// between the sample points), since f and G are only piecewise smooth.
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../core/random.hpp"
+#include "../core/types.hpp"
+#include "concept.hpp"
+
+namespace bilevel {
+
+struct pair_check_options {
+  Index dimension = 6;      ///< rows of the sample matrices (softmax: the simplex dimension)
+  Index samples = 40;       ///< columns of the sample matrices
+  double scale = 3.0;       ///< pre-activations are drawn uniformly from [-scale, scale]
+  double tolerance = 1e-6;  ///< relative tolerance of every identity
+  double step = 1e-6;       ///< finite-difference step
+  std::uint64_t seed = 7;
+};
+
+struct pair_check_report {
+  std::vector<std::string> failures;
+  bool ok() const { return failures.empty(); }
+  std::string summary() const {
+    std::ostringstream out;
+    for (const auto& line : failures) out << line << '\n';
+    return out.str();
+  }
+};
+
+namespace detail {
+
+template <class S>
+Matrix<S> uniform_matrix(random_source& random, Index rows, Index cols, double scale) {
+  Matrix<S> m(rows, cols);
+  for (Index j = 0; j < cols; ++j)
+    for (Index i = 0; i < rows; ++i) m(i, j) = S(random.uniform(-scale, scale));
+  return m;
+}
+
+template <class S>
+bool close(S actual, S expected, double tolerance) {
+  return std::abs(actual - expected) <= tolerance * std::max<S>(S(1), std::abs(expected));
+}
+
+}  // namespace detail
+
+/// Runs every check on `pair` in scalar type S and lists what failed (empty when all hold).
+template <class S, ActivationPair<S> P>
+pair_check_report check_activation_pair(const P& pair, const pair_check_options& options = {}) {
+  pair_check_report report;
+  std::map<std::string, int> failures_per_check;  // a few examples of each failed identity
+  auto fail = [&](const std::string& what, Index i, Index j, S actual, S expected) {
+    if (++failures_per_check[what] > 3) return;
+    std::ostringstream line;
+    line << pair.name() << ": " << what << " at (" << i << "," << j << "): got " << actual
+         << ", expected " << expected;
+    report.failures.push_back(line.str());
+  };
+  random_source random(options.seed);
+  const Index n = options.dimension, m = options.samples;
+  const double tol = options.tolerance;
+  const S h = S(options.step);
+
+  const Matrix<S> a = detail::uniform_matrix<S>(random, n, m, options.scale);
+  Matrix<S> z(n, m);
+  activate<S>(pair, a, z);
+  const RowVector<S> G_a = potential<S>(pair, a);
+
+  // Fenchel-Young: equality on the graph of f, inequality against other points of the range.
+  const RowVector<S> conj_z = conjugate<S>(pair, z);
+  for (Index j = 0; j < m; ++j) {
+    const S gap = G_a(j) + conj_z(j) - z.col(j).dot(a.col(j));
+    if (!detail::close(gap, S(0), tol * (1 + std::abs(G_a(j)) + std::abs(conj_z(j)))))
+      fail("Fenchel-Young gap at z = f(a) is not 0", 0, j, gap, 0);
+  }
+  for (Index shift = 1; shift < 4; ++shift) {
+    for (Index j = 0; j < m; ++j) {
+      const Index k = (j + shift) % m;  // z from another sample: a point of the domain
+      const S gap = G_a(j) + conj_z(k) - z.col(k).dot(a.col(j));
+      if (gap < -tol * (1 + std::abs(G_a(j)) + std::abs(conj_z(k))))
+        fail("Fenchel-Young gap is negative", 0, j, gap, 0);
+    }
+  }
+
+  // f = dG by central differences, one coordinate at a time.
+  for (Index i = 0; i < n; ++i) {
+    Matrix<S> plus = a, minus = a;
+    plus.row(i).array() += h;
+    minus.row(i).array() -= h;
+    const RowVector<S> G_plus = potential<S>(pair, plus), G_minus = potential<S>(pair, minus);
+    for (Index j = 0; j < m; ++j) {
+      const S forward = (G_plus(j) - G_a(j)) / h, backward = (G_a(j) - G_minus(j)) / h;
+      if (!detail::close(forward, backward, 100 * tol)) continue;  // a kink in between
+      const S central = (G_plus(j) - G_minus(j)) / (2 * h);
+      if (!detail::close(z(i, j), central, 100 * tol)) fail("f != dG/da", i, j, z(i, j), central);
+    }
+  }
+
+  // VJP against directional finite differences of f.
+  {
+    const Matrix<S> u = detail::uniform_matrix<S>(random, n, m, 1.0);
+    const Matrix<S> v = detail::uniform_matrix<S>(random, n, m, 1.0);
+    Matrix<S> Ju(n, m), f_plus(n, m), f_minus(n, m);
+    vjp<S>(pair, a, u, Ju);
+    activate<S>(pair, Matrix<S>(a + h * v), f_plus);
+    activate<S>(pair, Matrix<S>(a - h * v), f_minus);
+    for (Index j = 0; j < m; ++j) {
+      const S forward = u.col(j).dot(f_plus.col(j) - z.col(j)) / h;
+      const S backward = u.col(j).dot(z.col(j) - f_minus.col(j)) / h;
+      if (!detail::close(forward, backward, 100 * tol)) continue;
+      const S central = u.col(j).dot(f_plus.col(j) - f_minus.col(j)) / (2 * h);
+      const S product = Ju.col(j).dot(v.col(j));
+      if (!detail::close(product, central, 100 * tol))
+        fail("<J^T u, v> != finite difference of f", 0, j, product, central);
+    }
+  }
+
+  // The inverse map: f(grad_conj(z)) = z on the range of f.
+  {
+    Matrix<S> preimage(n, m), image(n, m);
+    grad_conj<S>(pair, z, preimage);
+    activate<S>(pair, preimage, image);
+    for (Index j = 0; j < m; ++j)
+      for (Index i = 0; i < n; ++i)
+        if (!detail::close(image(i, j), z(i, j), 100 * tol))
+          fail("f(grad_conj(z)) != z", i, j, image(i, j), z(i, j));
+  }
+
+  // Prox optimality z = f((v - z)/t) for several step sizes t.
+  for (const S t : {S(0.1), S(1), S(10)}) {
+    const Matrix<S> v = detail::uniform_matrix<S>(random, n, m, options.scale);
+    Matrix<S> p(n, m), image(n, m);
+    prox_conj<S>(pair, v, t, p);
+    activate<S>(pair, Matrix<S>((v - p) / t), image);
+    for (Index j = 0; j < m; ++j)
+      for (Index i = 0; i < n; ++i)
+        if (!detail::close(image(i, j), p(i, j), 100 * tol))
+          fail("prox of t G* violates z = f((v - z)/t)", i, j, p(i, j), image(i, j));
+  }
+  return report;
+}
+
+}  // namespace bilevel

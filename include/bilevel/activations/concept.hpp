@@ -1,0 +1,196 @@
+#pragma once
+// What an activation pair is (METHODS.md §2), and the batch operations every method calls.
+//
+// A pair is a plain struct, no base class. It comes in one of two forms:
+//
+// * elementwise (most activations): scalar members
+//       name()            a string for serialisation and messages
+//       f(a)              the activation, f = G'
+//       df(a)             its derivative, 0 at kinks (ReLU'(0) = 0)
+//       G(a)              the convex potential
+//       G_conj(z)         its convex conjugate, +inf outside its domain
+//   and optionally, where a closed form exists (otherwise the library solves for them):
+//       grad_conj(z)      an element of dG*(z), i.e. some a with f(a) = z (the inverse map)
+//       prox_conj(v, t)   argmin_z t G*(z) + (z - v)^2 / 2
+//   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed.
+//
+// * columnwise (softmax): members over a batch (one sample per column)
+//       name(), f(A, Z), vjp(A, V, Out) = J_f(A)^T V, G(A) and G_conj(Z) per column,
+//       grad_conj(Z, Out), prox_conj(V, t, Out); inputs as MatrixCRef<S>, outputs as
+//       MatrixRef<S>, so blocks of columns pass without copies.
+//
+// The free functions below (activate, vjp, potential, conjugate, grad_conj, prox_conj,
+// fenchel_signal) give both forms one batch interface, so methods never care which it is.
+
+#include <cmath>
+#include <concepts>
+#include <limits>
+#include <string>
+
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+template <class P, class S>
+concept ElementwisePair = Scalar<S> && requires(const P& pair, S x) {
+  { pair.name() } -> std::convertible_to<std::string>;
+  { pair.f(x) } -> std::convertible_to<S>;
+  { pair.df(x) } -> std::convertible_to<S>;
+  { pair.G(x) } -> std::convertible_to<S>;
+  { pair.G_conj(x) } -> std::convertible_to<S>;
+};
+
+template <class P, class S>
+concept ColumnwisePair =
+    Scalar<S> && requires(const P& pair, const MatrixCRef<S>& in, MatrixRef<S> out, S t) {
+      { pair.name() } -> std::convertible_to<std::string>;
+      pair.f(in, out);
+      pair.vjp(in, in, out);
+      { pair.G(in) } -> std::convertible_to<RowVector<S>>;
+      { pair.G_conj(in) } -> std::convertible_to<RowVector<S>>;
+      pair.grad_conj(in, out);
+      pair.prox_conj(in, t, out);
+    };
+
+/// An activation f = grad G with its conjugate G*, usable by every method for scalar type S.
+/// If this fails for your struct, the compiler names the first missing member of
+/// ElementwisePair (name, f, df, G, G_conj taking and returning S).
+template <class P, class S>
+concept ActivationPair = ElementwisePair<P, S> || ColumnwisePair<P, S>;
+
+namespace detail {
+
+template <class P, class S>
+concept has_scalar_grad_conj = requires(const P& pair, S z) {
+  { pair.grad_conj(z) } -> std::convertible_to<S>;
+};
+template <class P, class S>
+concept has_scalar_prox_conj = requires(const P& pair, S v, S t) {
+  { pair.prox_conj(v, t) } -> std::convertible_to<S>;
+};
+template <class P, class S>
+concept has_f_expr = requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a) {
+  pair.f_expr(a);
+};
+template <class P, class S>
+concept has_df_expr = requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a) {
+  pair.df_expr(a);
+};
+/// Pairs with `static constexpr bool linear = true` (the identity) have f(a - b g) = f(a) - b g
+/// exactly, so the Fenchel BP signal is g itself with no rounding from the difference.
+template <class P>
+concept linear_pair = requires { requires P::linear; };
+
+/// Solves `t a + f(a) = v` for a (strictly increasing in a since f is monotone, t > 0) by
+/// bracketing and bisection; used where a pair gives no closed form.
+template <class S, class F>
+S solve_monotone(F&& h, S target) {
+  S low = -1, high = 1;
+  while (h(low) > target) low *= 2;
+  while (h(high) < target) high *= 2;
+  for (int i = 0; i < 200; ++i) {
+    const S mid = low + (high - low) / 2;
+    if (mid <= low || mid >= high) break;
+    (h(mid) < target ? low : high) = mid;
+  }
+  return low + (high - low) / 2;
+}
+
+}  // namespace detail
+
+/// z = f(a), column by column.
+template <class S, ActivationPair<S> P>
+void activate(const P& pair, const MatrixCRef<S>& a, MatrixRef<S> z) {
+  if constexpr (ColumnwisePair<P, S>) {
+    pair.f(a, z);
+  } else if constexpr (detail::has_f_expr<P, S>) {
+    z.array() = pair.f_expr(a.array());
+  } else {
+    z = a.unaryExpr([&pair](S x) { return S(pair.f(x)); });
+  }
+}
+
+/// out = J_f(a)^T v per column (elementwise pairs: f'(a) .* v).
+template <class S, ActivationPair<S> P>
+void vjp(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& v, MatrixRef<S> out) {
+  if constexpr (ColumnwisePair<P, S>) {
+    pair.vjp(a, v, out);
+  } else if constexpr (detail::has_df_expr<P, S>) {
+    out.array() = pair.df_expr(a.array()) * v.array();
+  } else {
+    out = a.binaryExpr(v, [&pair](S x, S w) { return S(pair.df(x)) * w; });
+  }
+}
+
+/// G(a) per sample (column).
+template <class S, ActivationPair<S> P>
+RowVector<S> potential(const P& pair, const MatrixCRef<S>& a) {
+  if constexpr (ColumnwisePair<P, S>) {
+    return pair.G(a);
+  } else {
+    return a.unaryExpr([&pair](S x) { return S(pair.G(x)); }).colwise().sum();
+  }
+}
+
+/// G*(z) per sample (column); +inf for a column outside the domain.
+template <class S, ActivationPair<S> P>
+RowVector<S> conjugate(const P& pair, const MatrixCRef<S>& z) {
+  if constexpr (ColumnwisePair<P, S>) {
+    return pair.G_conj(z);
+  } else {
+    return z.unaryExpr([&pair](S x) { return S(pair.G_conj(x)); }).colwise().sum();
+  }
+}
+
+/// out = an element of dG*(z): pre-activations a with f(a) = z (the inverse map).
+template <class S, ActivationPair<S> P>
+void grad_conj(const P& pair, const MatrixCRef<S>& z, MatrixRef<S> out) {
+  if constexpr (ColumnwisePair<P, S>) {
+    pair.grad_conj(z, out);
+  } else if constexpr (detail::has_scalar_grad_conj<P, S>) {
+    out = z.unaryExpr([&pair](S x) { return S(pair.grad_conj(x)); });
+  } else {
+    // f is monotone: the smallest t -> 0 limit of t a + f(a) = z picks a preimage of z.
+    const S tiny = std::sqrt(std::numeric_limits<S>::epsilon());
+    out = z.unaryExpr([&pair, tiny](S x) {
+      return detail::solve_monotone<S>([&pair, tiny](S a) { return tiny * a + S(pair.f(a)); }, x);
+    });
+  }
+}
+
+/// out = prox_{t G*}(v) = argmin_z t G*(z) + ||z - v||^2 / 2, per column.
+/// Optimality (Moreau): z = f((v - z) / t), which is what the pair checker verifies.
+template <class S, ActivationPair<S> P>
+void prox_conj(const P& pair, const MatrixCRef<S>& v, S t, MatrixRef<S> out) {
+  if constexpr (ColumnwisePair<P, S>) {
+    pair.prox_conj(v, t, out);
+  } else if constexpr (detail::has_scalar_prox_conj<P, S>) {
+    out = v.unaryExpr([&pair, t](S x) { return S(pair.prox_conj(x, t)); });
+  } else {
+    out = v.unaryExpr([&pair, t](S x) {
+      const S a = detail::solve_monotone<S>([&pair, t](S u) { return t * u + S(pair.f(u)); }, x);
+      return S(pair.f(a));
+    });
+  }
+}
+
+/// Fenchel BP error signal (METHODS.md §5.2): delta = (f(a) - f(a - beta g)) / beta, given the
+/// forward activation z = f(a). Exactly g for linear pairs.
+template <class S, ActivationPair<S> P>
+void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& z,
+                    const MatrixCRef<S>& g, S beta, MatrixRef<S> delta) {
+  if constexpr (detail::linear_pair<P>) {
+    delta = g;
+  } else if constexpr (ColumnwisePair<P, S>) {
+    const Matrix<S> perturbed = a - beta * g;
+    pair.f(MatrixCRef<S>(perturbed), delta);
+    delta = (z - delta) / beta;
+  } else if constexpr (detail::has_f_expr<P, S>) {
+    delta.array() = (z.array() - pair.f_expr(a.array() - beta * g.array())) / beta;
+  } else {
+    delta = z - (a - beta * g).unaryExpr([&pair](S x) { return S(pair.f(x)); });
+    delta /= beta;
+  }
+}
+
+}  // namespace bilevel

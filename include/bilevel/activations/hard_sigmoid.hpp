@@ -1,0 +1,33 @@
+#pragma once
+// Hard sigmoid: f(a) = clip(a, 0, 1) exactly (not the 0.2a + 0.5 variant);
+// G(a) = 0 (a < 0), a^2/2 (0 <= a <= 1), a - 1/2 (a > 1); G*(z) = z^2/2 on [0, 1] (METHODS.md §2).
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+namespace bilevel {
+
+struct hard_sigmoid {
+  std::string name() const { return "hard_sigmoid"; }
+  template <class S> S f(S a) const { return std::clamp(a, S(0), S(1)); }
+  template <class S> S df(S a) const { return a > 0 && a < 1 ? S(1) : S(0); }
+  template <class S> S G(S a) const { return a < 0 ? S(0) : a <= 1 ? a * a / 2 : a - S(0.5); }
+  template <class S> S G_conj(S z) const {
+    return z >= 0 && z <= 1 ? z * z / 2 : std::numeric_limits<S>::infinity();
+  }
+  /// At the ends of [0, 1], z itself lies in the normal cone plus z, so it is a valid element.
+  template <class S> S grad_conj(S z) const { return z; }
+  template <class S> S prox_conj(S v, S t) const { return std::clamp(v / (1 + t), S(0), S(1)); }
+
+  template <class A> auto f_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return a.max(S(0)).min(S(1));
+  }
+  template <class A> auto df_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return ((a > S(0)) && (a < S(1))).template cast<S>();
+  }
+};
+
+}  // namespace bilevel

@@ -1,0 +1,33 @@
+#pragma once
+// Hard tanh: f(a) = clip(a, -1, 1); G(a) = -a - 1/2 (a < -1), a^2/2 (|a| <= 1), a - 1/2 (a > 1);
+// G*(z) = z^2/2 on [-1, 1] (METHODS.md §2).
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace bilevel {
+
+struct hard_tanh {
+  std::string name() const { return "hard_tanh"; }
+  template <class S> S f(S a) const { return std::clamp(a, S(-1), S(1)); }
+  template <class S> S df(S a) const { return a > -1 && a < 1 ? S(1) : S(0); }
+  template <class S> S G(S a) const { return std::abs(a) <= 1 ? a * a / 2 : std::abs(a) - S(0.5); }
+  template <class S> S G_conj(S z) const {
+    return std::abs(z) <= 1 ? z * z / 2 : std::numeric_limits<S>::infinity();
+  }
+  template <class S> S grad_conj(S z) const { return z; }
+  template <class S> S prox_conj(S v, S t) const { return std::clamp(v / (1 + t), S(-1), S(1)); }
+
+  template <class A> auto f_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return a.max(S(-1)).min(S(1));
+  }
+  template <class A> auto df_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return ((a > S(-1)) && (a < S(1))).template cast<S>();
+  }
+};
+
+}  // namespace bilevel

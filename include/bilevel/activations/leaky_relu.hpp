@@ -1,0 +1,46 @@
+#pragma once
+// Leaky ReLU with slope s in (0, 1): f(a) = a (a >= 0) or s a; G(a) = a^2/2 or s a^2/2;
+// G*(z) = z^2/2 (z >= 0) or z^2/(2s) (METHODS.md §2). The slope is part of the pair's state.
+
+#include <sstream>
+#include <string>
+
+#include "../core/error.hpp"
+
+namespace bilevel {
+
+struct leaky_relu {
+  double slope = 0.01;
+
+  leaky_relu() = default;
+  explicit leaky_relu(double s) : slope(s) {
+    detail::require(s > 0 && s < 1, "leaky_relu", "slope", "in (0, 1)", s);
+  }
+
+  std::string name() const {
+    std::ostringstream out;
+    out << "leaky_relu(" << slope << ")";
+    return out.str();
+  }
+  template <class S> S f(S a) const { return a >= 0 ? a : S(slope) * a; }
+  template <class S> S df(S a) const { return a > 0 ? S(1) : S(slope); }
+  template <class S> S G(S a) const { return (a >= 0 ? S(1) : S(slope)) * a * a / 2; }
+  template <class S> S G_conj(S z) const { return (z >= 0 ? S(1) : 1 / S(slope)) * z * z / 2; }
+  template <class S> S grad_conj(S z) const { return z >= 0 ? z : z / S(slope); }
+  /// t G*'(z) + z = v on each branch: z = v/(1+t) for v >= 0, z = s v/(s+t) otherwise.
+  template <class S> S prox_conj(S v, S t) const {
+    return v >= 0 ? v / (1 + t) : S(slope) * v / (S(slope) + t);
+  }
+
+  template <class A> auto f_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return (a >= S(0)).select(a, S(slope) * a);
+  }
+  template <class A> auto df_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return (a > S(0)).select(A::Constant(a.rows(), a.cols(), S(1)),
+                             A::Constant(a.rows(), a.cols(), S(slope)));
+  }
+};
+
+}  // namespace bilevel

@@ -1,0 +1,31 @@
+#pragma once
+// ReLU: f(a) = max(a, 0), G(a) = [a]_+^2 / 2, G*(z) = z^2/2 for z >= 0, +inf otherwise
+// (METHODS.md §2). f'(0) is taken as 0 (BP's convention); Fenchel BP instead gets the
+// one-sided derivative at the kink (§4).
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+namespace bilevel {
+
+struct relu {
+  std::string name() const { return "relu"; }
+  template <class S> S f(S a) const { return std::max(a, S(0)); }
+  template <class S> S df(S a) const { return a > 0 ? S(1) : S(0); }
+  template <class S> S G(S a) const { return a > 0 ? a * a / 2 : S(0); }
+  template <class S> S G_conj(S z) const {
+    return z >= 0 ? z * z / 2 : std::numeric_limits<S>::infinity();
+  }
+  /// dG*(0) = (-inf, 0]; 0 is the element returned there.
+  template <class S> S grad_conj(S z) const { return z; }
+  template <class S> S prox_conj(S v, S t) const { return std::max(v / (1 + t), S(0)); }
+
+  template <class A> auto f_expr(const A& a) const { return a.max(typename A::Scalar(0)); }
+  template <class A> auto df_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return (a > S(0)).template cast<S>();
+  }
+};
+
+}  // namespace bilevel

@@ -1,0 +1,37 @@
+#pragma once
+// Logistic sigmoid: f(a) = 1/(1 + e^-a), G(a) = log(1 + e^a) (softplus),
+// G*(z) = z log z + (1 - z) log(1 - z) on [0, 1] with 0 log 0 = 0 (METHODS.md §2).
+// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace bilevel {
+
+struct sigmoid {
+  std::string name() const { return "sigmoid"; }
+  template <class S> S f(S a) const {
+    // Written through e^-|a| so that neither branch overflows.
+    const S e = std::exp(-std::abs(a));
+    return a >= 0 ? 1 / (1 + e) : e / (1 + e);
+  }
+  template <class S> S df(S a) const {
+    const S s = f(a);
+    return s * (1 - s);
+  }
+  template <class S> S G(S a) const { return std::max(a, S(0)) + std::log1p(std::exp(-std::abs(a))); }
+  template <class S> S G_conj(S z) const {
+    if (!(z >= 0 && z <= 1)) return std::numeric_limits<S>::infinity();
+    return xlogx(z) + xlogx(1 - z);
+  }
+  /// The logit; +-inf at the ends of [0, 1].
+  template <class S> S grad_conj(S z) const { return std::log(z) - std::log1p(-z); }
+
+  template <class A> auto f_expr(const A& a) const { return a.logistic(); }
+
+ private:
+  template <class S> static S xlogx(S x) { return x > 0 ? x * std::log(x) : S(0); }
+};
+
+}  // namespace bilevel

@@ -1,0 +1,111 @@
+#pragma once
+// Softmax per column: f(a) = softmax(a), G(a) = log sum exp(a), G*(z) = sum z log z on the
+// probability simplex, +inf off it (METHODS.md §2). Not elementwise: its VJP is the full
+// J^T v = z .* (v - <z, v>), and its prox needs a scalar multiplier per column.
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+struct softmax {
+  std::string name() const { return "softmax"; }
+
+  template <class S>
+  void f(const MatrixCRef<S>& a, MatrixRef<S> z) const {
+    for (Index j = 0; j < a.cols(); ++j) {
+      const S top = a.col(j).maxCoeff();
+      z.col(j) = (a.col(j).array() - top).exp().matrix();
+      z.col(j) /= z.col(j).sum();
+    }
+  }
+
+  template <class S>
+  void vjp(const MatrixCRef<S>& a, const MatrixCRef<S>& v, MatrixRef<S> out) const {
+    f<S>(a, out);
+    for (Index j = 0; j < a.cols(); ++j) {
+      const S inner = out.col(j).dot(v.col(j));
+      out.col(j).array() *= v.col(j).array() - inner;
+    }
+  }
+
+  template <class S>
+  RowVector<S> G(const MatrixCRef<S>& a) const {
+    RowVector<S> value(a.cols());
+    for (Index j = 0; j < a.cols(); ++j) {
+      const S top = a.col(j).maxCoeff();
+      value(j) = top + std::log((a.col(j).array() - top).exp().sum());
+    }
+    return value;
+  }
+
+  /// sum z log z where z is on the simplex (entries >= 0, sum within a relative tolerance of 1).
+  template <class S>
+  RowVector<S> G_conj(const MatrixCRef<S>& z) const {
+    RowVector<S> value(z.cols());
+    const S tolerance = simplex_tolerance<S>(z.rows());
+    for (Index j = 0; j < z.cols(); ++j) {
+      if ((z.col(j).array() < 0).any() || std::abs(z.col(j).sum() - 1) > tolerance) {
+        value(j) = std::numeric_limits<S>::infinity();
+        continue;
+      }
+      value(j) = z.col(j).unaryExpr([](S x) { return x > 0 ? x * std::log(x) : S(0); }).sum();
+    }
+    return value;
+  }
+
+  /// log z, an element of dG*(z) (unique up to adding a constant to every entry).
+  template <class S>
+  void grad_conj(const MatrixCRef<S>& z, MatrixRef<S> out) const {
+    out = z.array().log().matrix();
+  }
+
+  /// prox of t G* at v: KKT gives t log z_i + z_i = v_i - t - lambda, one monotone equation per
+  /// entry, with the multiplier lambda found by bisection so that the entries sum to 1.
+  template <class S>
+  void prox_conj(const MatrixCRef<S>& v, S t, MatrixRef<S> out) const {
+    for (Index j = 0; j < v.cols(); ++j) {
+      auto total = [&](S lambda) {
+        S sum = 0;
+        for (Index i = 0; i < v.rows(); ++i) sum += entry(v(i, j) - t - lambda, t);
+        return sum;
+      };
+      // sum_i z_i(lambda) decreases in lambda; bracket the root of sum = 1.
+      S low = -1, high = 1;
+      while (total(low) < 1) low = 2 * low - 1;
+      while (total(high) > 1) high = 2 * high + 1;
+      for (int iteration = 0; iteration < 200; ++iteration) {
+        const S mid = low + (high - low) / 2;
+        if (mid <= low || mid >= high) break;
+        (total(mid) > 1 ? low : high) = mid;
+      }
+      const S lambda = low + (high - low) / 2;
+      for (Index i = 0; i < v.rows(); ++i) out(i, j) = entry(v(i, j) - t - lambda, t);
+    }
+  }
+
+  template <class S>
+  static S simplex_tolerance(Index n) {
+    return std::max(S(1e-9), S(16) * S(n) * std::numeric_limits<S>::epsilon());
+  }
+
+ private:
+  /// The z > 0 with t log z + z = c: Newton on u = log z for t u + e^u = c (convex, increasing).
+  template <class S>
+  static S entry(S c, S t) {
+    S u = std::min(c / t, std::log(std::max(c, std::numeric_limits<S>::min())));
+    if (!std::isfinite(u)) u = c / t;
+    for (int iteration = 0; iteration < 100; ++iteration) {
+      const S e = std::exp(u);
+      const S step = (t * u + e - c) / (t + e);
+      u -= step;
+      if (std::abs(step) <= 4 * std::numeric_limits<S>::epsilon() * (1 + std::abs(u))) break;
+    }
+    return std::exp(u);
+  }
+};
+
+}  // namespace bilevel

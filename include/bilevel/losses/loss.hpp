@@ -1,0 +1,20 @@
+#pragma once
+// What an outer loss l(z_L, y) provides: per-sample values and per-sample gradients in z_L.
+
+#include <concepts>
+#include <string>
+
+#include "../core/types.hpp"
+#include "mse.hpp"
+#include "softmax_cross_entropy.hpp"
+
+namespace bilevel {
+
+template <class L, class S>
+concept OuterLoss = Scalar<S> && requires(const L& loss, const Matrix<S>& z, Matrix<S>& g) {
+  { loss.name() } -> std::convertible_to<std::string>;
+  { loss.template value<S>(z, z) } -> std::convertible_to<RowVector<S>>;
+  loss.template gradient<S>(z, z, g);
+};
+
+}  // namespace bilevel

@@ -1,0 +1,25 @@
+#pragma once
+// Squared error l(z, y) = ||z - y||^2 / 2 per sample (METHODS.md §1, §4); dl/dz = z - y.
+
+#include <string>
+
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+struct mse {
+  std::string name() const { return "mse"; }
+
+  template <class S>
+  RowVector<S> value(const MatrixCRef<S>& z, const MatrixCRef<S>& y) const {
+    return (z - y).colwise().squaredNorm() / S(2);
+  }
+
+  /// Per-sample gradient dl/dz (not divided by the batch size, METHODS.md §1).
+  template <class S>
+  void gradient(const MatrixCRef<S>& z, const MatrixCRef<S>& y, MatrixRef<S> g) const {
+    g = z - y;
+  }
+};
+
+}  // namespace bilevel

@@ -1,0 +1,39 @@
+#pragma once
+// Softmax cross-entropy on the output layer's values taken as logits (the output activation
+// folded into the loss, METHODS.md §1): l(a, y) = (sum y) logsumexp(a) - <y, a>, per sample.
+// Use it with an identity output pair; dl/da = softmax(a) (sum y) - y.
+
+#include <cmath>
+#include <string>
+
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+struct softmax_cross_entropy {
+  std::string name() const { return "softmax_cross_entropy"; }
+
+  template <class S>
+  RowVector<S> value(const MatrixCRef<S>& logits, const MatrixCRef<S>& y) const {
+    RowVector<S> out(logits.cols());
+    for (Index j = 0; j < logits.cols(); ++j) {
+      const S top = logits.col(j).maxCoeff();
+      const S lse = top + std::log((logits.col(j).array() - top).exp().sum());
+      out(j) = y.col(j).sum() * lse - y.col(j).dot(logits.col(j));
+    }
+    return out;
+  }
+
+  /// Per-sample gradient dl/dlogits (not divided by the batch size, METHODS.md §1).
+  template <class S>
+  void gradient(const MatrixCRef<S>& logits, const MatrixCRef<S>& y, MatrixRef<S> g) const {
+    for (Index j = 0; j < logits.cols(); ++j) {
+      const S top = logits.col(j).maxCoeff();
+      g.col(j) = (logits.col(j).array() - top).exp().matrix();
+      g.col(j) *= y.col(j).sum() / g.col(j).sum();
+      g.col(j) -= y.col(j);
+    }
+  }
+};
+
+}  // namespace bilevel

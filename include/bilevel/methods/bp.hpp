@@ -1,0 +1,35 @@
+#pragma once
+// Back-propagation (METHODS.md §5.1): penalizer coupling, top-down, linearised: the chain rule
+// delta_L = J_f(a_L)^T dl/dz_L, delta_k = J_f(a_k)^T W_{k+1}^T delta_{k+1}, with the derivative
+// taken as 0 at kinks (ReLU'(0) = 0).
+
+#include <string>
+
+#include "top_down.hpp"
+
+namespace bilevel {
+
+template <Scalar S>
+class bp {
+ public:
+  std::string name() const { return "bp"; }
+
+  /// Batch-mean gradient of the batch-mean loss; `gradient` gets the program's parameter layout.
+  template <class Program>
+  step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                       Vector<S>& gradient) {
+    return detail::top_down_gradient(
+        net, x, y, gradient, buffers_,
+        [](Index, const auto& pair, const Matrix<S>& a, const Matrix<S>&, const Matrix<S>& g,
+           Matrix<S>& delta) { vjp<S>(pair, a, g, delta); },
+        "bp::gradient");
+  }
+
+  /// The forward pass of the last batch.
+  const forward_state<S>& state() const { return buffers_.state; }
+
+ private:
+  detail::top_down_buffers<S> buffers_;
+};
+
+}  // namespace bilevel

@@ -1,0 +1,57 @@
+#pragma once
+// Fenchel back-propagation (METHODS.md §5.2; Zach 2021): the Fenchel coupling unravelled
+// top-down with the linearised surrogate at every level. With g_k the error arriving at z_k:
+//   z_k^beta = f(a_k - beta_k g_k),  delta_k = (z_k - z_k^beta) / beta_k,  g_{k-1} = W_k^T delta_k,
+// and dW_k = delta_k z_{k-1}^T / B with the forward z_{k-1}, not the perturbed one (Remark 2).
+// Same cost as BP; tends to BP as beta_k -> 0 (Corollary 2) and gives one-sided derivatives at
+// kinks (ReLU at a = 0: delta = min(g, 0)), which is what lets it leave the all-negative start.
+// An identity output layer (softmax folded into the loss) passes delta_L = dl/da_L unchanged.
+
+#include <string>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "top_down.hpp"
+
+namespace bilevel {
+
+template <Scalar S>
+class fenchel_bp {
+ public:
+  /// One spacing for every layer, or one per layer (k = 1..L), each > 0. Betas are per sample
+  /// (METHODS.md §1): the Fenchel BP paper's code uses B times these values.
+  explicit fenchel_bp(std::vector<S> betas) : betas_(std::move(betas)) {
+    detail::require(!betas_.empty(), "fenchel_bp", "the list of betas", "non-empty", "empty");
+    for (const S beta : betas_) detail::require(beta > 0, "fenchel_bp", "beta", "> 0", beta);
+  }
+  explicit fenchel_bp(S beta) : fenchel_bp(std::vector<S>{beta}) {}
+
+  std::string name() const { return "fenbp"; }
+  const std::vector<S>& betas() const { return betas_; }
+
+  /// beta of layer index k (0-based).
+  S beta(Index k) const { return betas_.size() == 1 ? betas_.front() : betas_[std::size_t(k)]; }
+
+  template <class Program>
+  step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                       Vector<S>& gradient) {
+    detail::require(betas_.size() == 1 || Index(betas_.size()) == net.depth(),
+                    "fenchel_bp::gradient", "the number of betas",
+                    detail::concat("1 or one per layer (", net.depth(), ")"), betas_.size());
+    return detail::top_down_gradient(
+        net, x, y, gradient, buffers_,
+        [this](Index k, const auto& pair, const Matrix<S>& a, const Matrix<S>& z,
+               const Matrix<S>& g, Matrix<S>& delta) {
+          fenchel_signal<S>(pair, a, z, g, beta(k), delta);
+        },
+        "fenchel_bp::gradient");
+  }
+
+  const forward_state<S>& state() const { return buffers_.state; }
+
+ private:
+  std::vector<S> betas_;
+  detail::top_down_buffers<S> buffers_;
+};
+
+}  // namespace bilevel

@@ -1,0 +1,49 @@
+#pragma once
+// The method interface. A method is a generic algorithm over any program: given a batch
+// (x, y), it either returns a gradient estimate for any optimizer (GradientMethod), or takes a
+// training step of its own, such as a block-coordinate update of the weights (StepMethod);
+// methods that are both expose both. Methods keep their own work buffers, sized on first use
+// and reused for every later batch of the same size.
+
+#include <cmath>
+#include <concepts>
+#include <limits>
+#include <string>
+
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+/// What one step reports: the batch-mean loss at the forward pass, the number of correctly
+/// classified samples (argmax of the output against argmax of y), and for iterative methods
+/// how their inner solver ended (NaN / 0 where a method has no inner solver).
+struct step_report {
+  double loss = 0;
+  Index correct = 0;
+  double inner_residual = std::numeric_limits<double>::quiet_NaN();
+  Index inner_iterations = 0;
+  double inner_energy = std::numeric_limits<double>::quiet_NaN();
+};
+
+template <class M, class Program>
+concept GradientMethod = requires(M& method, const Program& net,
+                                  const Matrix<typename Program::scalar_type>& batch,
+                                  Vector<typename Program::scalar_type>& gradient) {
+  { method.name() } -> std::convertible_to<std::string>;
+  { method.gradient(net, batch, batch, gradient) } -> std::same_as<step_report>;
+};
+
+/// Samples whose largest output coincides with the largest target entry.
+template <class S>
+Index count_correct(const MatrixCRef<S>& output, const MatrixCRef<S>& y) {
+  Index correct = 0;
+  for (Index j = 0; j < output.cols(); ++j) {
+    Index predicted = 0, expected = 0;
+    output.col(j).maxCoeff(&predicted);
+    y.col(j).maxCoeff(&expected);
+    correct += predicted == expected;
+  }
+  return correct;
+}
+
+}  // namespace bilevel

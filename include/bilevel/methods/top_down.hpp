@@ -1,0 +1,70 @@
+#pragma once
+// The top-down, linearised unravelling shared by BP and Fenchel BP (METHODS.md §5.1, §5.2):
+// an error g_L = dl/dz_L enters the top layer; each layer turns the error g_k arriving at z_k
+// into a pre-activation signal delta_k (the method's choice), contributes the batch means
+// dW_k = delta_k z_{k-1}^T / B and db_k = sum_cols(delta_k) / B, and passes
+// g_{k-1} = W_k^T delta_k down.
+
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../program.hpp"
+#include "method.hpp"
+
+namespace bilevel::detail {
+
+template <Scalar S>
+struct top_down_buffers {
+  forward_state<S> state;
+  std::vector<Matrix<S>> error;  ///< error[k]: g arriving at z_{k+1}
+  std::vector<Matrix<S>> delta;  ///< delta[k]: signal at a_{k+1}
+};
+
+/// Runs forward, loss and the top-down sweep; `signal(k, pair, a, z, g, delta)` computes layer
+/// k's (0-based) delta from its error g. Writes the batch-mean gradient into `gradient`.
+template <class Program, class Signal>
+step_report top_down_gradient(const Program& net, const MatrixCRef<typename Program::scalar_type>& x,
+                              const MatrixCRef<typename Program::scalar_type>& y,
+                              Vector<typename Program::scalar_type>& gradient,
+                              top_down_buffers<typename Program::scalar_type>& buffers,
+                              Signal&& signal, const char* function) {
+  using S = typename Program::scalar_type;
+  require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
+  require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+  if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
+
+  const Index L = net.depth(), B = x.cols();
+  net.forward(x, buffers.state);
+  const auto& a = buffers.state.a;
+  const auto& z = buffers.state.z;
+  buffers.error.resize(std::size_t(L));
+  buffers.delta.resize(std::size_t(L));
+
+  step_report report;
+  report.loss = double(net.loss_values(z.back(), y).mean());
+  report.correct = count_correct<S>(z.back(), y);
+
+  Matrix<S>& top_error = buffers.error.back();
+  top_error.resize(net.output_size(), B);
+  net.loss().template gradient<S>(z.back(), y, top_error);
+
+  const S inverse_batch = S(1) / S(B);
+  for (Index k = L - 1; k >= 0; --k) {
+    const auto index = std::size_t(k);
+    Matrix<S>& delta = buffers.delta[index];
+    delta.resize(a[index].rows(), B);
+    net.layer(k).visit([&](const auto& pair) {
+      signal(k, pair, a[index], z[index + 1], buffers.error[index], delta);
+    });
+    net.layer(k).weights(gradient).noalias() = inverse_batch * delta * z[index].transpose();
+    net.layer(k).bias(gradient) = inverse_batch * delta.rowwise().sum();
+    if (k > 0) {
+      Matrix<S>& below = buffers.error[index - 1];
+      below.resize(a[index - 1].rows(), B);
+      below.noalias() = net.weights(k).transpose() * delta;
+    }
+  }
+  return report;
+}
+
+}  // namespace bilevel::detail

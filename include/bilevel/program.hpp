@@ -1,0 +1,156 @@
+#pragma once
+// The nested program (METHODS.md §1): layers k = 1..L with a_k = W_k z_{k-1} + b_k and
+// z_k = f_k(a_k), z_0 = x, and an outer loss l(z_L, y). Depth is a runtime value; each layer's
+// activation pair is one of the types `Pairs...`, fixed at compile time (no per-element dispatch).
+//
+// All parameters live in one flat buffer laid out as [W_1 .. W_L | b_1 .. b_L]: the weights
+// form a prefix, which is what weight decay applies to. A gradient is a flat buffer with the
+// same layout (see weights() / bias() with a buffer argument).
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "activations/concept.hpp"
+#include "activations/identity.hpp"
+#include "core/error.hpp"
+#include "core/types.hpp"
+#include "layers/dense.hpp"
+#include "losses/loss.hpp"
+
+namespace bilevel {
+
+/// Pre-activations a_1..a_L and activations z_0..z_L of one batch (index k-1 for a_k, k for z_k).
+/// Buffers are reused across batches of the same size.
+template <Scalar S>
+struct forward_state {
+  std::vector<Matrix<S>> a;
+  std::vector<Matrix<S>> z;
+};
+
+template <Scalar S, class Loss, class... Pairs>
+class program {
+ public:
+  using scalar_type = S;
+  using loss_type = Loss;
+  using layer_type = dense_layer<S, Pairs...>;
+  using pair_type = typename layer_type::pair_type;
+
+  /// `sizes` = n_0, n_1, ..., n_L (input size first); `pairs` = the activation of layers 1..L.
+  program(const std::vector<Index>& sizes, std::vector<pair_type> pairs, Loss loss = {})
+      : loss_(std::move(loss)) {
+    detail::require(sizes.size() >= 2, "program", "the number of layer sizes", "at least 2",
+                    sizes.size());
+    const Index depth = Index(sizes.size()) - 1;
+    detail::require(Index(pairs.size()) == depth, "program", "the number of activation pairs",
+                    detail::concat("one per layer (", depth, ")"), pairs.size());
+    Index weight_total = 0, bias_total = 0;
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      detail::require(sizes[k] > 0, "program", detail::concat("layer size ", k), "> 0", sizes[k]);
+      if (k > 0) {
+        weight_total += sizes[k] * sizes[k - 1];
+        bias_total += sizes[k];
+      }
+    }
+    Index weight_offset = 0, bias_offset = weight_total;
+    for (Index k = 0; k < depth; ++k) {
+      layers_.emplace_back(sizes[k], sizes[k + 1], std::move(pairs[k]), weight_offset,
+                           bias_offset);
+      weight_offset += sizes[k] * sizes[k + 1];
+      bias_offset += sizes[k + 1];
+    }
+    weight_count_ = weight_total;
+    parameters_ = Vector<S>::Zero(weight_total + bias_total);
+  }
+
+  Index depth() const { return Index(layers_.size()); }
+  Index input_size() const { return layers_.front().inputs(); }
+  Index output_size() const { return layers_.back().outputs(); }
+  /// Layer k = 1..L is layer(k - 1).
+  const layer_type& layer(Index index) const { return layers_[std::size_t(index)]; }
+  const std::vector<layer_type>& layers() const { return layers_; }
+  const Loss& loss() const { return loss_; }
+
+  Vector<S>& parameters() { return parameters_; }
+  const Vector<S>& parameters() const { return parameters_; }
+  Index parameter_count() const { return parameters_.size(); }
+  /// Length of the weight prefix of the flat buffer (the part weight decay applies to).
+  Index weight_count() const { return weight_count_; }
+
+  MatrixMap<S> weights(Index index) { return layer(index).weights(parameters_); }
+  ConstMatrixMap<S> weights(Index index) const { return layer(index).weights(parameters_); }
+  VectorMap<S> bias(Index index) { return layer(index).bias(parameters_); }
+  ConstVectorMap<S> bias(Index index) const { return layer(index).bias(parameters_); }
+
+  /// A zero buffer with the layout of the parameters (for gradients).
+  Vector<S> zero_like_parameters() const { return Vector<S>::Zero(parameter_count()); }
+
+  /// Forward pass: a_k = W_k z_{k-1} + b_k, z_k = f_k(a_k), with z_0 = x.
+  void forward(const MatrixCRef<S>& x, forward_state<S>& state) const {
+    detail::require_shape("program::forward", "x", input_size(), x.cols(), x.rows(), x.cols());
+    const std::size_t L = layers_.size();
+    state.a.resize(L);
+    state.z.resize(L + 1);
+    state.z[0] = x;
+    for (std::size_t k = 0; k < L; ++k) {
+      affine(Index(k), state.z[k], state.a[k]);
+      state.z[k + 1].resize(state.a[k].rows(), state.a[k].cols());
+      layers_[k].visit([&](const auto& pair) { activate<S>(pair, state.a[k], state.z[k + 1]); });
+    }
+  }
+
+  /// a = W_k z_prev + b_k for layer index `index` (0-based).
+  void affine(Index index, const MatrixCRef<S>& z_prev, Matrix<S>& a) const {
+    a.resize(layer(index).outputs(), z_prev.cols());
+    a.noalias() = weights(index) * z_prev;
+    a.colwise() += bias(index);
+  }
+
+  /// Per-sample outer loss l(z_L, y).
+  RowVector<S> loss_values(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y) const {
+    detail::require_shape("program::loss_values", "y", z_out.rows(), z_out.cols(), y.rows(),
+                          y.cols());
+    return loss_.template value<S>(z_out, y);
+  }
+
+  /// Per-sample inner objectives E_k(z_k, z_{k-1}) under `Coupling` (METHODS.md §3) for a state
+  /// z_0..z_L: row k-1 holds layer k's energies, one column per sample.
+  template <class Coupling>
+  Matrix<S> layer_energies(const std::vector<Matrix<S>>& z) const {
+    detail::require(z.size() == layers_.size() + 1, "program::layer_energies",
+                    "the number of states", detail::concat(layers_.size() + 1), z.size());
+    Matrix<S> energies(depth(), z[0].cols());
+    Matrix<S> a;
+    for (Index k = 0; k < depth(); ++k) {
+      affine(k, z[std::size_t(k)], a);
+      layer(k).visit([&](const auto& pair) {
+        energies.row(k) = Coupling::template value<S>(pair, z[std::size_t(k + 1)], a);
+      });
+    }
+    return energies;
+  }
+
+ private:
+  std::vector<layer_type> layers_;
+  Loss loss_;
+  Vector<S> parameters_;
+  Index weight_count_ = 0;
+};
+
+/// The usual classifier: hidden layers with pair `Hidden`, an identity output layer whose values
+/// the loss reads as logits (softmax cross-entropy by default).
+template <Scalar S, class Hidden, class Loss = softmax_cross_entropy>
+using mlp = program<S, Loss, Hidden, identity>;
+
+template <Scalar S, class Hidden, class Loss = softmax_cross_entropy>
+mlp<S, Hidden, Loss> make_mlp(const std::vector<Index>& sizes, Hidden hidden = {},
+                              Loss loss = {}) {
+  using pair_type = typename mlp<S, Hidden, Loss>::pair_type;
+  detail::require(sizes.size() >= 2, "make_mlp", "the number of layer sizes", "at least 2",
+                  sizes.size());
+  std::vector<pair_type> pairs(sizes.size() - 2, pair_type(hidden));
+  pairs.emplace_back(identity{});
+  return mlp<S, Hidden, Loss>(sizes, std::move(pairs), std::move(loss));
+}
+
+}  // namespace bilevel

@@ -1,0 +1,175 @@
+// Fenchel BP (METHODS.md §5.2): the beta -> 0 limit per class of activation pair (Corollary 2),
+// one-sided derivatives at a ReLU kink (§4), Remark 2's weight gradient, per-layer betas.
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <limits>
+
+#include "bilevel/activations/activations.hpp"
+#include "bilevel/methods/bp.hpp"
+#include "bilevel/methods/fenchel_bp.hpp"
+#include "helpers.hpp"
+
+using namespace bilevel;
+using namespace bilevel::testing;
+
+namespace {
+
+template <class Pair>
+struct fixture {
+  random_source random{21};
+  mlp<double, Pair> net = make_mlp<double, Pair>({5, 8, 6, 4});
+  Matrix<double> x, y;
+  Vector<double> bp_gradient;
+  fixture() {
+    randomize(net, random);
+    x = random_matrix<double>(random, 5, 10);
+    y = random_one_hot<double>(random, 4, 10);
+    bp<double>{}.gradient(net, x, y, bp_gradient);
+  }
+  double error_at(double beta) {
+    Vector<double> gradient;
+    fenchel_bp<double>(beta).gradient(net, x, y, gradient);
+    return relative_error(gradient, bp_gradient);
+  }
+};
+
+/// Largest beta below which no perturbed pre-activation a - beta g of a hidden layer crosses a
+/// kink, with g the BP errors (METHODS.md §5.2): min over units of (a - kink) / g.
+template <class Pair>
+double kink_crossing_threshold(const mlp<double, Pair>& net, const Matrix<double>& x,
+                               const Matrix<double>& y, const std::vector<double>& kinks) {
+  forward_state<double> state;
+  net.forward(x, state);
+  Matrix<double> g(net.output_size(), x.cols());
+  net.loss().template gradient<double>(state.z.back(), y, g);
+  double threshold = std::numeric_limits<double>::infinity();
+  for (Index k = net.depth() - 1; k >= 1; --k) {
+    Matrix<double> delta(g.rows(), g.cols());
+    net.layer(k).visit([&](const auto& pair) { vjp<double>(pair, state.a[std::size_t(k)], g, delta); });
+    g = net.weights(k).transpose() * delta;  // error arriving at z_k, layer index k - 1
+    const Matrix<double>& a = state.a[std::size_t(k - 1)];
+    for (Index j = 0; j < a.cols(); ++j)
+      for (Index i = 0; i < a.rows(); ++i)
+        for (const double kink : kinks) {
+          const double ratio = (a(i, j) - kink) / g(i, j);
+          if (ratio > 0) threshold = std::min(threshold, ratio);
+        }
+  }
+  return threshold;
+}
+
+}  // namespace
+
+TEST_CASE("identity pairs: Fenchel BP equals BP for every beta", "[fenbp]") {
+  fixture<identity> f;
+  for (const double beta : {1e-6, 0.1, 1.0, 10.0, 1000.0}) {
+    INFO("beta = " << beta);
+    CHECK(f.error_at(beta) < 1e-12);
+  }
+}
+
+TEMPLATE_TEST_CASE_SIG("piecewise-linear pairs: Fenchel BP equals BP below the kink-crossing "
+                       "threshold and differs above it",
+                       "[fenbp]", ((class Pair, int kink_set), Pair, kink_set),
+                       (relu, 0), (leaky_relu, 0), (hard_sigmoid, 1), (hard_tanh, 2)) {
+  const std::vector<double> kinks = kink_set == 0   ? std::vector<double>{0.0}
+                                    : kink_set == 1 ? std::vector<double>{0.0, 1.0}
+                                                    : std::vector<double>{-1.0, 1.0};
+  fixture<Pair> f;
+  const double threshold = kink_crossing_threshold(f.net, f.x, f.y, kinks);
+  INFO("threshold = " << threshold);
+  REQUIRE(threshold > 1e-6);
+  REQUIRE(std::isfinite(threshold));
+  // Below: exact up to the rounding of (z - f(a - beta g)) / beta.
+  CHECK(f.error_at(0.9 * threshold) < 1e-9);
+  CHECK(f.error_at(1e-3 * threshold) < 1e-9);
+  // Well above: some units cross a kink and the signal changes by O(1) on them.
+  CHECK(f.error_at(20 * threshold) > 1e-4);
+}
+
+TEMPLATE_TEST_CASE("smooth pairs: Fenchel BP differs from BP by O(beta)", "[fenbp]", sigmoid,
+                   tanh_pair, softmax) {
+  fixture<TestType> f;
+  const double e1 = f.error_at(1e-2), e2 = f.error_at(1e-3), e3 = f.error_at(1e-4);
+  INFO("errors " << e1 << " " << e2 << " " << e3);
+  CHECK(e3 < 1e-3);
+  // Slope of log(error) against log(beta): 1 for a first-order method.
+  const double slope = std::log10(e1 / e3) / 2;
+  CHECK(slope == Approx(1.0).margin(0.1));
+}
+
+TEST_CASE("at a ReLU kink Fenchel BP gives the one-sided derivative min(g, 0)", "[fenbp]") {
+  // One sample; hidden unit 0 has a = 0 exactly (zero weights and bias).
+  auto net = make_mlp<double, relu, mse>({2, 2, 1});
+  net.weights(0) << 0.0, 0.0, 0.5, -0.3;
+  net.bias(0) << 0.0, 0.1;
+  net.weights(1) << 1.5, 0.8;
+  net.bias(1) << 0.0;
+  Matrix<double> x(2, 1);
+  x << 0.7, 0.2;
+  for (const double target : {-1.0, 1.0}) {
+    Matrix<double> y(1, 1);
+    y << target;
+    forward_state<double> state;
+    net.forward(x, state);
+    const double g = 1.5 * (state.z.back()(0, 0) - target);  // error arriving at hidden unit 0
+    Vector<double> fenchel, backprop;
+    for (const double beta : {1e-6, 0.5, 3.0}) {
+      fenchel_bp<double>(beta).gradient(net, x, y, fenchel);
+      // With B = 1 the bias gradient of unit 0 is its signal delta.
+      CHECK(net.layer(0).bias(fenchel)(0) == Approx(std::min(g, 0.0)).epsilon(1e-9));
+    }
+    bp<double>{}.gradient(net, x, y, backprop);
+    CHECK(net.layer(0).bias(backprop)(0) == 0.0);  // BP's convention ReLU'(0) = 0
+  }
+}
+
+TEST_CASE("Fenchel BP weight gradients use the forward activations (Remark 2)", "[fenbp]") {
+  // Two layers, closed form written out by hand: delta_2 = dl/dz_2 (identity output),
+  // g_1 = W_2^T delta_2, delta_1 = (z_1 - relu(a_1 - beta g_1)) / beta,
+  // dW_2 = delta_2 z_1^T / B, dW_1 = delta_1 x^T / B, with the forward z_1.
+  random_source random(5);
+  auto net = make_mlp<double, relu, mse>({3, 4, 2});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 3, 6);
+  const Matrix<double> y = random_matrix<double>(random, 2, 6);
+  const double beta = 2.5, B = 6;
+  const Matrix<double> a1 = (net.weights(0) * x).colwise() + net.bias(0);
+  const Matrix<double> z1 = a1.cwiseMax(0.0);
+  const Matrix<double> z2 = (net.weights(1) * z1).colwise() + net.bias(1);
+  const Matrix<double> delta2 = z2 - y;
+  const Matrix<double> g1 = net.weights(1).transpose() * delta2;
+  const Matrix<double> delta1 = (z1 - (a1 - beta * g1).cwiseMax(0.0)) / beta;
+  Vector<double> gradient;
+  fenchel_bp<double>(beta).gradient(net, x, y, gradient);
+  CHECK((net.layer(1).weights(gradient) - delta2 * z1.transpose() / B).norm() < 1e-12);
+  CHECK((net.layer(0).weights(gradient) - delta1 * x.transpose() / B).norm() < 1e-12);
+  CHECK((net.layer(0).bias(gradient) - delta1.rowwise().sum() / B).norm() < 1e-12);
+}
+
+TEST_CASE("Fenchel BP takes one beta per layer", "[fenbp]") {
+  fixture<tanh_pair> f;
+  Vector<double> per_layer, uniform_small;
+  // Only layer 1's beta is large: its gradient moves away from BP, the layers above do not.
+  fenchel_bp<double>(std::vector<double>{1.0, 1e-9, 1e-9}).gradient(f.net, f.x, f.y, per_layer);
+  const auto& top = f.net.layer(2);
+  const auto& bottom = f.net.layer(0);
+  CHECK((top.weights(per_layer) - top.weights(f.bp_gradient)).norm() <
+        1e-6 * top.weights(f.bp_gradient).norm());
+  CHECK((bottom.weights(per_layer) - bottom.weights(f.bp_gradient)).norm() >
+        1e-3 * bottom.weights(f.bp_gradient).norm());
+}
+
+TEST_CASE("Fenchel BP rejects betas that are not positive or do not match the depth",
+          "[fenbp]") {
+  CHECK_THROWS_AS(fenchel_bp<double>(0.0), config_error);
+  CHECK_THROWS_WITH(fenchel_bp<double>(-1.0), Catch::Contains("fenchel_bp") &&
+                                                  Catch::Contains("beta") &&
+                                                  Catch::Contains("-1"));
+  fixture<relu> f;
+  Vector<double> gradient;
+  fenchel_bp<double> two_betas(std::vector<double>{1.0, 2.0});
+  CHECK_THROWS_WITH(two_betas.gradient(f.net, f.x, f.y, gradient),
+                    Catch::Contains("one per layer (3)") && Catch::Contains("got 2"));
+}
