@@ -9,8 +9,9 @@ function(bilevel_own_target target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Werror
                          $<$<CONFIG:Release>:-O3>)
   if(ARG_NATIVE AND BILEVEL_NATIVE)
-    # GCC 12 reports false -Wmaybe-uninitialized inside its own AVX-512 headers.
-    target_compile_options(${target} PRIVATE -march=native -Wno-maybe-uninitialized)
+    # GCC 12 reports false -W(maybe-)uninitialized inside its own AVX-512 headers.
+    target_compile_options(${target} PRIVATE -march=native -Wno-maybe-uninitialized
+                           -Wno-uninitialized)
   endif()
   if(BILEVEL_SANITIZE)
     target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer

@@ -15,7 +15,9 @@
 #include "activations/identity.hpp"
 #include "core/error.hpp"
 #include "core/types.hpp"
+#include "core/random.hpp"
 #include "layers/dense.hpp"
+#include "layers/init.hpp"
 #include "losses/loss.hpp"
 
 namespace bilevel {
@@ -81,6 +83,11 @@ class program {
   ConstMatrixMap<S> weights(Index index) const { return layer(index).weights(parameters_); }
   VectorMap<S> bias(Index index) { return layer(index).bias(parameters_); }
   ConstVectorMap<S> bias(Index index) const { return layer(index).bias(parameters_); }
+
+  /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source).
+  void initialize(init_scheme scheme, random_source& random) {
+    for (Index k = 0; k < depth(); ++k) bilevel::initialize<S>(scheme, weights(k), bias(k), random);
+  }
 
   /// A zero buffer with the layout of the parameters (for gradients).
   Vector<S> zero_like_parameters() const { return Vector<S>::Zero(parameter_count()); }
