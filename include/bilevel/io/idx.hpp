@@ -1,0 +1,360 @@
+#pragma once
+// Reader and writer for the idx format of MNIST and Fashion-MNIST: a 4-byte magic number
+// (0, 0, type code, number of dimensions), one big-endian 32-bit size per dimension, then the
+// payload in row-major order. Only the unsigned-byte type (0x08) is supported, since that is
+// all those data sets use. Files may be plain or gzip-compressed: zlib's gzread passes plain
+// files through unchanged, so one code path reads both.
+//
+// The reader treats every file as untrusted: it never allocates more than the bytes it has
+// actually read, refuses payloads above 2^32 bytes, and requires the payload to match the
+// header exactly, so a truncated download or a wrong file fails loudly instead of silently
+// training on garbage.
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+/// The contents of an unsigned-byte idx file: its dimensions and its row-major payload.
+struct idx_array {
+  std::vector<std::int64_t> dims;
+  std::vector<std::uint8_t> data;
+};
+
+/// Images and labels of one split. Each column of `images` is one image flattened row by row
+/// (pixel (r, c) at row r * cols + c), with values in [0, 1].
+template <class S>
+struct labelled_set {
+  Matrix<S> images;
+  std::vector<int> labels;
+  Index rows = 0;
+  Index cols = 0;
+};
+
+/// The training and test splits of an MNIST-style data set.
+template <class S>
+struct mnist_data {
+  labelled_set<S> train;
+  labelled_set<S> test;
+};
+
+namespace detail {
+
+/// Largest payload read_idx accepts; far above MNIST (47 MB) yet bounded so that a forged
+/// header cannot make the reader (or a caller converting to floating point) exhaust memory.
+inline constexpr std::uint64_t idx_max_payload = std::uint64_t{1} << 32;
+inline constexpr std::uint8_t idx_ubyte_type = 0x08;
+inline constexpr std::size_t idx_max_dims = 4;
+/// Bytes per gzread call: big enough to be fast, small enough to grow buffers gradually.
+inline constexpr std::size_t idx_chunk = std::size_t{1} << 20;
+
+struct gz_closer {
+  void operator()(gzFile file) const noexcept { gzclose(file); }
+};
+using gz_handle = std::unique_ptr<gzFile_s, gz_closer>;
+
+inline std::string hex32(std::uint32_t value) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out = "0x";
+  for (int shift = 28; shift >= 0; shift -= 4) out += digits[(value >> shift) & 0xFu];
+  return out;
+}
+
+inline std::uint32_t big_endian32(const std::uint8_t* bytes) {
+  return (std::uint32_t{bytes[0]} << 24) | (std::uint32_t{bytes[1]} << 16) |
+         (std::uint32_t{bytes[2]} << 8) | std::uint32_t{bytes[3]};
+}
+
+/// Reads until `count` bytes are in `out` or the input ends; returns the number read.
+/// Throws data_error on a read or decompression error.
+inline std::size_t gz_read_some(gzFile file, std::uint8_t* out, std::size_t count,
+                                const std::string& path) {
+  std::size_t total = 0;
+  while (total < count) {
+    const auto want = static_cast<unsigned>(std::min(count - total, idx_chunk));
+    const int got = gzread(file, out + total, want);
+    if (got < 0) {
+      int code = Z_OK;
+      const char* message = gzerror(file, &code);
+      std::string_view text = message ? message : "unknown zlib error";
+      const std::string zlib_prefix = path + ": ";  // zlib names the path itself; we already do
+      if (text.starts_with(zlib_prefix)) text.remove_prefix(zlib_prefix.size());
+      throw data_error(concat("read_idx: ", path, ": read error: ", text));
+    }
+    if (got == 0) break;
+    total += static_cast<std::size_t>(got);
+  }
+  return total;
+}
+
+/// True if the input ended inside a gzip stream: a compressed file that was cut short.
+inline bool gz_truncated(gzFile file) {
+  int code = Z_OK;
+  gzerror(file, &code);
+  return code == Z_BUF_ERROR;
+}
+
+/// Appended to "found fewer bytes" messages, which would otherwise blame the idx header.
+inline const char* gz_truncation_note(gzFile file) {
+  return gz_truncated(file) ? " (gzip stream cut short)" : "";
+}
+
+}  // namespace detail
+
+/// Reads an unsigned-byte idx file, plain or gzip-compressed. Throws data_error, naming the
+/// path, if the file cannot be opened, has a bad header, or its payload size differs from the
+/// product of its dimensions.
+inline idx_array read_idx(const std::filesystem::path& path) {
+  using detail::concat;
+  const std::string path_text = path.string();
+  const std::string where = concat("read_idx: ", path_text, ": ");
+
+  std::error_code status_error;
+  const auto status = std::filesystem::status(path, status_error);
+  if (status.type() == std::filesystem::file_type::none) {  // stat failed, e.g. no permission
+    throw data_error(concat(where, "cannot open: ", status_error.message()));
+  }
+  if (!std::filesystem::exists(status)) {
+    throw data_error(concat(where, "cannot open: no such file"));
+  }
+  if (std::filesystem::is_directory(status)) {
+    throw data_error(concat(where, "cannot open: is a directory"));
+  }
+  errno = 0;
+  detail::gz_handle file(gzopen(path_text.c_str(), "rb"));
+  if (!file) {
+    const int code = errno;
+    throw data_error(concat(
+        where, "cannot open: ", code != 0 ? std::generic_category().message(code) : "zlib error"));
+  }
+  gzbuffer(file.get(), 1u << 17);  // larger than zlib's 8 KiB default: fewer system calls
+
+  std::array<std::uint8_t, 4> magic{};
+  const std::size_t magic_read = detail::gz_read_some(file.get(), magic.data(), 4, path_text);
+  if (magic_read != 4) {
+    throw data_error(concat(where, "expected a 4-byte magic number, found ", magic_read, " bytes",
+                            detail::gz_truncation_note(file.get())));
+  }
+  const std::uint32_t magic_value = detail::big_endian32(magic.data());
+  const std::size_t ndims = magic[3];
+  if (magic[0] != 0 || magic[1] != 0 || magic[2] != detail::idx_ubyte_type || ndims < 1 ||
+      ndims > detail::idx_max_dims) {
+    throw data_error(
+        concat(where, "bad magic number: expected 0x000008NN (unsigned bytes, NN = 1 to ",
+               detail::idx_max_dims, " dimensions), got ", detail::hex32(magic_value)));
+  }
+
+  std::array<std::uint8_t, 4 * detail::idx_max_dims> header{};
+  const std::size_t header_read =
+      detail::gz_read_some(file.get(), header.data(), 4 * ndims, path_text);
+  if (header_read != 4 * ndims) {
+    throw data_error(concat(where, "expected ", 4 * ndims, " header bytes for ", ndims,
+                            " dimensions, found ", header_read,
+                            detail::gz_truncation_note(file.get())));
+  }
+  idx_array result;
+  result.dims.reserve(ndims);
+  std::uint64_t expected = 1;
+  for (std::size_t d = 0; d < ndims; ++d) {
+    const std::uint32_t size = detail::big_endian32(header.data() + 4 * d);
+    if (size == 0) {
+      throw data_error(concat(where, "dimension ", d, " must be > 0, got 0"));
+    }
+    // expected <= 2^32 and size < 2^32 before this product, so it cannot overflow 64 bits.
+    expected *= size;
+    if (expected > detail::idx_max_payload) {
+      throw data_error(concat(where, "payload must be at most ", detail::idx_max_payload,
+                              " bytes, header asks for more (dimension ", d, " is ", size, ")"));
+    }
+    result.dims.push_back(static_cast<std::int64_t>(size));
+  }
+
+  // Grow with the data actually read rather than trusting the header for the allocation.
+  const auto expected_bytes = static_cast<std::size_t>(expected);
+  result.data.reserve(std::min(expected_bytes, detail::idx_chunk));
+  std::size_t have = 0;
+  while (have < expected_bytes) {
+    const std::size_t want = std::min(expected_bytes - have, detail::idx_chunk);
+    result.data.resize(have + want);
+    const std::size_t got =
+        detail::gz_read_some(file.get(), result.data.data() + have, want, path_text);
+    have += got;
+    if (got < want) break;
+  }
+  if (have != expected_bytes) {
+    throw data_error(concat(where, "expected ", expected_bytes,
+                            " payload bytes after the header, found ", have,
+                            detail::gz_truncation_note(file.get())));
+  }
+
+  // Count trailing bytes, up to the payload limit so that a decompression bomb cannot keep us
+  // busy indefinitely.
+  std::vector<std::uint8_t> scratch(std::size_t{1} << 16);
+  std::uint64_t extra = 0;
+  for (;;) {
+    const std::size_t got =
+        detail::gz_read_some(file.get(), scratch.data(), scratch.size(), path_text);
+    extra += got;
+    if (got < scratch.size() || extra > detail::idx_max_payload) break;
+  }
+  if (extra > 0) {
+    throw data_error(concat(where, "expected ", expected_bytes,
+                            " payload bytes after the header, found ",
+                            extra > detail::idx_max_payload ? "at least " : "",
+                            static_cast<std::uint64_t>(expected_bytes) + extra));
+  }
+  if (detail::gz_truncated(file.get())) {
+    throw data_error(concat(where, "gzip stream cut short after the payload"));
+  }
+  return result;
+}
+
+/// Writes `data` as a plain unsigned-byte idx file of shape `dims`. The file is written under
+/// a temporary name and renamed into place, so readers never see a half-written file.
+/// Throws shape_error if `dims` does not describe exactly `data.size()` bytes, data_error if
+/// the file cannot be written.
+inline void write_idx(const std::filesystem::path& path, const std::vector<std::int64_t>& dims,
+                      const std::vector<std::uint8_t>& data) {
+  using detail::concat;
+  if (dims.empty() || dims.size() > detail::idx_max_dims) {
+    throw shape_error(concat("write_idx: number of dimensions must be 1 to ", detail::idx_max_dims,
+                             ", got ", dims.size()));
+  }
+  std::uint64_t product = 1;
+  for (std::size_t d = 0; d < dims.size(); ++d) {
+    if (dims[d] <= 0 || dims[d] > std::int64_t{0xFFFFFFFF}) {
+      throw shape_error(
+          concat("write_idx: dimension ", d, " must be in 1..4294967295, got ", dims[d]));
+    }
+    product *= static_cast<std::uint64_t>(dims[d]);
+    if (product > detail::idx_max_payload) {
+      throw shape_error(concat("write_idx: payload must be at most ", detail::idx_max_payload,
+                               " bytes, dimensions ask for more"));
+    }
+  }
+  if (product != data.size()) {
+    throw shape_error(
+        concat("write_idx: dimensions hold ", product, " bytes, data has ", data.size()));
+  }
+
+  std::string header{'\0', '\0', static_cast<char>(detail::idx_ubyte_type),
+                     static_cast<char>(dims.size())};
+  for (const std::int64_t dim : dims) {
+    const auto size = static_cast<std::uint32_t>(dim);
+    for (int shift = 24; shift >= 0; shift -= 8)
+      header += static_cast<char>((size >> shift) & 0xFFu);
+  }
+
+  std::random_device entropy;
+  const std::uint64_t tag = (std::uint64_t{entropy()} << 32) ^ entropy();
+  std::filesystem::path temporary = path;
+  temporary += concat(".tmp.", tag);
+  const std::string where = concat("write_idx: ", path.string(), ": ");
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) throw data_error(concat(where, "cannot create ", temporary.string()));
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    out.write(reinterpret_cast<const char*>(data.data()),
+              static_cast<std::streamsize>(data.size()));
+    out.flush();
+    out.close();
+    if (!out) {
+      std::error_code ignored;
+      std::filesystem::remove(temporary, ignored);
+      throw data_error(concat(where, "writing ", temporary.string(), " failed"));
+    }
+  }
+  std::error_code rename_error;
+  std::filesystem::rename(temporary, path, rename_error);
+  if (rename_error) {
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    throw data_error(concat(where, "cannot rename ", temporary.string(),
+                            " into place: ", rename_error.message()));
+  }
+}
+
+/// Reads an image file (N x rows x cols) and a label file (N) into a labelled_set, scaling
+/// pixels by 1/255. Throws data_error for wrong ranks or differing counts.
+template <Scalar S>
+labelled_set<S> load_idx_pair(const std::filesystem::path& images,
+                              const std::filesystem::path& labels) {
+  using detail::concat;
+  idx_array image_file = read_idx(images);
+  idx_array label_file = read_idx(labels);
+  if (image_file.dims.size() != 3) {
+    throw data_error(concat("load_idx_pair: ", images.string(),
+                            ": images must have 3 dimensions (N x rows x cols), got ",
+                            image_file.dims.size()));
+  }
+  if (label_file.dims.size() != 1) {
+    throw data_error(concat("load_idx_pair: ", labels.string(),
+                            ": labels must have 1 dimension (N), got ", label_file.dims.size()));
+  }
+  const Index count = image_file.dims[0];
+  if (label_file.dims[0] != count) {
+    throw data_error(concat("load_idx_pair: ", images.string(), " holds ", count, " images but ",
+                            labels.string(), " holds ", label_file.dims[0], " labels"));
+  }
+
+  labelled_set<S> set;
+  set.rows = image_file.dims[1];
+  set.cols = image_file.dims[2];
+  // The idx payload is image after image, each row-major: exactly the column-major layout of
+  // a (rows*cols) x N matrix whose columns are the flattened images.
+  set.images.resize(set.rows * set.cols, count);
+  S* pixels = set.images.data();
+  for (std::size_t i = 0; i < image_file.data.size(); ++i)
+    pixels[i] = S(image_file.data[i]) / S(255);
+  set.labels.assign(label_file.data.begin(), label_file.data.end());
+  return set;
+}
+
+/// Loads MNIST or Fashion-MNIST from `dir`, which must hold train-images-idx3-ubyte,
+/// train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each plain or
+/// with a .gz suffix (the plain file wins if both exist).
+template <Scalar S>
+mnist_data<S> load_mnist(const std::filesystem::path& dir) {
+  using detail::concat;
+  std::error_code status_error;
+  if (!std::filesystem::is_directory(dir, status_error)) {
+    throw data_error(concat("load_mnist: data directory ", dir.string(), " does not exist"));
+  }
+  const auto find = [&dir](const char* name) {
+    std::error_code ignored;
+    std::filesystem::path plain = dir / name;
+    if (std::filesystem::exists(plain, ignored)) return plain;
+    std::filesystem::path compressed = plain;
+    compressed += ".gz";
+    if (std::filesystem::exists(compressed, ignored)) return compressed;
+    throw data_error(
+        concat("load_mnist: missing ", plain.string(), " (or ", compressed.string(), ")"));
+  };
+  mnist_data<S> data;
+  data.train = load_idx_pair<S>(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"));
+  data.test = load_idx_pair<S>(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"));
+  if (data.train.rows != data.test.rows || data.train.cols != data.test.cols) {
+    throw data_error(concat("load_mnist: ", dir.string(), ": training images are ", data.train.rows,
+                            "x", data.train.cols, " but test images are ", data.test.rows, "x",
+                            data.test.cols));
+  }
+  return data;
+}
+
+}  // namespace bilevel
