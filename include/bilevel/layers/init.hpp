@@ -1,0 +1,109 @@
+#pragma once
+// Weight initialisation, reproducible bit for bit from a seed: every draw comes from
+// random_source (never from std distributions, whose output differs between standard libraries).
+//
+// Draw order: one draw per weight, column-major over W (W(0,0), W(1,0), ..., W(0,1), ...),
+// which is also the order of W in the flat parameter buffer. Biases draw nothing (they are 0),
+// so two layers initialised one after the other from the same source get disjoint draws.
+
+#include <Eigen/Core>
+#include <cmath>
+#include <concepts>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "../core/error.hpp"
+#include "../core/random.hpp"
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+enum class init_scheme {
+  glorot_uniform,   // U(-r, r), r = sqrt(6 / (in + out))
+  he_normal,        // N(0, 2 / in)
+  negative_glorot,  // -|U(-r, r)|: the Fenchel BP paper's all-negative start, in which every
+                    // ReLU after the first layer is dead
+};
+
+/// The command-line names "glorot", "he" and "negative".
+inline init_scheme parse_init_scheme(std::string_view name) {
+  if (name == "glorot") return init_scheme::glorot_uniform;
+  if (name == "he") return init_scheme::he_normal;
+  if (name == "negative") return init_scheme::negative_glorot;
+  throw config_error(
+      detail::concat("parse_init_scheme: init scheme must be one of glorot, he, "
+                     "negative, got \"",
+                     name, "\""));
+}
+
+/// The name parse_init_scheme accepts, so the two round-trip.
+inline std::string_view to_string(init_scheme scheme) {
+  switch (scheme) {
+    case init_scheme::glorot_uniform:
+      return "glorot";
+    case init_scheme::he_normal:
+      return "he";
+    case init_scheme::negative_glorot:
+      return "negative";
+  }
+  return "unknown";
+}
+
+/// Fills W (out x in) by `scheme` and sets b (out) to 0. Explicit-scalar form, for callers that
+/// write initialize<S>(...); the overload below deduces S.
+template <Scalar S>
+void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> weights,
+                std::type_identity_t<Eigen::Ref<Vector<S>>> bias, random_source& rng) {
+  detail::require_shape("initialize", "bias", weights.rows(), 1, bias.rows(), bias.cols());
+  const Index out = weights.rows();
+  const Index in = weights.cols();
+  bias.setZero();
+  if (weights.size() == 0) return;  // also keeps 6 / (in + out) and 2 / in finite below
+
+  // Draws are made in double and rounded once, so float and double weights share one sequence.
+  switch (scheme) {
+    case init_scheme::glorot_uniform:
+    case init_scheme::negative_glorot: {
+      const bool negative = scheme == init_scheme::negative_glorot;
+      const double r = std::sqrt(6.0 / static_cast<double>(in + out));
+      for (Index j = 0; j < in; ++j) {
+        for (Index i = 0; i < out; ++i) {
+          const double w = rng.uniform(-r, r);
+          weights(i, j) = static_cast<S>(negative ? -std::abs(w) : w);
+        }
+      }
+      return;
+    }
+    case init_scheme::he_normal: {
+      const double stddev = std::sqrt(2.0 / static_cast<double>(in));
+      for (Index j = 0; j < in; ++j) {
+        for (Index i = 0; i < out; ++i) weights(i, j) = static_cast<S>(stddev * rng.normal());
+      }
+      return;
+    }
+  }
+  throw config_error(
+      detail::concat("initialize: init scheme must be one of glorot, he, "
+                     "negative, got enum value ",
+                     static_cast<int>(scheme)));
+}
+
+namespace detail {
+template <class T>
+concept float_dense = std::floating_point<typename std::remove_cvref_t<T>::Scalar>;
+}  // namespace detail
+
+/// Deducing form: W and b may be matrices, vectors, Maps into the flat parameter buffer, Refs
+/// or blocks, as long as they are writable and share one scalar type.
+template <class WeightMatrix, class BiasVector>
+requires detail::float_dense<WeightMatrix> &&
+    std::same_as < typename std::remove_cvref_t<WeightMatrix>::Scalar,
+typename std::remove_cvref_t<BiasVector>::Scalar >
+    void initialize(init_scheme scheme, WeightMatrix&& weights, BiasVector&& bias,
+                    random_source& rng) {
+  using S = typename std::remove_cvref_t<WeightMatrix>::Scalar;
+  initialize<S>(scheme, weights, bias, rng);
+}
+
+}  // namespace bilevel

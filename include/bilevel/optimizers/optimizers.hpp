@@ -1,0 +1,6 @@
+#pragma once
+// All optimisers and learning-rate schedules.
+
+#include "adam.hpp"
+#include "schedule.hpp"
+#include "sgd.hpp"

@@ -1,0 +1,115 @@
+#pragma once
+// Stochastic gradient descent with optional (Nesterov) momentum and coupled L2 weight decay,
+// stepping one flat parameter buffer laid out as [weights ... | biases ...].
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <string_view>
+#include <utility>
+
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+
+namespace bilevel {
+
+template <Scalar S>
+class sgd {
+ public:
+  struct settings {
+    S learning_rate = S(0.01);
+    S momentum = S(0);
+    bool nesterov = false;
+    S weight_decay = S(0);
+  };
+
+  /// `n_decayed` is the length of the prefix (the weights) that weight decay applies to.
+  sgd(settings config, Index n_params, Index n_decayed)
+      : config_(config), n_params_(n_params), n_decayed_(n_decayed) {
+    check_learning_rate("sgd", config.learning_rate);
+    detail::require(std::isfinite(config.momentum) && config.momentum >= 0 && config.momentum < 1,
+                    "sgd", "momentum", "in [0, 1)", config.momentum);
+    detail::require(!config.nesterov || config.momentum > 0, "sgd", "momentum",
+                    "> 0 when nesterov is set", config.momentum);
+    detail::require(std::isfinite(config.weight_decay) && config.weight_decay >= 0, "sgd",
+                    "weight_decay", ">= 0", config.weight_decay);
+    detail::require(n_params >= 0, "sgd", "n_params", ">= 0", n_params);
+    detail::require(n_decayed >= 0 && n_decayed <= n_params, "sgd", "n_decayed",
+                    detail::concat("in [0, n_params] = [0, ", n_params, "]"), n_decayed);
+    // Kept for every configuration so that checkpoints have one layout.
+    velocity_.setZero(n_params);
+  }
+
+  /// One update with a batch-averaged gradient of the same layout as `params`.
+  void step(Eigen::Ref<Vector<S>> params, const Eigen::Ref<const Vector<S>>& grad) {
+    detail::require_shape("sgd::step", "params", n_params_, 1, params.rows(), params.cols());
+    detail::require_shape("sgd::step", "grad", n_params_, 1, grad.rows(), grad.cols());
+    update_range(params, grad, 0, n_decayed_, config_.weight_decay);
+    update_range(params, grad, n_decayed_, n_params_, S(0));
+    ++steps_;
+  }
+
+  void set_learning_rate(S learning_rate) {
+    check_learning_rate("sgd::set_learning_rate", learning_rate);
+    config_.learning_rate = learning_rate;
+  }
+  S learning_rate() const { return config_.learning_rate; }
+  const settings& config() const { return config_; }
+  Index n_params() const { return n_params_; }
+  Index n_decayed() const { return n_decayed_; }
+
+  /// Optimiser state, for checkpoints.
+  Index steps() const { return steps_; }
+  const Vector<S>& velocity() const { return velocity_; }
+
+  /// Puts back state saved from `velocity()` and `steps()`.
+  void restore(Vector<S> velocity, Index steps) {
+    detail::require_shape("sgd::restore", "velocity", n_params_, 1, velocity.rows(),
+                          velocity.cols());
+    detail::require(steps >= 0, "sgd::restore", "steps", ">= 0", steps);
+    velocity_ = std::move(velocity);
+    steps_ = steps;
+  }
+
+ private:
+  // Elements per block: the slices of params, grad and velocity stay in L1 between the
+  // expressions of one block, so the buffers are streamed through memory once per step.
+  static constexpr Index block = 512;
+
+  static void check_learning_rate(std::string_view function, S learning_rate) {
+    detail::require(std::isfinite(learning_rate), function, "learning_rate", "finite",
+                    learning_rate);
+    detail::require(learning_rate > 0, function, "learning_rate", "> 0", learning_rate);
+  }
+
+  void update_range(Eigen::Ref<Vector<S>>& params, const Eigen::Ref<const Vector<S>>& grad,
+                    Index begin, Index end, S decay) {
+    const S lr = config_.learning_rate;
+    const S mu = config_.momentum;
+    for (Index start = begin; start < end; start += block) {
+      const Index len = std::min(block, end - start);
+      auto p = params.segment(start, len).array();
+      // Coupled L2: the decay term is part of the gradient (and so of the momentum).
+      const auto g = grad.segment(start, len).array() + decay * p;
+      if (mu == S(0)) {
+        p -= lr * g;
+        continue;
+      }
+      auto v = velocity_.segment(start, len).array();
+      v = mu * v + g;
+      if (config_.nesterov) {
+        p -= lr * (g + mu * v);
+      } else {
+        p -= lr * v;
+      }
+    }
+  }
+
+  settings config_;
+  Index n_params_;
+  Index n_decayed_;
+  Vector<S> velocity_;
+  Index steps_ = 0;
+};
+
+}  // namespace bilevel
