@@ -70,11 +70,15 @@ std::vector<T> parse_list(const std::string& text, const std::string& what) {
 template <class S>
 class any_method {
  public:
-  explicit any_method(const options& opts) {
+  any_method(const options& opts, Index depth) {
     if (opts.method == "bp") {
       method_.template emplace<bilevel::bp<S>>();
     } else {
       const auto betas = parse_list<double>(opts.beta, "--beta");
+      bilevel::detail::require(betas.size() == 1 || Index(betas.size()) == depth, "mnist_mlp",
+                               "the number of --beta values",
+                               bilevel::detail::concat("1 or one per layer (", depth, ")"),
+                               betas.size());
       method_.template emplace<bilevel::fenchel_bp<S>>(std::vector<S>(betas.begin(), betas.end()));
     }
   }
@@ -141,7 +145,7 @@ template <class S, class Hidden>
 int train(const options& opts, const Hidden& hidden) {
   const auto sizes = parse_list<Index>(opts.layers, "--layers");
   auto net = bilevel::make_mlp<S>(sizes, hidden);
-  any_method<S> method(opts);  // validates betas before the data is read
+  any_method<S> method(opts, net.depth());  // validates betas before the data is read
 
   const auto data = bilevel::load_mnist<S>(opts.data);
   const Index pixels = data.train.images.rows(), classes = 10;
@@ -171,6 +175,7 @@ int train(const options& opts, const Hidden& hidden) {
             << " training / " << validation_set.size() << " validation / " << test_set.size()
             << " test samples, " << opts.precision << ", " << Eigen::nbThreads() << " thread(s)\n";
 
+  const double initial_test_error = bilevel::classification_error(net, test_set);
   double best_validation = 2, test_at_best = 2, total_seconds = 0;
   Index best_epoch = 0;
   json last;
@@ -216,7 +221,8 @@ int train(const options& opts, const Hidden& hidden) {
                   {"seed", opts.seed},
                   {"precision", opts.precision},
                   {"threads", Eigen::nbThreads()},
-                  {"train_seconds", total_seconds}};
+                  {"train_seconds", total_seconds},
+                  {"initial_test_error", initial_test_error}};
   if (!last.is_null()) {
     summary["final_train_error"] = last["train_error"];
     summary["final_test_error"] = last["test_error"];

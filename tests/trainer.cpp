@@ -1,0 +1,216 @@
+// The mnist_mlp trainer end to end on a synthetic 10-class problem written to idx files here:
+// it learns what a linear model cannot, and bad flags or data give one-line errors with exit
+// status 1 or 2. Also the trainer loop's own checks.
+
+#include <catch2/catch.hpp>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <numbers>
+#include <string>
+#include <vector>
+
+#include "bilevel/activations/relu.hpp"
+#include "bilevel/io/idx.hpp"
+#include "bilevel/methods/bp.hpp"
+#include "bilevel/optimizers/sgd.hpp"
+#include "bilevel/train/trainer.hpp"
+#include "helpers.hpp"
+
+namespace fs = std::filesystem;
+using namespace bilevel;
+using json = nlohmann::json;
+
+namespace {
+
+/// Points (u, v) in the unit disc, 16 pixels that are linear in (u, v); the class is the angular
+/// sector (5 of them) times 2 plus the parity of the radial band (r < 0.4, < 0.7, < 0.95). The
+/// inner and outer bands share a class with the middle band between them, so the classes are not
+/// convex and no linear classifier separates them. Points near a boundary are dropped.
+struct synthetic_set {
+  std::vector<std::uint8_t> pixels;
+  std::vector<std::uint8_t> labels;
+};
+
+synthetic_set make_synthetic(random_source& random, int count) {
+  synthetic_set set;
+  while (int(set.labels.size()) < count) {
+    const double u = random.uniform(-1, 1), v = random.uniform(-1, 1);
+    const double radius = std::hypot(u, v);
+    const double turn = (std::atan2(v, u) + std::numbers::pi) / (2 * std::numbers::pi) * 5;
+    const double sector_margin = std::abs(turn - std::round(turn));
+    if (radius > 0.95 || radius < 0.1 || std::abs(radius - 0.4) < 0.04 ||
+        std::abs(radius - 0.7) < 0.04 || sector_margin < 0.06)
+      continue;
+    const int band = radius < 0.4 ? 0 : radius < 0.7 ? 1 : 2;
+    const int label = 2 * std::min(int(turn), 4) + band % 2;
+    for (int p = 0; p < 16; ++p) {
+      const double angle = std::numbers::pi * p / 16;
+      const double value = 127.5 + 127 * (u * std::cos(angle) + v * std::sin(angle)) / 1.5;
+      set.pixels.push_back(std::uint8_t(std::lround(value)));
+    }
+    set.labels.push_back(std::uint8_t(label));
+  }
+  return set;
+}
+
+struct data_directory {
+  fs::path path;
+  explicit data_directory(const std::string& name) {
+    path = fs::temp_directory_path() / ("bilevel-trainer-" + name);
+    fs::remove_all(path);
+    fs::create_directories(path);
+    random_source random(101);
+    const synthetic_set train = make_synthetic(random, 6000), test = make_synthetic(random, 1000);
+    write_idx(path / "train-images-idx3-ubyte", {6000, 4, 4}, train.pixels);
+    write_idx(path / "train-labels-idx1-ubyte", {6000}, train.labels);
+    write_idx(path / "t10k-images-idx3-ubyte", {1000, 4, 4}, test.pixels);
+    write_idx(path / "t10k-labels-idx1-ubyte", {1000}, test.labels);
+  }
+  ~data_directory() { fs::remove_all(path); }
+};
+
+struct run_result {
+  int status;
+  std::vector<json> lines;
+  std::string error;
+};
+
+/// Runs mnist_mlp with `arguments`; stdout is parsed line by line as JSON, stderr kept.
+run_result run_trainer(const std::string& arguments) {
+  const fs::path err = fs::temp_directory_path() / "bilevel-trainer-stderr.txt";
+  const std::string command =
+      std::string(BILEVEL_MNIST_MLP_PATH) + " " + arguments + " 2>" + err.string();
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string output;
+  std::array<char, 4096> buffer{};
+  while (std::fgets(buffer.data(), int(buffer.size()), pipe)) output += buffer.data();
+  const int status = pclose(pipe);
+  run_result result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, {}, {}};
+  std::size_t start = 0;
+  while (start < output.size()) {
+    const std::size_t end = output.find('\n', start);
+    result.lines.push_back(json::parse(output.substr(start, end - start)));
+    start = end == std::string::npos ? output.size() : end + 1;
+  }
+  std::FILE* file = std::fopen(err.string().c_str(), "r");
+  if (file) {
+    while (std::fgets(buffer.data(), int(buffer.size()), file)) result.error += buffer.data();
+    std::fclose(file);
+  }
+  return result;
+}
+
+const std::string small_run = " --layers 16,64,64,10 --train-samples 5000 --validation 1000";
+
+}  // namespace
+
+#ifdef BILEVEL_MNIST_MLP_PATH
+
+TEST_CASE("the trainer learns a problem no linear model solves, from chance to > 90%",
+          "[trainer]") {
+  data_directory data("learn");
+  const run_result run = run_trainer("--data " + data.path.string() + small_run +
+                                     " --method fenbp --beta 0.01 --epochs 30 --lr 0.003");
+  INFO(run.error);
+  REQUIRE(run.status == 0);
+  REQUIRE(run.lines.size() == 31);  // one object per epoch and a summary
+  const json& summary = run.lines.back();
+  CHECK(summary["summary"] == true);
+  CHECK(summary["initial_test_error"].get<double>() > 0.7);  // chance is 0.9
+  CHECK(summary["final_test_error"].get<double>() < 0.1);
+  for (const char* key : {"epoch", "method", "beta", "train_error", "validation_error",
+                          "test_error", "loss", "seconds", "samples_per_s"})
+    CHECK(run.lines.front().contains(key));
+  CHECK(run.lines.front()["method"] == "fenbp");
+  CHECK(run.lines.front()["beta"].get<double>() == Approx(0.01));
+}
+
+TEST_CASE("a linear model does not solve the synthetic problem", "[trainer]") {
+  data_directory data("linear");
+  const run_result run = run_trainer("--data " + data.path.string() +
+                                     " --layers 16,10 --train-samples 5000 --validation 1000"
+                                     " --method bp --epochs 30 --lr 0.003");
+  INFO(run.error);
+  REQUIRE(run.status == 0);
+  CHECK(run.lines.back()["final_test_error"].get<double>() > 0.25);
+}
+
+TEST_CASE("the trainer is deterministic given the seed", "[trainer]") {
+  data_directory data("seed");
+  const std::string arguments =
+      "--data " + data.path.string() + small_run + " --method bp --epochs 2 --seed 5";
+  const run_result first = run_trainer(arguments), second = run_trainer(arguments);
+  REQUIRE(first.status == 0);
+  REQUIRE(second.status == 0);
+  CHECK(first.lines[1]["loss"] == second.lines[1]["loss"]);
+  CHECK(first.lines[1]["test_error"] == second.lines[1]["test_error"]);
+}
+
+TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
+  data_directory data("flags");
+  const std::string base = "--data " + data.path.string() + small_run + " --epochs 1";
+  for (const std::string& flags :
+       {std::string(" --method sgd"), std::string(" --beta 0"), std::string(" --beta -1"),
+        std::string(" --beta 1,2"), std::string(" --batch 0"), std::string(" --activation elu"),
+        std::string(" --layers 17,64,10"), std::string(" --layers 16,64,9"),
+        std::string(" --train-samples 6000"), std::string(" --no-such-flag")}) {
+    INFO(flags);
+    const run_result run = run_trainer(base + flags);
+    CHECK(run.status == 2);
+    CHECK(run.lines.empty());
+    CHECK(run.error.rfind("mnist_mlp: ", 0) == 0);
+    CHECK(run.error.find('\n') == run.error.size() - 1);  // one line
+  }
+}
+
+TEST_CASE("missing or corrupt data gives a one-line error and exit status 1", "[trainer]") {
+  data_directory data("corrupt");
+  const run_result missing = run_trainer("--data " + (data.path / "nowhere").string());
+  CHECK(missing.status == 1);
+  CHECK_THAT(missing.error, Catch::Contains("nowhere"));
+  // Truncate the test images.
+  fs::resize_file(data.path / "t10k-images-idx3-ubyte", 1000);
+  const run_result truncated = run_trainer("--data " + data.path.string() + small_run);
+  CHECK(truncated.status == 1);
+  CHECK_THAT(truncated.error, Catch::Contains("t10k-images-idx3-ubyte"));
+  CHECK(truncated.error.find('\n') == truncated.error.size() - 1);
+}
+
+#endif
+
+TEST_CASE("the trainer loop stops with a numeric_error naming epoch and batch on a NaN",
+          "[trainer]") {
+  random_source random(3);
+  auto net = make_mlp<double, relu>({4, 5, 3});
+  net.initialize(init_scheme::glorot_uniform, random);
+  Matrix<double> x = testing::random_matrix<double>(random, 4, 20);
+  x(2, 13) = std::numeric_limits<double>::quiet_NaN();
+  std::vector<int> labels(20, 1);
+  const auto set = make_dataset<double>(x, labels, 3);
+  bp<double> method;
+  sgd<double> optimizer({.learning_rate = 0.1}, net.parameter_count(), net.weight_count());
+  trainer loop(net, method, optimizer, 5, 1);
+  CHECK_THROWS_AS(loop.run_epoch(set), numeric_error);
+  CHECK_THROWS_WITH(loop.run_epoch(set), Catch::Contains("epoch 2") && Catch::Contains("batch"));
+}
+
+TEST_CASE("the trainer loop uses every sample once per epoch, the last batch partial",
+          "[trainer]") {
+  random_source random(4);
+  auto net = make_mlp<double, relu>({4, 5, 3});
+  net.initialize(init_scheme::glorot_uniform, random);
+  const Matrix<double> x = testing::random_matrix<double>(random, 4, 23);
+  const auto set = make_dataset<double>(x, std::vector<int>(23, 2), 3);
+  bp<double> method;
+  sgd<double> optimizer({.learning_rate = 0.01}, net.parameter_count(), net.weight_count());
+  trainer loop(net, method, optimizer, 5, 1);
+  const epoch_report report = loop.run_epoch(set);
+  CHECK(report.batches == 5);
+  CHECK(report.seconds > 0);
+  CHECK_THROWS_AS(make_dataset<double>(x, std::vector<int>(23, 3), 3), config_error);
+  CHECK_THROWS_AS(trainer(net, method, optimizer, 0, 1), config_error);
+}
