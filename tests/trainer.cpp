@@ -23,6 +23,7 @@ namespace fs = std::filesystem;
 using namespace bilevel;
 using json = nlohmann::json;
 
+#ifdef BILEVEL_MNIST_MLP_PATH
 namespace {
 
 /// Points (u, v) in the unit disc, 16 pixels that are linear in (u, v); the class is the angular
@@ -107,8 +108,6 @@ run_result run_trainer(const std::string& arguments) {
 const std::string small_run = " --layers 16,64,64,10 --train-samples 5000 --validation 1000";
 
 }  // namespace
-
-#ifdef BILEVEL_MNIST_MLP_PATH
 
 TEST_CASE("the trainer learns a problem no linear model solves, from chance to > 90%",
           "[trainer]") {
