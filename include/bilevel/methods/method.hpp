@@ -33,6 +33,24 @@ concept GradientMethod = requires(M& method, const Program& net,
   { method.gradient(net, batch, batch, gradient) } -> std::same_as<step_report>;
 };
 
+/// A method with a training step of its own (block-coordinate updates of the weights, its own
+/// weight optimizer): it changes `net`'s parameters in place.
+template <class M, class Program>
+concept StepMethod = requires(M& method, Program& net,
+                              const Matrix<typename Program::scalar_type>& batch) {
+  { method.name() } -> std::convertible_to<std::string>;
+  { method.train_step(net, batch, batch) } -> std::same_as<step_report>;
+};
+
+/// A method whose model predicts by something other than the forward pass (EP relaxes to a
+/// fixed point): `predict(net, x, output)` writes the output layer's values for x.
+template <class M, class Program>
+concept PredictingMethod = requires(M& method, const Program& net,
+                                    const Matrix<typename Program::scalar_type>& batch,
+                                    Matrix<typename Program::scalar_type>& output) {
+  method.predict(net, batch, output);
+};
+
 /// Samples whose largest output coincides with the largest target entry.
 template <class S>
 Index count_correct(const MatrixCRef<S>& output, const MatrixCRef<S>& y) {

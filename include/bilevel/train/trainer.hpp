@@ -26,34 +26,61 @@ struct epoch_report {
   Index batches = 0;
 };
 
-/// Fraction of misclassified samples (argmax of the output), evaluated in chunks of columns.
-template <class Program>
+/// Fraction of misclassified samples (argmax of the output), evaluated in chunks of columns:
+/// by the forward pass, or by `method.predict` for methods whose model predicts otherwise.
+template <class Program, class Method>
 double classification_error(const Program& net, const dataset<typename Program::scalar_type>& set,
-                            Index chunk = 1000) {
+                            Method& method, Index chunk = 1000) {
   using S = typename Program::scalar_type;
   if (set.size() == 0) return std::numeric_limits<double>::quiet_NaN();
   forward_state<S> state;
+  Matrix<S> output;
   Index correct = 0;
   for (Index begin = 0; begin < set.size(); begin += chunk) {
     const Index count = std::min(chunk, set.size() - begin);
-    net.forward(set.x.middleCols(begin, count), state);
-    correct += count_correct<S>(state.z.back(), set.y.middleCols(begin, count));
+    const auto x = set.x.middleCols(begin, count);
+    if constexpr (PredictingMethod<Method, Program>) {
+      method.predict(net, x, output);
+    } else {
+      net.forward(x, state);
+      output.swap(state.z.back());
+    }
+    correct += count_correct<S>(output, set.y.middleCols(begin, count));
   }
   return 1.0 - double(correct) / double(set.size());
 }
 
-/// Trains `net` with a gradient method and an optimizer, one epoch at a time. The shuffling
-/// depends only on the seed.
+/// Fraction of misclassified samples by the forward pass.
+template <class Program>
+double classification_error(const Program& net, const dataset<typename Program::scalar_type>& set,
+                            Index chunk = 1000) {
+  struct forward_only {} method;
+  return classification_error(net, set, method, chunk);
+}
+
+/// How the trainer steps a method that offers both a gradient and a step of its own.
+enum class step_mode { gradient, native };
+
+/// Trains `net` one epoch at a time: with a method's gradient and the optimizer, or with the
+/// method's own training step (methods that have only that use it; for methods with both,
+/// `mode` chooses). The shuffling depends only on the seed.
 template <class Program, class Method, class Optimizer>
-  requires GradientMethod<Method, Program>
+  requires GradientMethod<Method, Program> || StepMethod<Method, Program>
 class trainer {
  public:
   using S = typename Program::scalar_type;
 
   trainer(Program& net, Method& method, Optimizer& optimizer, Index batch_size,
-          std::uint64_t seed)
-      : net_(net), method_(method), optimizer_(optimizer), batch_size_(batch_size), random_(seed) {
+          std::uint64_t seed, step_mode mode = step_mode::gradient)
+      : net_(net),
+        method_(method),
+        optimizer_(optimizer),
+        batch_size_(batch_size),
+        random_(seed),
+        native_(!GradientMethod<Method, Program> || mode == step_mode::native) {
     detail::require(batch_size > 0, "trainer", "the batch size", "> 0", batch_size);
+    detail::require(!native_ || StepMethod<Method, Program>, "trainer", "step_mode::native",
+                    "a method with its own train_step", method.name());
   }
 
   /// One pass over `train` in a fresh random order; the last partial batch is used too.
@@ -75,15 +102,18 @@ class trainer {
     for (Index begin = 0; begin < train.size(); begin += batch_size_) {
       const Index count = std::min(batch_size_, train.size() - begin);
       gather(train, begin, count);
-      const step_report step = method_.gradient(net_, batch_x_, batch_y_, gradient_);
+      const step_report step = take_step();
       ++report.batches;
-      if (!std::isfinite(step.loss) || !gradient_.allFinite()) {
-        throw numeric_error(detail::concat("trainer::run_epoch: ",
-                                           std::isfinite(step.loss) ? "gradient" : "loss",
-                                           " is not finite in epoch ", epoch_, ", batch ",
-                                           report.batches, " (method ", method_.name(), ")"));
+      const bool update_finite =
+          native_ ? net_.parameters().allFinite() : gradient_.allFinite();
+      if (!std::isfinite(step.loss) || !update_finite) {
+        throw numeric_error(detail::concat(
+            "trainer::run_epoch: ",
+            !std::isfinite(step.loss) ? "loss" : native_ ? "a parameter" : "gradient",
+            " is not finite in epoch ", epoch_, ", batch ", report.batches, " (method ",
+            method_.name(), ")"));
       }
-      optimizer_.step(net_.parameters(), gradient_);
+      if (!native_) optimizer_.step(net_.parameters(), gradient_);
       loss_sum += step.loss * double(count);
       wrong += count - step.correct;
       if (std::isfinite(step.inner_residual)) {
@@ -101,9 +131,21 @@ class trainer {
   }
 
   Index epoch() const { return epoch_; }
+  bool native_steps() const { return native_; }
   random_source& random() { return random_; }
 
  private:
+  step_report take_step() {
+    if constexpr (!GradientMethod<Method, Program>) {
+      return method_.train_step(net_, batch_x_, batch_y_);
+    } else if constexpr (StepMethod<Method, Program>) {
+      return native_ ? method_.train_step(net_, batch_x_, batch_y_)
+                     : method_.gradient(net_, batch_x_, batch_y_, gradient_);
+    } else {
+      return method_.gradient(net_, batch_x_, batch_y_, gradient_);
+    }
+  }
+
   void gather(const dataset<S>& train, Index begin, Index count) {
     batch_x_.resize(train.x.rows(), count);
     batch_y_.resize(train.y.rows(), count);
@@ -119,6 +161,7 @@ class trainer {
   Optimizer& optimizer_;
   Index batch_size_;
   random_source random_;
+  bool native_;
   Index epoch_ = 0;
   std::vector<Index> order_;
   Matrix<S> batch_x_, batch_y_;
