@@ -1,0 +1,86 @@
+#pragma once
+// Layered contrastive Hebbian learning (METHODS.md §5.3; Xie & Seung 2003, as unravelled
+// bottom-up in Zach 2021, Prop. 4). Free energy E(z) = sum_k c_k E_k(z_k, z_{k-1}) under the
+// Fenchel coupling with c_k = gamma^(k-1); the clamped energy adds c_{L+1} l(z_L) with
+// c_{L+1} = gamma^(L-1) beta. The free phase is the forward pass (every E_k is 0 there); the
+// clamped phase is solved by block coordinate descent over the layers, each block convex.
+// Layer k's gradient is d_theta E_k(z^beta) / (gamma^(L-k) beta) (the free term is 0), which
+// tends to BP's gradient, direction and norm, as beta -> 0 at any fixed gamma.
+
+#include <cmath>
+#include <string>
+
+#include "../core/error.hpp"
+#include "lifted.hpp"
+#include "method.hpp"
+
+namespace bilevel {
+
+template <Scalar S>
+class chl {
+ public:
+  struct settings {
+    S beta = S(1);              ///< spacing at the loss (per sample)
+    S gamma = S(1);             ///< feedback discount; 1 makes the clamped problem easiest
+    Index max_sweeps = 50;      ///< block coordinate descent sweeps (top layer first)
+    Index block_iterations = 20;  ///< proximal-gradient steps per block and sweep
+    /// The clamped phase stops when the RMS natural residual of all blocks is below this;
+    /// layer k's signal is of order gamma^(L-k) beta, so keep it well below that.
+    S tolerance = S(1e-4);
+  };
+
+  chl() : chl(settings{}) {}
+  explicit chl(settings config) : config_(config) {
+    detail::require(config.beta > 0, "chl", "beta", "> 0", config.beta);
+    detail::require(config.gamma > 0, "chl", "gamma", "> 0", config.gamma);
+    detail::require(config.max_sweeps >= 1, "chl", "max_sweeps", ">= 1", config.max_sweeps);
+    detail::require(config.block_iterations >= 1, "chl", "block_iterations", ">= 1",
+                    config.block_iterations);
+    detail::require(config.tolerance >= 0, "chl", "tolerance", ">= 0", config.tolerance);
+  }
+
+  std::string name() const { return "chl"; }
+  const settings& config() const { return config_; }
+
+  template <class Program>
+  step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                       Vector<S>& gradient) {
+    detail::require_shape("chl::gradient", "y", net.output_size(), x.cols(), y.rows(), y.cols());
+    const Index L = net.depth();
+    objective_.start_from_forward(net, x);
+    step_report report;
+    report.loss = double(net.loss_values(objective_.z().back(), y).mean());
+    report.correct = count_correct<S>(objective_.z().back(), y);
+
+    weights_.lambda.resize(std::size_t(L));
+    scale_.resize(std::size_t(L));
+    for (Index k = 0; k < L; ++k) weights_.lambda[std::size_t(k)] = std::pow(config_.gamma, S(k));
+    weights_.loss_weight = std::pow(config_.gamma, S(L - 1)) * config_.beta;
+    for (Index k = 0; k < L; ++k)
+      scale_[std::size_t(k)] = weights_.lambda[std::size_t(k)] / weights_.loss_weight;
+
+    for (report.inner_iterations = 1; report.inner_iterations <= config_.max_sweeps;
+         ++report.inner_iterations) {
+      for (Index m = L; m >= 1; --m)
+        objective_.solve_block(net, y, weights_, m, config_.block_iterations,
+                               config_.tolerance / 4);
+      report.inner_residual = objective_.residual(net, y, weights_);
+      if (report.inner_residual <= double(config_.tolerance)) break;
+    }
+    report.inner_iterations = std::min(report.inner_iterations, config_.max_sweeps);
+    report.inner_energy = double(objective_.value(net, y, weights_).mean());
+    objective_.parameter_gradient(net, scale_, gradient);
+    return report;
+  }
+
+  /// The clamped state z^beta of the last batch (z_0 .. z_L).
+  const std::vector<Matrix<S>>& clamped_state() const { return objective_.z(); }
+
+ private:
+  settings config_;
+  detail::lifted_objective<S> objective_;
+  detail::lifted_weights<S> weights_;
+  std::vector<S> scale_;
+};
+
+}  // namespace bilevel
