@@ -1,0 +1,446 @@
+#pragma once
+// Online alternating minimisation (AltMin; Choromanska et al. 2019), METHODS.md §5.6.
+//
+// Codes are the hidden pre-activations c_k = a_k (k = 1..L-1), with f(c_0) = x. Joint objective,
+// per sample (energies per sample, summed over the code dimension, METHODS.md §1):
+//   l(y, f_L(W_L f(c_{L-1}) + b_L)) + mu sum_{k<L} ||c_k - (W_k f(c_{k-1}) + b_k)||^2,
+// where the loss is the program's own on the top layer's activation (softmax cross-entropy on
+// identity logits, or MSE through any output pair). One step on a batch (train_step):
+//   (1) forward: c_k = W_k f(c_{k-1}) + b_k; c_k^0 denotes these values.
+//   (2) codes, top-down, each a few steps of SGD with Nesterov momentum on its own objective:
+//         the last code:  E(c_{L-1}) = l(y, f_L(W_L f(c_{L-1}) + b_L))
+//                                        + mu ||c_{L-1} - c_{L-1}^0||^2,
+//         earlier codes:  E(c_k) = ||c_{k+1} - (W_{k+1} f(c_k) + b_{k+1})||^2 + ||c_k - c_k^0||^2,
+//       with c_{k+1} already updated (weights 1:1: mu cancels); c_k^0 = W_k f(c_{k-1}) + b_k
+//       because c_{k-1} has not moved yet. Each sample's code is an independent problem.
+//       Momentum in PyTorch's form (the official code): v <- m v + g, c <- c - rate (g + m v),
+//       v starting at 0. With keep_best (default) each sample keeps the iterate of lowest E among
+//       those visited, so a code update never raises its objective; the official code keeps the
+//       last iterate (keep_best = false).
+//   (3) weights, every layer independently (they only read the codes; parallel over layers),
+//       weight_iterations Adam steps (official default 1), each layer with its own Adam state
+//       (one adam<S> over W_k's slice and one over b_k's slice of the flat parameter buffer):
+//         layer k < L:  mean_j ||c_k^j - (W_k f(c_{k-1}^j) + b_k)||^2,
+//         layer L:      mean_j l(y^j, f_L(W_L f(c_{L-1}^j) + b_L))
+//       (batch means of the per-sample terms), with the updated codes on both sides.
+// No BatchNorm: the official code puts BatchNorm after each hidden linear map by default, which
+// couples the samples of a batch; ours has none (compare against its --no-batchnorm runs).
+//
+// Mapping to the official code (IBM/online-alt-min), which uses means: MSE averaged over batch
+// and elements, cross-entropy averaged over the batch, and the code losses
+//   last code:     (1/mu_o) CE_mean + MSE_mean(c, c^0),
+//   earlier code:  MSE_mean(W f(c) + b, c_{k+1}) + MSE_mean(c, c^0).
+// Multiplying the last code's loss by mu_o B gives
+//   sum_j [l_j + (mu_o / n_{L-1}) ||c_j - c_j^0||^2],
+// so the same minimiser as ours with   mu = mu_o / n_{L-1}   (n_{L-1}: the last hidden width).
+// Our default mu = 3e-5 is the official default mu_o = 0.003 at its default width 100; use
+// mu_from_official(mu_o, width) for other widths. The earlier codes' objectives agree up to a
+// factor B n when consecutive widths are equal (n_k = n_{k+1} = n); for unequal widths the
+// official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (METHODS.md §5.6).
+// Code step sizes: a rate r_o on the official means is a rate r_o / (mu_o B) on our last code's
+// objective and r_o / (B n) on an earlier one's; our rates act on the per-sample objectives and do
+// not depend on B. We keep the official numbers (5 steps, rate 0.3, Nesterov momentum 0.9):
+// at the official B = 200 and mu_o = 0.003 its last-code rate is 0.5 in our units, close to ours;
+// its earlier codes move by ~1e-5 of ours (they barely move there; Adam's scale invariance still
+// turns the tiny targets into full-size weight steps). An earlier code's objective has curvature
+// up to 2 (1 + ||W_{k+1} J_f||^2), so at rate 0.3 and momentum 0.9 its five steps can overshoot
+// and end above where they started (measured on Glorot-initialised 5-7-6-6-4 nets); keep_best
+// returns the best iterate instead, which is why it is on by default.
+// Weight losses: ours are the official ones times n_k (hidden layers) and equal for the last
+// layer; Adam is invariant to a constant factor on the loss up to its epsilon, so the same Adam
+// settings (lr 0.008) apply. The official schedule (lr halved every 8 epochs) belongs to the
+// trainer: call set_learning_rate once per epoch. The official mu is constant by default (its
+// per-batch increment d_mu is 0), as ours is. Its feed-forward nets have no biases
+// (bias=False); ours have them.
+//
+// As a gradient estimate usable with any optimizer (gradient(), GradientMethod): steps (1) and
+// (2), then the batch-mean gradients of the local weight losses of step (3) at the current
+// weights and updated codes:
+//   hidden k:  dW_k = 2 r_k f(c_{k-1})^T / B, db_k = 2 sum_cols(r_k) / B,
+//              r_k = W_k f(c_{k-1}) + b_k - c_k,
+//   top:       dW_L = s_L f(c_{L-1})^T / B,   db_L = sum_cols(s_L) / B,
+//              s_L = J_{f_L}(a_L)^T dl/dz_L.
+// These are local targets, not an estimate of the BP gradient's scale (a hidden layer's signal is
+// twice its code's displacement, small when mu or the code rate is small): use them with a
+// scale-invariant optimizer such as Adam, as the official code does.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../optimizers/adam.hpp"
+#include "../program.hpp"
+#include "method.hpp"
+
+namespace bilevel {
+
+template <Scalar S>
+class altmin {
+ public:
+  struct settings {
+    /// Weight of the last code's proximity term (per-sample sums; see the header comment).
+    S mu = S(3e-5);
+    /// Code updates: steps per code, rate and Nesterov momentum (official: 5, 0.3, 0.9).
+    Index code_iterations = 5;
+    S code_rate = S(0.3);
+    S code_momentum = S(0.9);
+    /// Keep each sample's best visited code (true), or the last iterate as the official code.
+    bool keep_best = true;
+    /// Adam steps per layer and weight update (official: 1), and the Adam settings of every
+    /// layer (official: lr 0.008 for hidden and output layers alike).
+    Index weight_iterations = 1;
+    typename adam<S>::settings optimizer{.learning_rate = S(0.008)};
+  };
+
+  /// Our mu for the official code's mu_o with last hidden width n: mu_o / n.
+  static S mu_from_official(S official_mu, Index last_hidden_width) {
+    detail::require(last_hidden_width > 0, "altmin::mu_from_official", "last_hidden_width", "> 0",
+                    last_hidden_width);
+    return official_mu / S(last_hidden_width);
+  }
+
+  altmin() : altmin(settings{}) {}
+  explicit altmin(settings config) : settings_(config) {
+    constexpr const char* function = "altmin";
+    detail::require(std::isfinite(config.mu) && config.mu > 0, function, "mu", "finite and > 0",
+                    config.mu);
+    detail::require(config.code_iterations >= 0, function, "code_iterations", ">= 0",
+                    config.code_iterations);
+    detail::require(std::isfinite(config.code_rate) && config.code_rate > 0, function,
+                    "code_rate", "finite and > 0", config.code_rate);
+    detail::require(std::isfinite(config.code_momentum) && config.code_momentum >= 0 &&
+                        config.code_momentum < 1,
+                    function, "code_momentum", "in [0, 1)", config.code_momentum);
+    detail::require(config.weight_iterations >= 0, function, "weight_iterations", ">= 0",
+                    config.weight_iterations);
+    static_cast<void>(adam<S>(config.optimizer, 0, 0));  // validates the Adam settings now
+  }
+
+  std::string name() const { return "altmin"; }
+  const settings& config() const { return settings_; }
+
+  /// The learning rate of every layer's Adam (for a schedule: call once per epoch).
+  void set_learning_rate(S learning_rate) {
+    static_cast<void>(adam<S>(typename adam<S>::settings{.learning_rate = learning_rate}, 0, 0));
+    settings_.optimizer.learning_rate = learning_rate;
+    for (auto& optimizer : weight_optimizers_) optimizer.set_learning_rate(learning_rate);
+    for (auto& optimizer : bias_optimizers_) optimizer.set_learning_rate(learning_rate);
+  }
+  S learning_rate() const { return settings_.optimizer.learning_rate; }
+  /// Drops every layer's Adam state (they are rebuilt on the next weight update).
+  void reset_optimizers() {
+    weight_optimizers_.clear();
+    bias_optimizers_.clear();
+  }
+
+  /// Forward pass, code update, and the weight update of every layer. The report's loss and
+  /// correct count are those of the forward pass; inner_iterations is code_iterations,
+  /// inner_energy the batch mean of the joint objective at the updated codes (before the
+  /// weights move), inner_residual the batch mean of the per-sample norm of the code
+  /// objectives' gradients (all codes stacked) at the codes kept.
+  template <class Program>
+  step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
+    const step_report report = update_codes(net, x, y);
+    fit_weights(net, y);
+    return report;
+  }
+
+  /// Forward pass, code update, then the batch-mean gradients of the local weight losses at the
+  /// current weights (see the header comment), in the program's parameter layout.
+  template <class Program>
+  step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                       Vector<S>& gradient) {
+    const step_report report = update_codes(net, x, y);
+    local_gradient(net, y, gradient);
+    return report;
+  }
+
+  /// Steps (1) and (2) alone: the forward pass and the top-down code update.
+  template <class Program>
+  step_report update_codes(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
+    static_assert(std::is_same_v<typename Program::scalar_type, S>,
+                  "altmin<S> needs a program over the same scalar type S");
+    constexpr const char* function = "altmin::update_codes";
+    detail::require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
+    detail::require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
+    detail::require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+    allocate(net, x.cols());
+    const Index L = net.depth(), B = x.cols();
+    x_ = x;
+
+    // (1) Forward: codes and their activations.
+    for (Index i = 0; i + 1 < L; ++i) {
+      const auto u = std::size_t(i);
+      net.affine(i, input(u), c_[u]);
+      net.layer(i).visit([&](const auto& pair) { activate<S>(pair, c_[u], h_[u]); });
+    }
+    net.affine(L - 1, input(std::size_t(L - 1)), top_a_);
+    net.layer(L - 1).visit([&](const auto& pair) { activate<S>(pair, top_a_, out_); });
+    step_report report;
+    report.loss = double(net.loss_values(out_, y).mean());
+    report.correct = count_correct<S>(out_, y);
+
+    // (2) Codes, top-down.
+    squared_residual_.setZero(B);
+    for (Index i = L - 2; i >= 0; --i) update_code(net, i, y);
+    report.inner_iterations = settings_.code_iterations;
+    report.inner_residual = double(squared_residual_.cwiseSqrt().mean());
+
+    // The joint objective at the updated codes and current weights.
+    double energy = 0;
+    for (Index i = 0; i < L; ++i) {
+      const double local = double(local_layer(net, i, y, grad_, false));
+      energy += i + 1 < L ? double(settings_.mu) * local : local;
+    }
+    report.inner_energy = energy;
+    return report;
+  }
+
+  /// Step (3) alone, on the codes of the last update_codes (the same batch's y).
+  template <class Program>
+  void update_weights(Program& net, const MatrixCRef<S>& y) {
+    require_state(net, y, "altmin::update_weights");
+    fit_weights(net, y);
+  }
+
+  /// The batch-mean gradients of the local weight losses at the stored codes.
+  template <class Program>
+  void local_gradient(const Program& net, const MatrixCRef<S>& y, Vector<S>& gradient) {
+    require_state(net, y, "altmin::local_gradient");
+    if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
+    for (Index i = 0; i < net.depth(); ++i) local_layer(net, i, y, gradient, true);
+  }
+
+  /// Layer index k's (0-based) local weight loss at the stored codes and current weights:
+  /// mean_j ||c_{k+1} - (W f(c_k) + b)||^2 for hidden layers, mean_j l for the top layer.
+  template <class Program>
+  double local_loss(const Program& net, Index k, const MatrixCRef<S>& y) {
+    require_state(net, y, "altmin::local_loss");
+    detail::require(k >= 0 && k < net.depth(), "altmin::local_loss", "the layer index",
+                    detail::concat("in [0, ", net.depth(), ")"), k);
+    return double(local_layer(net, k, y, grad_, false));
+  }
+
+  /// The codes c_1..c_{L-1} after the last code update (index k - 1 for c_k).
+  const std::vector<Matrix<S>>& codes() const { return c_; }
+  /// Per-sample objective of code c_{k+1} (index k) at its forward value and after its update.
+  const RowVector<S>& initial_code_objective(Index k) const { return before_[std::size_t(k)]; }
+  const RowVector<S>& code_objective(Index k) const { return after_[std::size_t(k)]; }
+
+ private:
+  struct code_work {
+    Matrix<S> start, best, velocity, displacement, gradient, activation, next_a, loss_gradient,
+        signal, back;
+    RowVector<S> value, squared, best_value, best_squared;
+  };
+  struct layer_work {
+    Matrix<S> a, value, residual, signal;
+  };
+
+  const Matrix<S>& input(std::size_t layer) const { return layer == 0 ? x_ : h_[layer - 1]; }
+
+  template <class Program>
+  void require_state(const Program& net, const MatrixCRef<S>& y, const char* function) const {
+    const auto L = std::size_t(net.depth());
+    bool ok = x_.rows() == net.input_size() && x_.cols() > 0 && c_.size() + 1 == L &&
+              layers_.size() == L;
+    for (std::size_t k = 0; ok && k + 1 < L; ++k)
+      ok = c_[k].rows() == net.layer(Index(k)).outputs() && c_[k].cols() == x_.cols();
+    detail::require(ok, function, "the state",
+                    "a code update on this program first (update_codes or gradient)", "none");
+    detail::require_shape(function, "y", net.output_size(), x_.cols(), y.rows(), y.cols());
+  }
+
+  template <class Program>
+  void allocate(const Program& net, Index B) {
+    const auto L = std::size_t(net.depth());
+    c_.resize(L - 1);
+    h_.resize(L - 1);
+    work_.resize(L - 1);
+    before_.resize(L - 1);
+    after_.resize(L - 1);
+    layers_.resize(L);
+    for (std::size_t k = 0; k + 1 < L; ++k) {
+      const Index n = net.layer(Index(k)).outputs();
+      c_[k].resize(n, B);
+      h_[k].resize(n, B);
+    }
+    out_.resize(net.output_size(), B);
+  }
+
+  /// Values and gradients of code index i's objective at `code` (per sample), in work.
+  template <class Program>
+  void code_objective(const Program& net, Index i, const MatrixCRef<S>& y, const Matrix<S>& code,
+                      code_work& work) {
+    const bool last = i + 2 == net.depth();
+    const auto u = std::size_t(i);
+    net.layer(i).visit([&](const auto& pair) { activate<S>(pair, code, work.activation); });
+    net.affine(i + 1, work.activation, work.next_a);
+    work.displacement = code - work.start;  // c - c^0
+    const S proximity = last ? settings_.mu : S(1);
+    work.value = proximity * work.displacement.colwise().squaredNorm();
+    if (last) {
+      // l(y, f_L(a)), a = W_L f(c) + b_L: signal J_{f_L}(a)^T dl/dz at a.
+      net.layer(i + 1).visit([&](const auto& pair) {
+        activate<S>(pair, work.next_a, out_);
+        work.value += net.loss().template value<S>(out_, y);
+        net.loss().template gradient<S>(out_, y, work.loss_gradient);
+        vjp<S>(pair, work.next_a, work.loss_gradient, work.signal);
+      });
+    } else {
+      // ||c_{k+1} - a||^2, a = W_{k+1} f(c) + b_{k+1}: signal 2 (a - c_{k+1}).
+      work.signal = work.next_a - c_[u + 1];
+      work.value += work.signal.colwise().squaredNorm();
+      work.signal *= S(2);
+    }
+    work.back.noalias() = net.weights(i + 1).transpose() * work.signal;
+    net.layer(i).visit([&](const auto& pair) { vjp<S>(pair, code, work.back, work.gradient); });
+    work.gradient += (S(2) * proximity) * work.displacement;
+    work.squared = work.gradient.colwise().squaredNorm();
+  }
+
+  template <class Program>
+  void update_code(const Program& net, Index i, const MatrixCRef<S>& y) {
+    const auto u = std::size_t(i);
+    code_work& work = work_[u];
+    const Index B = c_[u].cols(), n = c_[u].rows(), next = net.layer(i + 1).outputs();
+    work.start = c_[u];
+    work.activation.resize(n, B);
+    work.gradient.resize(n, B);
+    work.signal.resize(next, B);
+    work.loss_gradient.resize(next, B);
+    work.velocity.setZero(n, B);
+    const S rate = settings_.code_rate, momentum = settings_.code_momentum;
+
+    for (Index t = 0;; ++t) {
+      code_objective(net, i, y, c_[u], work);
+      if (t == 0) {
+        before_[u] = work.value;
+        work.best = c_[u];
+        work.best_value = work.value;
+        work.best_squared = work.squared;
+      } else if (settings_.keep_best) {
+        for (Index j = 0; j < B; ++j) {
+          if (work.value(j) < work.best_value(j)) {
+            work.best.col(j) = c_[u].col(j);
+            work.best_value(j) = work.value(j);
+            work.best_squared(j) = work.squared(j);
+          }
+        }
+      }
+      if (t == settings_.code_iterations) {
+        if (!settings_.keep_best) {
+          work.best_value = work.value;
+          work.best_squared = work.squared;
+        }
+        break;
+      }
+      // PyTorch's Nesterov SGD: v <- m v + g, c <- c - rate (g + m v).
+      work.velocity = momentum * work.velocity + work.gradient;
+      c_[u] -= rate * (work.gradient + momentum * work.velocity);
+    }
+    if (settings_.keep_best) c_[u] = work.best;
+    after_[u] = work.best_value;
+    squared_residual_ += work.best_squared;
+    net.layer(i).visit([&](const auto& pair) { activate<S>(pair, c_[u], h_[u]); });
+  }
+
+  /// Layer index i's local weight loss (batch mean) at the stored codes, and with
+  /// `with_gradient` its batch-mean gradient written into layer i's slices of `gradient`
+  /// (program layout, already sized). Touches only layer i's buffers and slices.
+  template <class Program>
+  S local_layer(const Program& net, Index i, const MatrixCRef<S>& y, Vector<S>& gradient,
+                bool with_gradient) {
+    const auto u = std::size_t(i);
+    layer_work& work = layers_[u];
+    const Matrix<S>& in = input(u);
+    const Index B = in.cols();
+    const bool top = i + 1 == net.depth();
+    net.affine(i, in, work.a);
+    S value = 0;
+    if (top) {
+      work.value.resize(work.a.rows(), B);
+      work.residual.resize(work.a.rows(), B);
+      work.signal.resize(work.a.rows(), B);
+      net.layer(i).visit([&](const auto& pair) {
+        activate<S>(pair, work.a, work.value);
+        value = net.loss().template value<S>(work.value, y).mean();
+        if (with_gradient) {
+          net.loss().template gradient<S>(work.value, y, work.residual);
+          vjp<S>(pair, work.a, work.residual, work.signal);
+        }
+      });
+    } else {
+      work.signal = work.a - c_[u];
+      value = work.signal.squaredNorm() / S(B);
+      work.signal *= S(2);
+    }
+    if (with_gradient) {
+      const S inverse_batch = S(1) / S(B);
+      net.layer(i).weights(gradient).noalias() = inverse_batch * work.signal * in.transpose();
+      net.layer(i).bias(gradient) = inverse_batch * work.signal.rowwise().sum();
+    }
+    return value;
+  }
+
+  /// Sizes the gradient buffer and (re)builds the per-layer Adam states if the layout changed.
+  template <class Program>
+  void prepare_optimizers(const Program& net) {
+    if (grad_.size() != net.parameter_count()) grad_.resize(net.parameter_count());
+    const auto L = std::size_t(net.depth());
+    bool fits = weight_optimizers_.size() == L && bias_optimizers_.size() == L;
+    for (std::size_t k = 0; fits && k < L; ++k) {
+      const auto& layer = net.layer(Index(k));
+      fits = weight_optimizers_[k].n_params() == layer.inputs() * layer.outputs() &&
+             bias_optimizers_[k].n_params() == layer.outputs();
+    }
+    if (fits) return;
+    reset_optimizers();
+    for (std::size_t k = 0; k < L; ++k) {
+      const auto& layer = net.layer(Index(k));
+      const Index weights = layer.inputs() * layer.outputs();
+      weight_optimizers_.emplace_back(settings_.optimizer, weights, weights);
+      bias_optimizers_.emplace_back(settings_.optimizer, layer.outputs(), 0);
+    }
+  }
+
+  /// Step (3): every layer independently (its own buffers, slices and Adam states).
+  template <class Program>
+  void fit_weights(Program& net, const MatrixCRef<S>& y) {
+    prepare_optimizers(net);
+    for (Index i = 0; i < net.depth(); ++i) {
+      for (Index iteration = 0; iteration < settings_.weight_iterations; ++iteration) {
+        local_layer(net, i, y, grad_, true);
+        step_layer(net, i);
+      }
+    }
+  }
+
+  /// One Adam step of layer index i from its gradient in grad_.
+  template <class Program>
+  void step_layer(Program& net, Index i) {
+    const auto& layer = net.layer(i);
+    const Index weights = layer.inputs() * layer.outputs();
+    const Index biases = layer.outputs();
+    weight_optimizers_[std::size_t(i)].step(
+        net.parameters().segment(layer.weight_offset(), weights),
+        grad_.segment(layer.weight_offset(), weights));
+    bias_optimizers_[std::size_t(i)].step(net.parameters().segment(layer.bias_offset(), biases),
+                                          grad_.segment(layer.bias_offset(), biases));
+  }
+
+  settings settings_;
+  Matrix<S> x_, out_, top_a_;
+  std::vector<Matrix<S>> c_, h_;
+  std::vector<code_work> work_;
+  std::vector<layer_work> layers_;
+  std::vector<RowVector<S>> before_, after_;
+  RowVector<S> squared_residual_;
+  Vector<S> grad_;
+  std::vector<adam<S>> weight_optimizers_, bias_optimizers_;
+};
+
+}  // namespace bilevel

@@ -1,0 +1,330 @@
+// MAC (METHODS.md §5.4): the Z-step never increases F and lowers it from the forward pass, the
+// W-step never increases any layer's objective, F is monotone over alternations at fixed mu, the
+// gradient estimate tends to BP's as mu grows, and a few steps train a small problem.
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include "bilevel/activations/activations.hpp"
+#include "bilevel/methods/bp.hpp"
+#include "bilevel/methods/mac.hpp"
+#include "bilevel/optimizers/adam.hpp"
+#include "bilevel/train/trainer.hpp"
+#include "helpers.hpp"
+
+using namespace bilevel;
+using namespace bilevel::testing;
+
+namespace {
+
+/// Three Gaussian blobs in 4 dimensions, one-hot targets: a linearly separable task.
+void blobs(random_source& random, Index count, Matrix<double>& x, Matrix<double>& y) {
+  const double centres[3][4] = {{2, 0, 0, 1}, {0, 2, -1, 0}, {-1, -1, 2, -1}};
+  x.resize(4, count);
+  y.setZero(3, count);
+  for (Index j = 0; j < count; ++j) {
+    const auto c = Index(random.below(3));
+    for (Index i = 0; i < 4; ++i) x(i, j) = centres[c][i] + 0.4 * random.normal();
+    y(c, j) = 1;
+  }
+}
+
+bool non_increasing(const std::vector<double>& values) {
+  for (std::size_t t = 1; t < values.size(); ++t)
+    if (values[t] > values[t - 1]) return false;
+  return true;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("MAC Z-step never increases F and lowers it from the forward pass", "[mac]",
+                   tanh_pair, relu, sigmoid, softmax) {
+  random_source random(21);
+  auto net = make_mlp<double, TestType>({5, 7, 6, 4});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 5, 9);
+  const Matrix<double> y = random_one_hot<double>(random, 4, 9);
+
+  mac<double>::settings config;
+  config.mu = 3;
+  config.z_iterations = 60;
+  mac<double> method(config);
+  const step_report report = method.solve_z(net, x, y);
+  const auto& history = method.energy_history();
+
+  // F at the forward pass is the loss (every penalty is 0 there).
+  REQUIRE(history.size() >= 2);
+  CHECK(history.front() == Approx(mean_loss(net, x, y)).epsilon(1e-14));
+  CHECK(report.loss == Approx(history.front()).epsilon(1e-14));
+  CHECK(non_increasing(history));
+  CHECK(history.back() < history.front() - 1e-3);
+  CHECK(report.inner_energy == history.back());
+  CHECK(report.inner_iterations == Index(history.size()) - 1);
+
+  // Sample by sample as well: the stored coordinates give no sample a larger F than its loss.
+  forward_state<double> state;
+  net.forward(x, state);
+  const RowVector<double> start = net.loss_values(state.z.back(), y);
+  const RowVector<double> end = method.energies(net, y);
+  CHECK((end.array() <= start.array()).all());
+  CHECK((end.array() < start.array()).any());
+}
+
+TEST_CASE("MAC Z-step with MSE through a sigmoid output never increases F", "[mac]") {
+  random_source random(22);
+  program<double, mse, tanh_pair, relu, sigmoid> net({3, 6, 5, 2},
+                                                      {tanh_pair{}, relu{}, sigmoid{}});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 3, 7);
+  const Matrix<double> y = random_matrix<double>(random, 2, 7, 0.5);
+  mac<double>::settings config;
+  config.mu = 0.5;
+  config.z_iterations = 40;
+  mac<double> method(config);
+  method.solve_z(net, x, y);
+  CHECK(non_increasing(method.energy_history()));
+  CHECK(method.energy_history().back() < method.energy_history().front());
+  // The stored output is f_L(a_L) of the stored hidden coordinates.
+  const auto& z = method.state();
+  Matrix<double> a;
+  net.affine(2, z[2], a);
+  const Matrix<double> expected = a.unaryExpr([](double v) { return 1 / (1 + std::exp(-v)); });
+  CHECK((z[3] - expected).norm() < 1e-14);
+}
+
+TEST_CASE("MAC W-step lowers every layer's objective and so F at fixed mu", "[mac]") {
+  random_source random(23);
+  auto net = make_mlp<double, tanh_pair>({4, 8, 6, 3});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 4, 12);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 12);
+  mac<double>::settings config;
+  config.mu = 2;
+  config.w_iterations = 4;
+  mac<double> method(config);
+  method.solve_z(net, x, y);
+
+  std::vector<double> before;
+  for (Index k = 0; k < net.depth(); ++k) before.push_back(method.layer_objective(net, k, y));
+  const double energy_before = method.energy(net, y);
+  method.w_step(net, y);
+  double penalties = 0;
+  for (Index k = 0; k < net.depth(); ++k) {
+    const double after = method.layer_objective(net, k, y);
+    CAPTURE(k, before[std::size_t(k)], after);
+    CHECK(after < before[std::size_t(k)]);
+    if (k + 1 < net.depth()) penalties += config.mu * after;
+  }
+  const double energy_after = method.energy(net, y);
+  CHECK(energy_after < energy_before);
+  // F is the top layer's objective plus mu times each hidden layer's (batch means).
+  CHECK(energy_after ==
+        Approx(penalties + method.layer_objective(net, net.depth() - 1, y)).epsilon(1e-12));
+}
+
+TEST_CASE("MAC alternations at fixed mu never increase F", "[mac]") {
+  random_source random(24);
+  auto net = make_mlp<double, relu>({4, 9, 7, 3});
+  randomize(net, random, 0.5);
+  const Matrix<double> x = random_matrix<double>(random, 4, 16);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 16);
+  mac<double>::settings config;
+  config.mu = 1;
+  config.z_iterations = 10;
+  config.w_iterations = 3;
+  mac<double> method(config);
+  method.solve_z(net, x, y);
+
+  std::vector<double> energies{method.energy(net, y)};
+  for (int round = 0; round < 6; ++round) {
+    method.w_step(net, y);
+    energies.push_back(method.energy(net, y));
+    method.solve_z(net, x, y, mac<double>::z_start::previous);
+    CHECK(non_increasing(method.energy_history()));
+    energies.push_back(method.energy(net, y));
+  }
+  CAPTURE(energies);
+  CHECK(non_increasing(energies));
+  CHECK(energies.back() < 0.8 * energies.front());
+  CHECK(method.mu() == 1);  // the building blocks never change mu
+}
+
+TEST_CASE("MAC's gradient estimate tends to BP's as mu grows", "[mac]") {
+  random_source random(25);
+  auto net = make_mlp<double, tanh_pair>({4, 6, 5, 3});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 4, 6);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 6);
+  Vector<double> reference;
+  bp<double>{}.gradient(net, x, y, reference);
+
+  std::vector<double> errors, cosines;
+  for (const double mu : {1.0, 10.0, 100.0, 1000.0}) {
+    mac<double>::settings config;
+    config.mu = mu;
+    config.z_iterations = 2000;
+    config.z_tolerance = 1e-10;
+    mac<double> method(config);
+    Vector<double> estimate;
+    const step_report report = method.gradient(net, x, y, estimate);
+    CHECK(report.inner_residual < 1e-5);
+    errors.push_back(relative_error(estimate, reference));
+    cosines.push_back(estimate.dot(reference) / (estimate.norm() * reference.norm()));
+  }
+  CAPTURE(errors, cosines);
+  for (std::size_t i = 1; i < errors.size(); ++i) {
+    CHECK(errors[i] < errors[i - 1] / 2);
+    CHECK(cosines[i] > cosines[i - 1]);
+  }
+  // O(1/mu) once mu dominates: each factor of 10 cuts the error by about 10.
+  CHECK(errors[3] < errors[2] / 8);
+  CHECK(errors[2] < errors[1] / 8);
+  CHECK(errors.back() < 3e-3);
+  CHECK(cosines.back() > 1 - 1e-5);
+}
+
+TEST_CASE("MAC's estimate is a batch mean and the gradient of min_z F", "[mac]") {
+  random_source random(26);
+  auto net = make_mlp<double, tanh_pair>({3, 5, 2});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 3, 4);
+  const Matrix<double> y = random_one_hot<double>(random, 2, 4);
+  mac<double>::settings config;
+  config.mu = 2;
+  config.z_iterations = 5000;
+  config.z_tolerance = 1e-12;
+
+  // A duplicated batch gives the same estimate.
+  Matrix<double> x2(3, 8), y2(2, 8);
+  x2 << x, x;
+  y2 << y, y;
+  Vector<double> once, twice;
+  mac<double>(config).gradient(net, x, y, once);
+  mac<double>(config).gradient(net, x2, y2, twice);
+  CHECK((once - twice).norm() < 1e-12 * once.norm());
+
+  // Envelope theorem: the estimate is the gradient of V(theta) = mean_j min_z F^j.
+  const auto value = [&](const auto& program) {
+    mac<double> method(config);
+    return method.solve_z(program, x, y).inner_energy;
+  };
+  Vector<double> numeric(net.parameter_count());
+  for (Index i = 0; i < net.parameter_count(); ++i) {
+    auto shifted = net;
+    const double h = 1e-5;
+    shifted.parameters()(i) += h;
+    const double plus = value(shifted);
+    shifted.parameters()(i) -= 2 * h;
+    numeric(i) = (plus - value(shifted)) / (2 * h);
+  }
+  CHECK(relative_error(once, numeric) < 1e-6);
+}
+
+TEST_CASE("MAC train steps reduce the loss of a separable problem", "[mac]") {
+  random_source random(27);
+  auto net = make_mlp<double, relu>({4, 16, 3});
+  net.initialize(init_scheme::glorot_uniform, random);
+  Matrix<double> x, y;
+  blobs(random, 120, x, y);
+  const double initial = mean_loss(net, x, y);
+
+  mac<double>::settings config;
+  config.mu = 1;
+  config.mu_growth = 1.05;
+  config.mu_max = 20;
+  mac<double> method(config);
+  step_report last;
+  for (int step = 0; step < 40; ++step) {
+    const Index begin = (step % 4) * 30;
+    last = method.train_step(net, x.middleCols(begin, 30), y.middleCols(begin, 30));
+  }
+  const double final_loss = mean_loss(net, x, y);
+  CAPTURE(initial, final_loss, last.loss);
+  CHECK(final_loss < 0.25 * initial);
+  CHECK(method.mu() == Approx(std::min(20.0, std::pow(1.05, 40))));
+  forward_state<double> state;
+  net.forward(x, state);
+  CHECK(count_correct<double>(state.z.back(), y) >= 114);
+}
+
+TEST_CASE("MAC mu schedule and bad settings", "[mac]") {
+  mac<double>::settings config;
+  config.mu = 2;
+  config.mu_growth = 3;
+  config.mu_max = 40;
+  mac<double> method(config);
+  method.advance_mu();
+  CHECK(method.mu() == 6);
+  method.advance_mu();
+  CHECK(method.mu() == 18);
+  method.advance_mu();
+  CHECK(method.mu() == 40);
+  method.set_mu(0.5);
+  CHECK(method.mu() == 0.5);
+  CHECK_THROWS_AS(method.set_mu(0), config_error);
+
+  const auto bad = [](auto change) {
+    mac<double>::settings settings;
+    change(settings);
+    return settings;
+  };
+  using settings = mac<double>::settings;
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.mu = 0; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.mu = -1; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.mu_growth = 0.5; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.mu_max = 0.1; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.z_iterations = -1; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.z_step = 0; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.w_step = -0.1; })), config_error);
+  CHECK_THROWS_AS(mac<double>(bad([](settings& s) { s.armijo = 1; })), config_error);
+  CHECK_THROWS_WITH(mac<double>(bad([](settings& s) { s.max_backtracks = 0; })),
+                    Catch::Contains("mac") && Catch::Contains("max_backtracks"));
+
+  // The building blocks need a Z-step on the same batch shape first.
+  auto net = make_mlp<double, relu>({3, 4, 2});
+  mac<double> fresh;
+  const Matrix<double> x = Matrix<double>::Zero(3, 5), y = Matrix<double>::Zero(2, 5);
+  CHECK_THROWS_AS(fresh.w_step(net, y), config_error);
+  CHECK_THROWS_AS(fresh.solve_z(net, x, y, mac<double>::z_start::previous), config_error);
+  CHECK_THROWS_AS(fresh.solve_z(net, x, Matrix<double>::Zero(3, 5)), shape_error);
+}
+
+TEST_CASE("MAC runs under the trainer, natively and by its gradient", "[mac]") {
+  random_source random(28);
+  Matrix<double> x, y;
+  blobs(random, 90, x, y);
+  dataset<double> data{x, y, {}};
+  auto start = make_mlp<double, tanh_pair>({4, 8, 8, 3});
+  start.initialize(init_scheme::glorot_uniform, random);
+  const double initial = mean_loss(start, x, y);
+  for (const step_mode mode : {step_mode::native, step_mode::gradient}) {
+    auto net = start;
+    mac<double> method;
+    adam<double> optimizer({.learning_rate = 0.01}, net.parameter_count(), net.weight_count());
+    trainer<decltype(net), mac<double>, adam<double>> loop(net, method, optimizer, 30, 3, mode);
+    epoch_report report;
+    for (int epoch = 0; epoch < 8; ++epoch) report = loop.run_epoch(data);
+    const double final_loss = mean_loss(net, x, y);
+    CAPTURE(int(mode), initial, final_loss);
+    CHECK(final_loss < 0.3 * initial);
+    CHECK(std::isfinite(report.inner_residual));
+  }
+}
+
+TEST_CASE("MAC runs in float", "[mac]") {
+  random_source random(29);
+  auto net = make_mlp<float, relu>({4, 6, 5, 3});
+  net.initialize(init_scheme::glorot_uniform, random);
+  const Matrix<float> x = random_matrix<float>(random, 4, 8);
+  const Matrix<float> y = random_one_hot<float>(random, 3, 8);
+  mac<float> method;
+  const step_report report = method.train_step(net, x, y);
+  Vector<float> gradient;
+  method.gradient(net, x, y, gradient);
+  CHECK(std::isfinite(report.inner_energy));
+  CHECK(report.inner_energy <= report.loss);
+  CHECK(net.parameters().allFinite());
+  CHECK(gradient.allFinite());
+}
