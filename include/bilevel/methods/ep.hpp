@@ -108,8 +108,9 @@ class ep {
                     "hidden_layers", "1, 2 or 3", hidden_layers);
     settings config;
     const Index free[] = {20, 100, 500}, nudged[] = {4, 6, 8};
-    config.free_iterations = free[hidden_layers - 1];
-    config.nudged_iterations = nudged[hidden_layers - 1];
+    const auto row = std::size_t(std::clamp<Index>(hidden_layers, 1, 3) - 1);  // checked above
+    config.free_iterations = free[row];
+    config.nudged_iterations = nudged[row];
     config.beta = hidden_layers == 1 ? S(0.5) : S(1);
     config.step = S(0.5);
     config.symmetric = false;

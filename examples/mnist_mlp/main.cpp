@@ -1,0 +1,209 @@
+// mnist_mlp: trains a multi-layer perceptron on MNIST (or any idx data set of the same layout)
+// with one of the library's methods. Progress goes to stderr; stdout gets one JSON object per
+// epoch and a final summary object, so runs can be piped into tables and plots.
+//
+// Exit status: 0 on success, 2 for bad flags, 1 for bad data or a failed run.
+
+#include <CLI/CLI.hpp>
+#include <Eigen/Core>
+#include <iostream>
+#include <string>
+
+#include "options.hpp"
+
+namespace {
+
+using mnist_mlp::options;
+
+/// Each method's own paper setting, used for every flag the command line leaves unset
+/// (METHODS.md §5; README "Methods").
+struct method_defaults {
+  std::string layers = "784,256,128,64,10";
+  std::string activation = "relu";
+  bilevel::Index batch = 50;
+  std::string optimizer = "adam";
+  double lr = 1e-3;
+  std::string beta = "0.01";
+  std::string schedule = "constant";
+  double mu = 1;
+  std::string lambda = "1";
+  std::string step_mode = "gradient";
+};
+
+method_defaults defaults_for(const std::string& method) {
+  method_defaults d;
+  if (method == "chl") d.beta = "0.1";
+  if (method == "ep") {  // Scellier & Bengio: 784-500-10, hard sigmoid, batch 20, SGD
+    d.layers = "784,500,10";
+    d.activation = "hard_sigmoid";
+    d.batch = 20;
+    d.optimizer = "sgd";
+    d.lr = 0.05;
+    d.beta = "0.5";
+  }
+  if (method == "pcn") {  // Whittington & Bogacz: 784-500-500-10 logistic, batch 20, Adam
+    d.layers = "784,500,500,10";
+    d.activation = "sigmoid";
+    d.batch = 20;
+  }
+  if (method == "mac") d.mu = 10;
+  if (method == "lpom" || method == "fln") d.lambda = "10";
+  if (method == "altmin") {  // Choromanska et al.: 2 x 100 hidden, batch 200, Adam 0.008
+    d.layers = "784,100,100,10";
+    d.batch = 200;
+    d.lr = 0.008;
+    d.schedule = "step";
+    d.mu = 3e-5;  // the official 0.003 over the last hidden width 100 (altmin.hpp)
+    d.step_mode = "native";
+  }
+  return d;
+}
+
+void apply_defaults(const CLI::App& app, options& opts) {
+  const method_defaults d = defaults_for(opts.method);
+  auto unset = [&](const char* flag) { return app.count(flag) == 0; };
+  if (unset("--layers")) opts.layers = d.layers;
+  if (unset("--activation")) opts.activation = d.activation;
+  if (unset("--batch")) opts.batch = d.batch;
+  if (unset("--optimizer")) opts.optimizer = d.optimizer;
+  if (unset("--lr")) opts.lr = d.lr;
+  if (unset("--beta")) opts.beta = d.beta;
+  if (unset("--schedule")) {
+    opts.schedule = d.schedule;
+    if (d.schedule == "step" && unset("--schedule-every")) opts.schedule_every = 8;
+  }
+  if (unset("--mu")) opts.mu = d.mu;
+  if (unset("--lambda")) opts.lambda = d.lambda;
+  if (unset("--step-mode")) opts.step_mode = d.step_mode;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options opts;
+  CLI::App app{"Train an MLP on MNIST-format idx data with one of bilevel's inference learning "
+               "methods. Flags marked (method default) take the method's paper setting when "
+               "unset.",
+               "mnist_mlp"};
+  app.add_option("--data", opts.data,
+                 "Directory with train-/t10k- images and labels (idx, plain or .gz)")
+      ->capture_default_str();
+  app.add_option("--method", opts.method,
+                 "bp, fenbp (Fenchel BP), chl, ep, pcn, zil (Z-IL), mac, lpom, fln, altmin")
+      ->check(CLI::IsMember({"bp", "fenbp", "chl", "ep", "pcn", "zil", "mac", "lpom", "fln",
+                             "altmin"}))
+      ->capture_default_str();
+  app.add_option("--beta", opts.beta,
+                 "Spacing per sample: fenbp (one value, or one per layer), chl, ep "
+                 "(method default: fenbp 0.01, chl 0.1, ep 0.5)");
+  app.add_option("--init", opts.init, "Weight initialisation: glorot, he, negative")
+      ->check(CLI::IsMember({"glorot", "he", "negative"}))
+      ->capture_default_str();
+  app.add_option("--epochs", opts.epochs, "Number of epochs")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--batch", opts.batch, "Minibatch size (method default: 50; ep, pcn 20; altmin 200)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--lr", opts.lr,
+                 "Learning rate (method default: 1e-3; ep 0.05; altmin 0.008, halved every 8 "
+                 "epochs)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--optimizer", opts.optimizer,
+                 "adam, sgd, momentum or nesterov (method default: adam; ep sgd)")
+      ->check(CLI::IsMember({"adam", "sgd", "momentum", "nesterov"}));
+  app.add_option("--momentum", opts.momentum, "Momentum for --optimizer momentum/nesterov")
+      ->check(CLI::Range(0.0, 0.999999))
+      ->capture_default_str();
+  app.add_option("--weight-decay", opts.weight_decay, "L2 weight decay on the weights (not biases)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--schedule", opts.schedule,
+                 "Learning-rate schedule: constant, step (x --schedule-factor every "
+                 "--schedule-every epochs) or cosine (to 0 over --epochs) (method default: "
+                 "constant; altmin step)")
+      ->check(CLI::IsMember({"constant", "step", "cosine"}));
+  app.add_option("--schedule-every", opts.schedule_every, "Epochs between step decays")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--schedule-factor", opts.schedule_factor, "Factor of each step decay")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--layers", opts.layers,
+                 "Layer sizes, input first (method default: 784,256,128,64,10; ep 784,500,10; "
+                 "pcn 784,500,500,10; altmin 784,100,100,10)");
+  app.add_option("--activation", opts.activation,
+                 "Hidden activation pair (method default: relu; ep hard_sigmoid; pcn sigmoid)")
+      ->check(CLI::IsMember({"relu", "leaky_relu", "hard_sigmoid", "hard_tanh", "sigmoid", "tanh",
+                             "softmax", "identity"}));
+  app.add_option("--leaky-slope", opts.leaky_slope, "Slope of leaky_relu for a < 0, in (0, 1)")
+      ->capture_default_str();
+  app.add_option("--seed", opts.seed, "Seed of initialisation and shuffling")->capture_default_str();
+  app.add_option("--threads", opts.threads, "Threads for Eigen's matrix products")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--train-samples", opts.train_samples,
+                 "Training images, taken from the start of the training file")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--validation", opts.validation,
+                 "Validation images, taken from the end of the training file")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--precision", opts.precision, "Scalar type: float or double")
+      ->check(CLI::IsMember({"float", "double"}))
+      ->capture_default_str();
+  app.add_option("--gamma", opts.gamma, "chl: feedback discount gamma")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--lambda", opts.lambda,
+                 "lpom, fln: multipliers lambda, one value or one per layer (method default 10)");
+  app.add_option("--mu", opts.mu, "mac: penalty weight mu (default 10); altmin: mu (3e-5)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--mu-growth", opts.mu_growth, "mac: factor on mu after every step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--inner-iterations", opts.inner_iterations,
+                 "Inner solver iterations (0: the method's default): chl sweeps, ep free steps, "
+                 "pcn inference steps, mac Z-steps, lpom/fln steps per block, altmin code steps")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--inner-step", opts.inner_step,
+                 "Inner step size (0: the method's default): ep relaxation step, pcn inference "
+                 "rate, altmin code rate")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--tolerance", opts.tolerance,
+                 "Inner tolerance (0: the method's default): chl, mac, fln")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--nudged-iterations", opts.nudged_iterations, "ep: steps of each nudged phase")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag("--one-sided", opts.one_sided,
+               "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
+  app.add_option("--step-mode", opts.step_mode,
+                 "gradient (the method's gradient estimate and --optimizer) or native (the "
+                 "method's own block-coordinate step: mac, lpom, fln, altmin) (method default: "
+                 "gradient; altmin native)")
+      ->check(CLI::IsMember({"gradient", "native"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "mnist_mlp: " << e.what() << " (see --help)\n";
+    return 2;
+  }
+  apply_defaults(app, opts);
+
+  try {
+    Eigen::setNbThreads(opts.threads);
+    return opts.precision == "double" ? mnist_mlp::run_double(opts) : mnist_mlp::run_float(opts);
+  } catch (const bilevel::config_error& e) {
+    std::cerr << "mnist_mlp: " << e.what() << '\n';
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "mnist_mlp: " << e.what() << '\n';
+    return 1;
+  }
+}

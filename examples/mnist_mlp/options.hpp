@@ -1,0 +1,72 @@
+#pragma once
+// The trainer's settings, shared by the command-line front end and the typed training code.
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bilevel/core/error.hpp"
+#include "bilevel/core/types.hpp"
+
+namespace mnist_mlp {
+
+using bilevel::Index;
+
+struct options {
+  std::string data = "data/mnist";
+  std::string method = "fenbp";
+  std::string beta = "0.01";
+  std::string init = "glorot";
+  Index epochs = 10;
+  Index batch = 50;
+  double lr = 1e-3;
+  std::string optimizer = "adam";
+  double momentum = 0.9;
+  double weight_decay = 0;
+  std::string schedule = "constant";
+  Index schedule_every = 10;
+  double schedule_factor = 0.5;
+  std::string layers = "784,256,128,64,10";
+  std::string activation = "relu";
+  double leaky_slope = 0.01;
+  std::uint64_t seed = 1;
+  int threads = 1;
+  Index train_samples = 50000;
+  Index validation = 10000;
+  std::string precision = "float";
+  // Method parameters (METHODS.md §5); each applies to the methods named in its help text.
+  double gamma = 1;
+  std::string lambda = "1";
+  double mu = 1;
+  double mu_growth = 1;
+  Index inner_iterations = 0;  ///< 0: the method's own default
+  double inner_step = 0;       ///< 0: the method's own default
+  double tolerance = 0;        ///< 0: the method's own default
+  Index nudged_iterations = 4;
+  bool one_sided = false;
+  std::string step_mode = "gradient";
+};
+
+/// Parses a comma-separated list of numbers; `what` names the flag in errors.
+template <class T>
+std::vector<T> parse_list(const std::string& text, const std::string& what) {
+  std::vector<T> values;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    std::istringstream parse(item);
+    T value{};
+    if (!(parse >> value) || !(parse >> std::ws).eof())
+      throw bilevel::config_error(what + " must be a comma-separated list of numbers, got '" +
+                                  text + "'");
+    values.push_back(value);
+  }
+  if (values.empty()) throw bilevel::config_error(what + " must not be empty");
+  return values;
+}
+
+int run_float(const options& opts);
+int run_double(const options& opts);
+
+}  // namespace mnist_mlp

@@ -1,0 +1,334 @@
+#pragma once
+// The typed part of the trainer: given the scalar type and the hidden activation pair, build the
+// program, the method and the optimizer, train, and print one JSON object per epoch.
+
+#include <Eigen/Core>
+#include <cmath>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "bilevel/bilevel.hpp"
+#include "bilevel/train/trainer.hpp"
+#include "options.hpp"
+
+namespace mnist_mlp {
+
+using json = nlohmann::json;
+
+/// The method chosen on the command line, with its parameters; one dispatch per batch.
+template <class S>
+class any_method {
+ public:
+  any_method(const options& opts, Index depth) {
+    const std::string& name = opts.method;
+    if (name == "bp") {
+      method_.template emplace<bilevel::bp<S>>();
+    } else if (name == "fenbp") {
+      const auto betas = parse_list<double>(opts.beta, "--beta");
+      bilevel::detail::require(betas.size() == 1 || Index(betas.size()) == depth, "mnist_mlp",
+                               "the number of --beta values",
+                               bilevel::detail::concat("1 or one per layer (", depth, ")"),
+                               betas.size());
+      method_.template emplace<bilevel::fenchel_bp<S>>(std::vector<S>(betas.begin(), betas.end()));
+    } else if (name == "chl") {
+      typename bilevel::chl<S>::settings settings;
+      settings.beta = S(single_beta(opts));
+      settings.gamma = S(opts.gamma);
+      if (opts.inner_iterations > 0) settings.max_sweeps = opts.inner_iterations;
+      if (opts.tolerance > 0) settings.tolerance = S(opts.tolerance);
+      method_.template emplace<bilevel::chl<S>>(settings);
+    } else if (name == "ep") {
+      typename bilevel::ep<S>::settings settings;
+      settings.beta = S(single_beta(opts));
+      if (opts.inner_iterations > 0) settings.free_iterations = opts.inner_iterations;
+      if (opts.inner_step > 0) settings.step = S(opts.inner_step);
+      settings.nudged_iterations = opts.nudged_iterations;
+      settings.symmetric = !opts.one_sided;
+      settings.random_sign = opts.one_sided;
+      settings.seed = opts.seed;
+      method_.template emplace<bilevel::ep<S>>(settings);
+    } else if (name == "pcn") {
+      typename bilevel::pcn<S>::settings settings;
+      if (opts.inner_iterations > 0) settings.iterations = opts.inner_iterations;
+      if (opts.inner_step > 0) settings.inference_rate = S(opts.inner_step);
+      method_.template emplace<bilevel::pcn<S>>(settings);
+    } else if (name == "zil") {
+      method_.template emplace<bilevel::pcn<S>>(bilevel::pcn<S>::zil());
+    } else if (name == "mac") {
+      typename bilevel::mac<S>::settings settings;
+      settings.mu = S(opts.mu);
+      settings.mu_growth = S(opts.mu_growth);
+      if (opts.inner_iterations > 0) settings.z_iterations = opts.inner_iterations;
+      if (opts.tolerance > 0) settings.z_tolerance = S(opts.tolerance);
+      method_.template emplace<bilevel::mac<S>>(settings);
+    } else if (name == "altmin") {
+      typename bilevel::altmin<S>::settings settings;
+      settings.mu = S(opts.mu);
+      if (opts.inner_iterations > 0) settings.code_iterations = opts.inner_iterations;
+      if (opts.inner_step > 0) settings.code_rate = S(opts.inner_step);
+      settings.optimizer.learning_rate = S(opts.lr);
+      method_.template emplace<bilevel::altmin<S>>(settings);
+    } else {  // lpom, fln
+      auto settings = name == "fln" ? bilevel::fln<S>::default_settings()
+                                    : bilevel::lifted_settings<S>{};
+      const auto lambdas = parse_list<double>(opts.lambda, "--lambda");
+      settings.lambda.assign(lambdas.begin(), lambdas.end());
+      if (opts.inner_iterations > 0) settings.block_iterations = opts.inner_iterations;
+      if (opts.tolerance > 0) settings.block_tolerance = S(opts.tolerance);
+      if (name == "fln")
+        method_.template emplace<bilevel::fln<S>>(settings);
+      else
+        method_.template emplace<bilevel::lpom<S>>(settings);
+    }
+    bilevel::detail::require(opts.step_mode == "gradient" || has_native_step(), "mnist_mlp",
+                             "--step-mode native", "a method with its own step (mac, lpom, fln, altmin)",
+                             name);
+  }
+
+  std::string name() const {
+    return std::visit([](const auto& m) { return m.name(); }, method_);
+  }
+
+  bool has_native_step() const {
+    return std::visit(
+        [](const auto& m) {
+          using M = std::decay_t<decltype(m)>;
+          return requires(M& method, dummy_program& net, const bilevel::Matrix<S>& b) {
+            method.train_step(net, b, b);
+          };
+        },
+        method_);
+  }
+
+  template <class Program>
+  bilevel::step_report gradient(const Program& net, const bilevel::MatrixCRef<S>& x,
+                                const bilevel::MatrixCRef<S>& y, bilevel::Vector<S>& gradient) {
+    return std::visit([&](auto& m) { return m.gradient(net, x, y, gradient); }, method_);
+  }
+
+  template <class Program>
+  bilevel::step_report train_step(Program& net, const bilevel::MatrixCRef<S>& x,
+                                  const bilevel::MatrixCRef<S>& y) {
+    return std::visit(
+        [&](auto& m) -> bilevel::step_report {
+          if constexpr (bilevel::StepMethod<std::decay_t<decltype(m)>, Program>)
+            return m.train_step(net, x, y);
+          else
+            throw bilevel::config_error("mnist_mlp: " + m.name() + " has no native step");
+        },
+        method_);
+  }
+
+  /// The learning-rate schedule reaches methods with weight optimizers of their own (AltMin).
+  void set_learning_rate(S lr) {
+    std::visit(
+        [lr](auto& m) {
+          if constexpr (requires { m.set_learning_rate(lr); }) m.set_learning_rate(lr);
+        },
+        method_);
+  }
+
+  /// EP predicts by free relaxation; every other method by the forward pass.
+  template <class Program>
+  void predict(const Program& net, const bilevel::MatrixCRef<S>& x, bilevel::Matrix<S>& output) {
+    std::visit(
+        [&](auto& m) {
+          if constexpr (bilevel::PredictingMethod<std::decay_t<decltype(m)>, Program>) {
+            m.predict(net, x, output);
+          } else {
+            net.forward(x, state_);
+            output.swap(state_.z.back());
+          }
+        },
+        method_);
+  }
+
+ private:
+  using dummy_program = bilevel::mlp<S, bilevel::relu>;
+
+  static double single_beta(const options& opts) {
+    const auto betas = parse_list<double>(opts.beta, "--beta");
+    bilevel::detail::require(betas.size() == 1, "mnist_mlp", "--beta for " + opts.method,
+                             "a single value", opts.beta);
+    return betas.front();
+  }
+
+  std::variant<bilevel::bp<S>, bilevel::fenchel_bp<S>, bilevel::chl<S>, bilevel::ep<S>,
+               bilevel::pcn<S>, bilevel::mac<S>, bilevel::lpom<S>, bilevel::fln<S>,
+               bilevel::altmin<S>>
+      method_;
+  bilevel::forward_state<S> state_;
+};
+
+/// The optimizer chosen on the command line; one dispatch per step.
+template <class S>
+class any_optimizer {
+ public:
+  any_optimizer(const options& opts, Index parameters, Index decayed)
+      : optimizer_(make(opts, parameters, decayed)) {}
+  void step(Eigen::Ref<bilevel::Vector<S>> params, const bilevel::Vector<S>& gradient) {
+    std::visit([&](auto& o) { o.step(params, gradient); }, optimizer_);
+  }
+  void set_learning_rate(S lr) {
+    std::visit([&](auto& o) { o.set_learning_rate(lr); }, optimizer_);
+  }
+
+ private:
+  using variant = std::variant<bilevel::adam<S>, bilevel::sgd<S>>;
+  static variant make(const options& opts, Index parameters, Index decayed) {
+    if (opts.optimizer == "adam") {
+      typename bilevel::adam<S>::settings settings;
+      settings.learning_rate = S(opts.lr);
+      settings.weight_decay = S(opts.weight_decay);
+      return bilevel::adam<S>(settings, parameters, decayed);
+    }
+    typename bilevel::sgd<S>::settings settings;
+    settings.learning_rate = S(opts.lr);
+    settings.momentum = opts.optimizer == "sgd" ? S(0) : S(opts.momentum);
+    settings.nesterov = opts.optimizer == "nesterov";
+    settings.weight_decay = S(opts.weight_decay);
+    return bilevel::sgd<S>(settings, parameters, decayed);
+  }
+  variant optimizer_;
+};
+
+inline bilevel::lr_schedule<double> make_schedule(const options& opts) {
+  using schedule = bilevel::lr_schedule<double>;
+  if (opts.schedule == "step")
+    return schedule::step_decay(opts.lr, opts.schedule_every, opts.schedule_factor);
+  if (opts.schedule == "cosine") return schedule::cosine(opts.lr, opts.epochs);
+  return schedule::constant(opts.lr);
+}
+
+inline json beta_json(const options& opts) {
+  if (opts.method != "fenbp" && opts.method != "chl" && opts.method != "ep") return nullptr;
+  const auto betas = parse_list<double>(opts.beta, "--beta");
+  return betas.size() == 1 ? json(betas.front()) : json(betas);
+}
+
+inline json finite_or_null(double value) { return std::isfinite(value) ? json(value) : json(); }
+
+template <class S, class Hidden>
+int train(const options& opts, const Hidden& hidden) {
+  const auto sizes = parse_list<Index>(opts.layers, "--layers");
+  auto net = bilevel::make_mlp<S>(sizes, hidden);
+  any_method<S> method(opts, net.depth());  // validates method flags before the data is read
+  const auto mode =
+      opts.step_mode == "native" ? bilevel::step_mode::native : bilevel::step_mode::gradient;
+
+  const auto data = bilevel::load_mnist<S>(opts.data);
+  const Index pixels = data.train.images.rows(), classes = 10;
+  bilevel::detail::require(net.input_size() == pixels, "mnist_mlp", "the first --layers entry",
+                           bilevel::detail::concat("the image size ", pixels), net.input_size());
+  bilevel::detail::require(net.output_size() == classes, "mnist_mlp", "the last --layers entry",
+                           "the number of classes (10)", net.output_size());
+  const Index available = data.train.images.cols();
+  bilevel::detail::require(opts.train_samples + opts.validation <= available, "mnist_mlp",
+                           "--train-samples + --validation",
+                           bilevel::detail::concat("<= the training file's ", available, " images"),
+                           opts.train_samples + opts.validation);
+  const auto all = bilevel::make_dataset<S>(data.train.images, data.train.labels, classes);
+  const auto train_set = bilevel::slice(all, 0, opts.train_samples);
+  const auto validation_set = bilevel::slice(all, available - opts.validation, opts.validation);
+  const auto test_set = bilevel::make_dataset<S>(data.test.images, data.test.labels, classes);
+
+  bilevel::random_source init_random(opts.seed);
+  net.initialize(bilevel::parse_init_scheme(opts.init), init_random);
+  any_optimizer<S> optimizer(opts, net.parameter_count(), net.weight_count());
+  const auto schedule = make_schedule(opts);
+  bilevel::trainer trainer(net, method, optimizer, opts.batch, opts.seed + 1, mode);
+
+  std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
+            << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
+            << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
+            << ", " << train_set.size() << " training / " << validation_set.size()
+            << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
+            << Eigen::nbThreads() << " thread(s)\n";
+
+  const double initial_test_error = bilevel::classification_error(net, test_set, method);
+  double best_validation = 2, test_at_best = 2, total_seconds = 0;
+  Index best_epoch = 0;
+  json last;
+  for (Index epoch = 1; epoch <= opts.epochs; ++epoch) {
+    optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
+    method.set_learning_rate(S(schedule.at(epoch - 1)));
+    const bilevel::epoch_report report = trainer.run_epoch(train_set);
+    total_seconds += report.seconds;
+    const double train_error = bilevel::classification_error(net, train_set, method);
+    const double validation_error = bilevel::classification_error(net, validation_set, method);
+    const double test_error = bilevel::classification_error(net, test_set, method);
+    if (validation_set.size() > 0 && validation_error < best_validation) {
+      best_validation = validation_error;
+      test_at_best = test_error;
+      best_epoch = epoch;
+    }
+    last = {{"epoch", epoch},
+            {"method", method.name()},
+            {"beta", beta_json(opts)},
+            {"init", opts.init},
+            {"activation", opts.activation},
+            {"lr", schedule.at(epoch - 1)},
+            {"train_error", train_error},
+            {"validation_error", finite_or_null(validation_error)},
+            {"test_error", test_error},
+            {"loss", report.loss},
+            {"seconds", report.seconds},
+            {"samples_per_s", report.samples_per_second},
+            {"inner_residual", finite_or_null(report.inner_residual)}};
+    std::cout << last.dump() << std::endl;
+    std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
+              << "  train " << 100 * train_error << "%  validation " << 100 * validation_error
+              << "%  test " << 100 * test_error << "%  " << report.seconds << " s ("
+              << Index(report.samples_per_second) << " samples/s)";
+    if (std::isfinite(report.inner_residual))
+      std::cerr << "  inner residual " << report.inner_residual;
+    std::cerr << '\n';
+  }
+  json summary = {{"summary", true},
+                  {"method", method.name()},
+                  {"beta", beta_json(opts)},
+                  {"init", opts.init},
+                  {"activation", opts.activation},
+                  {"layers", opts.layers},
+                  {"epochs", opts.epochs},
+                  {"batch", opts.batch},
+                  {"optimizer", opts.optimizer},
+                  {"lr", opts.lr},
+                  {"step_mode", trainer.native_steps() ? "native" : "gradient"},
+                  {"seed", opts.seed},
+                  {"precision", opts.precision},
+                  {"threads", Eigen::nbThreads()},
+                  {"train_samples", train_set.size()},
+                  {"train_seconds", total_seconds},
+                  {"initial_test_error", initial_test_error}};
+  if (!last.is_null()) {
+    summary["final_train_error"] = last["train_error"];
+    summary["final_test_error"] = last["test_error"];
+  }
+  if (best_epoch > 0) {
+    summary["best_epoch"] = best_epoch;
+    summary["best_validation_error"] = best_validation;
+    summary["test_error_at_best_validation"] = test_at_best;
+  }
+  std::cout << summary.dump() << std::endl;
+  return 0;
+}
+
+/// Maps --activation to its pair type once; everything after runs fully typed.
+template <class S>
+int dispatch_activation(const options& opts) {
+  const std::string& name = opts.activation;
+  if (name == "relu") return train<S>(opts, bilevel::relu{});
+  if (name == "leaky_relu") return train<S>(opts, bilevel::leaky_relu(opts.leaky_slope));
+  if (name == "hard_sigmoid") return train<S>(opts, bilevel::hard_sigmoid{});
+  if (name == "hard_tanh") return train<S>(opts, bilevel::hard_tanh{});
+  if (name == "sigmoid") return train<S>(opts, bilevel::sigmoid{});
+  if (name == "tanh") return train<S>(opts, bilevel::tanh_pair{});
+  if (name == "softmax") return train<S>(opts, bilevel::softmax{});
+  return train<S>(opts, bilevel::identity{});
+}
+
+}  // namespace mnist_mlp

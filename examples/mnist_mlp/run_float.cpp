@@ -1,0 +1,4 @@
+// The float instantiation of the trainer (a translation unit of its own to build in parallel).
+#include "run.hpp"
+
+int mnist_mlp::run_float(const options& opts) { return dispatch_activation<float>(opts); }
