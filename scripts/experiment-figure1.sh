@@ -24,9 +24,11 @@ runs=(
   "glorot fenbp 10"
   "negative bp -"
   "negative fenbp 5"
+  "negative fenbp 10"
   "negative fenbp 20"
   "negative fenbp 50"
   "negative fenbp 100"
+  "negative fenbp 200"
   "negative fenbp 500"
 )
 
