@@ -24,6 +24,20 @@ Matrix<S> random_one_hot(random_source& random, Index classes, Index cols) {
   return y;
 }
 
+/// Three Gaussian blobs in 4 dimensions with standard deviation `spread`, one-hot targets
+/// (linearly separable for small spreads).
+inline void blobs(random_source& random, Index count, double spread, Matrix<double>& x,
+                  Matrix<double>& y) {
+  const double centres[3][4] = {{2, 0, 0, 1}, {0, 2, -1, 0}, {-1, -1, 2, -1}};
+  x.resize(4, count);
+  y.setZero(3, count);
+  for (Index j = 0; j < count; ++j) {
+    const auto c = Index(random.below(3));
+    for (Index i = 0; i < 4; ++i) x(i, j) = centres[c][i] + spread * random.normal();
+    y(c, j) = 1;
+  }
+}
+
 template <class Program>
 void randomize(Program& net, random_source& random, double scale = 0.7) {
   for (Index i = 0; i < net.parameter_count(); ++i) net.parameters()(i) = scale * random.normal();

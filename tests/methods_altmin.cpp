@@ -17,22 +17,6 @@
 using namespace bilevel;
 using namespace bilevel::testing;
 
-namespace {
-
-/// Three Gaussian blobs in 4 dimensions, one-hot targets.
-void blobs(random_source& random, Index count, Matrix<double>& x, Matrix<double>& y) {
-  const double centres[3][4] = {{2, 0, 0, 1}, {0, 2, -1, 0}, {-1, -1, 2, -1}};
-  x.resize(4, count);
-  y.setZero(3, count);
-  for (Index j = 0; j < count; ++j) {
-    const auto c = Index(random.below(3));
-    for (Index i = 0; i < 4; ++i) x(i, j) = centres[c][i] + 0.6 * random.normal();
-    y(c, j) = 1;
-  }
-}
-
-}  // namespace
-
 TEMPLATE_TEST_CASE("AltMin code updates lower every code's objective", "[altmin]", tanh_pair,
                    relu, sigmoid, softmax) {
   random_source random(31);
@@ -120,7 +104,7 @@ TEST_CASE("AltMin weight updates lower every layer's local loss", "[altmin]") {
 TEST_CASE("AltMin trains small problems", "[altmin]") {
   random_source random(34);
   Matrix<double> x, y;
-  blobs(random, 150, x, y);
+  blobs(random, 150, 0.6, x, y);
 
   SECTION("4-16-3 ReLU with native steps") {
     auto net = make_mlp<double, relu>({4, 16, 3});

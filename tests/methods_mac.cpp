@@ -19,18 +19,6 @@ using namespace bilevel::testing;
 
 namespace {
 
-/// Three Gaussian blobs in 4 dimensions, one-hot targets: a linearly separable task.
-void blobs(random_source& random, Index count, Matrix<double>& x, Matrix<double>& y) {
-  const double centres[3][4] = {{2, 0, 0, 1}, {0, 2, -1, 0}, {-1, -1, 2, -1}};
-  x.resize(4, count);
-  y.setZero(3, count);
-  for (Index j = 0; j < count; ++j) {
-    const auto c = Index(random.below(3));
-    for (Index i = 0; i < 4; ++i) x(i, j) = centres[c][i] + 0.4 * random.normal();
-    y(c, j) = 1;
-  }
-}
-
 bool non_increasing(const std::vector<double>& values) {
   for (std::size_t t = 1; t < values.size(); ++t)
     if (values[t] > values[t - 1]) return false;
@@ -227,7 +215,7 @@ TEST_CASE("MAC train steps reduce the loss of a separable problem", "[mac]") {
   auto net = make_mlp<double, relu>({4, 16, 3});
   net.initialize(init_scheme::glorot_uniform, random);
   Matrix<double> x, y;
-  blobs(random, 120, x, y);
+  blobs(random, 120, 0.4, x, y);
   const double initial = mean_loss(net, x, y);
 
   mac<double>::settings config;
@@ -294,7 +282,7 @@ TEST_CASE("MAC mu schedule and bad settings", "[mac]") {
 TEST_CASE("MAC runs under the trainer, natively and by its gradient", "[mac]") {
   random_source random(28);
   Matrix<double> x, y;
-  blobs(random, 90, x, y);
+  blobs(random, 90, 0.4, x, y);
   dataset<double> data{x, y, {}};
   auto start = make_mlp<double, tanh_pair>({4, 8, 8, 3});
   start.initialize(init_scheme::glorot_uniform, random);

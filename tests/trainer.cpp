@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "bilevel/activations/relu.hpp"
@@ -81,7 +82,11 @@ struct run_result {
 
 /// Runs mnist_mlp with `arguments`; stdout is parsed line by line as JSON, stderr kept.
 run_result run_trainer(const std::string& arguments) {
-  const fs::path err = fs::temp_directory_path() / "bilevel-trainer-stderr.txt";
+  // ctest runs test cases in parallel processes: each call gets its own stderr file.
+  static int calls = 0;
+  const fs::path err = fs::temp_directory_path() /
+                       ("bilevel-trainer-stderr-" + std::to_string(getpid()) + "-" +
+                        std::to_string(++calls) + ".txt");
   const std::string command =
       std::string(BILEVEL_MNIST_MLP_PATH) + " " + arguments + " 2>" + err.string();
   FILE* pipe = popen(command.c_str(), "r");
@@ -102,6 +107,7 @@ run_result run_trainer(const std::string& arguments) {
     while (std::fgets(buffer.data(), int(buffer.size()), file)) result.error += buffer.data();
     std::fclose(file);
   }
+  fs::remove(err);
   return result;
 }
 
@@ -126,6 +132,37 @@ TEST_CASE("the trainer learns a problem no linear model solves, from chance to >
     CHECK(run.lines.front().contains(key));
   CHECK(run.lines.front()["method"] == "fenbp");
   CHECK(run.lines.front()["beta"].get<double>() == Approx(0.01));
+}
+
+TEST_CASE("every method trains end to end in the trainer, in gradient and native mode",
+          "[trainer]") {
+  data_directory data("methods");
+  const std::string base = "--data " + data.path.string() +
+                           " --layers 16,32,10 --train-samples 2000 --validation 500 --epochs 4";
+  for (const std::string& method :
+       {std::string("bp"), std::string("fenbp"), std::string("chl"), std::string("ep"),
+        std::string("pcn"), std::string("zil"), std::string("mac"), std::string("lpom"),
+        std::string("fln"), std::string("altmin")}) {
+    for (const std::string& mode : {std::string("gradient"), std::string("native")}) {
+      const bool native_step = method == "mac" || method == "lpom" || method == "fln" ||
+                               method == "altmin";
+      if (mode == "native" && !native_step) continue;
+      INFO(method << " " << mode);
+      const run_result run =
+          run_trainer(base + " --method " + method + " --step-mode " + mode + " --batch 20");
+      INFO(run.error);
+      REQUIRE(run.status == 0);
+      REQUIRE(run.lines.size() == 5);
+      const json& summary = run.lines.back();
+      CHECK(summary["method"] == method);
+      CHECK(summary["step_mode"] == mode);
+      CHECK(summary["final_test_error"].get<double>() <
+            summary["initial_test_error"].get<double>() - 0.2);
+    }
+  }
+  const run_result unsupported = run_trainer(base + " --method fenbp --step-mode native");
+  CHECK(unsupported.status == 2);
+  CHECK_THAT(unsupported.error, Catch::Contains("native"));
 }
 
 TEST_CASE("a linear model does not solve the synthetic problem", "[trainer]") {

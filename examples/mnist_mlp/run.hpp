@@ -28,7 +28,7 @@ class any_method {
       method_.template emplace<bilevel::bp<S>>();
     } else if (name == "fenbp") {
       const auto betas = parse_list<double>(opts.beta, "--beta");
-      bilevel::detail::require(betas.size() == 1 || Index(betas.size()) == depth, "mnist_mlp",
+      bilevel::detail::require(betas.size() == 1 || Index(betas.size()) == depth, "setup",
                                "the number of --beta values",
                                bilevel::detail::concat("1 or one per layer (", depth, ")"),
                                betas.size());
@@ -83,7 +83,7 @@ class any_method {
       else
         method_.template emplace<bilevel::lpom<S>>(settings);
     }
-    bilevel::detail::require(opts.step_mode == "gradient" || has_native_step(), "mnist_mlp",
+    bilevel::detail::require(opts.step_mode == "gradient" || has_native_step(), "setup",
                              "--step-mode native", "a method with its own step (mac, lpom, fln, altmin)",
                              name);
   }
@@ -151,7 +151,7 @@ class any_method {
 
   static double single_beta(const options& opts) {
     const auto betas = parse_list<double>(opts.beta, "--beta");
-    bilevel::detail::require(betas.size() == 1, "mnist_mlp", "--beta for " + opts.method,
+    bilevel::detail::require(betas.size() == 1, "setup", "--beta for " + opts.method,
                              "a single value", opts.beta);
     return betas.front();
   }
@@ -221,12 +221,12 @@ int train(const options& opts, const Hidden& hidden) {
 
   const auto data = bilevel::load_mnist<S>(opts.data);
   const Index pixels = data.train.images.rows(), classes = 10;
-  bilevel::detail::require(net.input_size() == pixels, "mnist_mlp", "the first --layers entry",
+  bilevel::detail::require(net.input_size() == pixels, "setup", "the first --layers entry",
                            bilevel::detail::concat("the image size ", pixels), net.input_size());
-  bilevel::detail::require(net.output_size() == classes, "mnist_mlp", "the last --layers entry",
+  bilevel::detail::require(net.output_size() == classes, "setup", "the last --layers entry",
                            "the number of classes (10)", net.output_size());
   const Index available = data.train.images.cols();
-  bilevel::detail::require(opts.train_samples + opts.validation <= available, "mnist_mlp",
+  bilevel::detail::require(opts.train_samples + opts.validation <= available, "setup",
                            "--train-samples + --validation",
                            bilevel::detail::concat("<= the training file's ", available, " images"),
                            opts.train_samples + opts.validation);

@@ -1,6 +1,7 @@
 #pragma once
 // Exception hierarchy: every message names the function, the expected and the actual value.
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -61,6 +62,13 @@ void require(bool condition, std::string_view function, std::string_view what,
   if (!condition) {
     throw config_error(concat(function, ": ", what, " must be ", expected, ", got ", actual));
   }
+}
+
+/// Throws config_error unless `value` is finite and > 0 (learning rates, spacings, penalties).
+template <class Value>
+void require_positive_finite(std::string_view function, std::string_view what, Value value) {
+  require(std::isfinite(value), function, what, "finite", value);
+  require(value > 0, function, what, "> 0", value);
 }
 
 }  // namespace detail

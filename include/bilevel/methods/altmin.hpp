@@ -39,13 +39,15 @@
 // official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (METHODS.md §5.6).
 // Code step sizes: a rate r_o on the official means is a rate r_o / (mu_o B) on our last code's
 // objective and r_o / (B n) on an earlier one's; our rates act on the per-sample objectives and do
-// not depend on B. We keep the official numbers (5 steps, rate 0.3, Nesterov momentum 0.9):
-// at the official B = 200 and mu_o = 0.003 its last-code rate is 0.5 in our units, close to ours;
-// its earlier codes move by ~1e-5 of ours (they barely move there; Adam's scale invariance still
-// turns the tiny targets into full-size weight steps). An earlier code's objective has curvature
-// up to 2 (1 + ||W_{k+1} J_f||^2), so at rate 0.3 and momentum 0.9 its five steps can overshoot
-// and end above where they started (measured on Glorot-initialised 5-7-6-6-4 nets); keep_best
-// returns the best iterate instead, which is why it is on by default.
+// not depend on B. The official numbers (5 steps, rate 0.3, Nesterov momentum 0.9) put its
+// last-code rate at 0.5 in our units at B = 200, mu_o = 0.003, and its earlier codes at ~1e-5
+// (they barely move there; Adam's scale invariance still turns the tiny targets into full-size
+// weight steps). An earlier code's objective has curvature up to 2 (1 + ||W_{k+1} J_f||^2), so
+// a rate of 0.3 with momentum 0.9 overshoots on every code of ours and ends above where it
+// started (measured on Glorot-initialised 5-7-6-6-4 nets; on MNIST, 784-100-100-10, 2 epochs of
+// 10k samples: 32% test error at 0.3, 7.1% at 0.03). Our default is therefore rate 0.03 with the
+// official 5 steps and momentum 0.9; keep_best (on by default) also returns each sample's best
+// iterate, so no code objective increases.
 // Weight losses: ours are the official ones times n_k (hidden layers) and equal for the last
 // layer; Adam is invariant to a constant factor on the loss up to its epsilon, so the same Adam
 // settings (lr 0.008) apply. The official schedule (lr halved every 8 epochs) belongs to the
@@ -83,9 +85,10 @@ class altmin {
   struct settings {
     /// Weight of the last code's proximity term (per-sample sums; see the header comment).
     S mu = S(3e-5);
-    /// Code updates: steps per code, rate and Nesterov momentum (official: 5, 0.3, 0.9).
+    /// Code updates: steps per code, rate and Nesterov momentum (official: 5, 0.3, 0.9 on mean
+    /// losses; 0.03 is the rate on our per-sample objectives that does not overshoot).
     Index code_iterations = 5;
-    S code_rate = S(0.3);
+    S code_rate = S(0.03);
     S code_momentum = S(0.9);
     /// Keep each sample's best visited code (true), or the last iterate as the official code.
     bool keep_best = true;
@@ -124,7 +127,7 @@ class altmin {
 
   /// The learning rate of every layer's Adam (for a schedule: call once per epoch).
   void set_learning_rate(S learning_rate) {
-    static_cast<void>(adam<S>(typename adam<S>::settings{.learning_rate = learning_rate}, 0, 0));
+    detail::require_positive_finite("altmin::set_learning_rate", "learning_rate", learning_rate);
     settings_.optimizer.learning_rate = learning_rate;
     for (auto& optimizer : weight_optimizers_) optimizer.set_learning_rate(learning_rate);
     for (auto& optimizer : bias_optimizers_) optimizer.set_learning_rate(learning_rate);

@@ -29,7 +29,7 @@ class adam {
   /// `n_decayed` is the length of the prefix (the weights) that weight decay applies to.
   adam(settings config, Index n_params, Index n_decayed)
       : config_(config), n_params_(n_params), n_decayed_(n_decayed) {
-    check_learning_rate("adam", config.learning_rate);
+    detail::require_positive_finite("adam", "learning_rate", config.learning_rate);
     detail::require(std::isfinite(config.beta1) && config.beta1 >= 0 && config.beta1 < 1, "adam",
                     "beta1", "in [0, 1)", config.beta1);
     detail::require(std::isfinite(config.beta2) && config.beta2 >= 0 && config.beta2 < 1, "adam",
@@ -68,7 +68,7 @@ class adam {
   }
 
   void set_learning_rate(S learning_rate) {
-    check_learning_rate("adam::set_learning_rate", learning_rate);
+    detail::require_positive_finite("adam::set_learning_rate", "learning_rate", learning_rate);
     config_.learning_rate = learning_rate;
   }
   S learning_rate() const { return config_.learning_rate; }
@@ -100,12 +100,6 @@ class adam {
   // Elements per block: the slices of params, grad, m and v stay in L1 between the three
   // expressions of one block, so every buffer is streamed through memory once per step.
   static constexpr Index block = 512;
-
-  static void check_learning_rate(std::string_view function, S learning_rate) {
-    detail::require(std::isfinite(learning_rate), function, "learning_rate", "finite",
-                    learning_rate);
-    detail::require(learning_rate > 0, function, "learning_rate", "> 0", learning_rate);
-  }
 
   // `coupled` is the L2 coefficient added to the gradient, `shrink` the AdamW factor on the
   // parameters; (0, 1) leaves a range without decay.

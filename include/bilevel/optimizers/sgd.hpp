@@ -26,7 +26,7 @@ class sgd {
   /// `n_decayed` is the length of the prefix (the weights) that weight decay applies to.
   sgd(settings config, Index n_params, Index n_decayed)
       : config_(config), n_params_(n_params), n_decayed_(n_decayed) {
-    check_learning_rate("sgd", config.learning_rate);
+    detail::require_positive_finite("sgd", "learning_rate", config.learning_rate);
     detail::require(std::isfinite(config.momentum) && config.momentum >= 0 && config.momentum < 1,
                     "sgd", "momentum", "in [0, 1)", config.momentum);
     detail::require(!config.nesterov || config.momentum > 0, "sgd", "momentum",
@@ -50,7 +50,7 @@ class sgd {
   }
 
   void set_learning_rate(S learning_rate) {
-    check_learning_rate("sgd::set_learning_rate", learning_rate);
+    detail::require_positive_finite("sgd::set_learning_rate", "learning_rate", learning_rate);
     config_.learning_rate = learning_rate;
   }
   S learning_rate() const { return config_.learning_rate; }
@@ -75,12 +75,6 @@ class sgd {
   // Elements per block: the slices of params, grad and velocity stay in L1 between the
   // expressions of one block, so the buffers are streamed through memory once per step.
   static constexpr Index block = 512;
-
-  static void check_learning_rate(std::string_view function, S learning_rate) {
-    detail::require(std::isfinite(learning_rate), function, "learning_rate", "finite",
-                    learning_rate);
-    detail::require(learning_rate > 0, function, "learning_rate", "> 0", learning_rate);
-  }
 
   void update_range(Eigen::Ref<Vector<S>>& params, const Eigen::Ref<const Vector<S>>& grad,
                     Index begin, Index end, S decay) {
