@@ -277,7 +277,8 @@ int train(const options& opts, const Hidden& hidden) {
             {"loss", report.loss},
             {"seconds", report.seconds},
             {"samples_per_s", report.samples_per_second},
-            {"inner_residual", finite_or_null(report.inner_residual)}};
+            {"inner_residual", finite_or_null(report.inner_residual)},
+            {"inner_energy", finite_or_null(report.inner_energy)}};
     std::cout << last.dump() << std::endl;
     std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
               << "  train " << 100 * train_error << "%  validation " << 100 * validation_error

@@ -22,7 +22,9 @@ struct epoch_report {
   double running_error = 0;   ///< fraction misclassified during the epoch's forward passes
   double seconds = 0;         ///< wall time of the training steps
   double samples_per_second = 0;
-  double inner_residual = std::numeric_limits<double>::quiet_NaN();  ///< mean over batches
+  /// Iterative methods: means over the batches of the inner solver's final residual and energy.
+  double inner_residual = std::numeric_limits<double>::quiet_NaN();
+  double inner_energy = std::numeric_limits<double>::quiet_NaN();
   Index batches = 0;
 };
 
@@ -96,8 +98,8 @@ class trainer {
     ++epoch_;
 
     epoch_report report;
-    double loss_sum = 0, residual_sum = 0;
-    Index wrong = 0, residual_count = 0;
+    double loss_sum = 0, residual_sum = 0, energy_sum = 0;
+    Index wrong = 0, residual_count = 0, energy_count = 0;
     const auto start = std::chrono::steady_clock::now();
     for (Index begin = 0; begin < train.size(); begin += batch_size_) {
       const Index count = std::min(batch_size_, train.size() - begin);
@@ -120,6 +122,10 @@ class trainer {
         residual_sum += step.inner_residual;
         ++residual_count;
       }
+      if (std::isfinite(step.inner_energy)) {
+        energy_sum += step.inner_energy;
+        ++energy_count;
+      }
     }
     report.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -127,6 +133,7 @@ class trainer {
     report.running_error = double(wrong) / double(train.size());
     report.samples_per_second = double(train.size()) / report.seconds;
     if (residual_count > 0) report.inner_residual = residual_sum / double(residual_count);
+    if (energy_count > 0) report.inner_energy = energy_sum / double(energy_count);
     return report;
   }
 
