@@ -32,6 +32,13 @@ struct forward_state {
 
 template <Scalar S, class Loss, class... Pairs>
 class program {
+  static_assert((ActivationPair<Pairs, S> && ...),
+                "bilevel::program: every activation pair must satisfy ActivationPair<P, S>: "
+                "members name(), f, df, G, G_conj over S (see activations/concept.hpp)");
+  static_assert(OuterLoss<Loss, S>,
+                "bilevel::program: the loss must satisfy OuterLoss<L, S>: members name(), "
+                "value<S>(z, y) and gradient<S>(z, y, g) (see losses/loss.hpp)");
+
  public:
   using scalar_type = S;
   using loss_type = Loss;
