@@ -190,6 +190,17 @@ TEST_CASE("the trainer is deterministic given the seed", "[trainer]") {
   CHECK(first.lines[1]["test_error"] == second.lines[1]["test_error"]);
 }
 
+TEST_CASE("a flag given twice takes its last value, so wrappers can set defaults",
+          "[trainer]") {
+  data_directory data("repeat");
+  const run_result run =
+      run_trainer("--data " + data.path.string() + small_run + " --epochs 3 --epochs 1");
+  INFO(run.error);
+  REQUIRE(run.status == 0);
+  CHECK(run.lines.size() == 2);
+  CHECK(run.lines.back()["epochs"] == 1);
+}
+
 TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
   data_directory data("flags");
   const std::string base = "--data " + data.path.string() + small_run + " --epochs 1";

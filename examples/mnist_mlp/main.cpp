@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
                "methods. Flags marked (method default) take the method's paper setting when "
                "unset.",
                "mnist_mlp"};
+  // A flag given twice takes its last value, so wrappers (scripts/train.sh) can set defaults
+  // that the user's own flags override.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--data", opts.data,
                  "Directory with train-/t10k- images and labels (idx, plain or .gz)")
       ->capture_default_str();
