@@ -231,6 +231,90 @@ TEST_CASE("missing or corrupt data gives a one-line error and exit status 1", "[
   CHECK(truncated.error.find('\n') == truncated.error.size() - 1);
 }
 
+namespace {
+
+/// The epoch lines without their timings (which differ from run to run).
+std::vector<json> epochs_without_timing(const run_result& run) {
+  std::vector<json> lines;
+  for (json line : run.lines) {
+    if (line.contains("summary")) continue;
+    line.erase("seconds");
+    line.erase("samples_per_s");
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("the trainer resumed with --resume continues exactly where --save left it", "[trainer][checkpoint]") {
+  data_directory data("resume");
+  const fs::path straight = data.path / "straight.ckpt", half = data.path / "half.ckpt";
+  for (const std::string method : {"fenbp", "ep --one-sided --layers 16,32,10", "altmin"}) {
+    INFO(method);
+    const std::string base = "--data " + data.path.string() +
+                             " --layers 16,64,64,10 --train-samples 1500 --validation 500"
+                             " --seed 3 --method " + method;
+    const run_result full = run_trainer(base + " --epochs 4 --save " + straight.string());
+    const run_result first = run_trainer(base + " --epochs 2 --save " + half.string());
+    const run_result rest = run_trainer(base + " --epochs 4 --resume " + half.string());
+    INFO(full.error << first.error << rest.error);
+    REQUIRE(full.status == 0);
+    REQUIRE(first.status == 0);
+    REQUIRE(rest.status == 0);
+    std::vector<json> joined = epochs_without_timing(first);
+    for (const json& line : epochs_without_timing(rest)) joined.push_back(line);
+    REQUIRE(joined.size() == 4);
+    CHECK(joined == epochs_without_timing(full));
+    CHECK(rest.lines.back()["best_epoch"] == full.lines.back()["best_epoch"]);
+    CHECK(rest.lines.back()["initial_test_error"] == full.lines.back()["initial_test_error"]);
+    CHECK_THAT(rest.error, Catch::Contains("resumed from") && Catch::Contains("after epoch 2"));
+  }
+}
+
+TEST_CASE("bad checkpoints and paths give a one-line error and exit status 1",
+          "[trainer][checkpoint]") {
+  data_directory data("bad-checkpoint");
+  const std::string base = "--data " + data.path.string() + small_run + " --epochs 1";
+  const fs::path file = data.path / "run.ckpt";
+  REQUIRE(run_trainer(base + " --method bp --save " + file.string()).status == 0);
+  const auto one_line_error = [](const run_result& run, const std::string& part) {
+    INFO(run.error);
+    CHECK(run.status == 1);
+    CHECK(run.error.rfind("mnist_mlp: ", 0) == 0);
+    CHECK(run.error.find('\n') == run.error.size() - 1);
+    CHECK_THAT(run.error, Catch::Contains(part));
+  };
+  one_line_error(run_trainer(base + " --save " + (data.path / "no" / "dir.ckpt").string()),
+                 "dir.ckpt");
+  one_line_error(run_trainer(base + " --resume " + (data.path / "none.ckpt").string()),
+                 "none.ckpt");
+  one_line_error(run_trainer(base + " --method fenbp --resume " + file.string()),
+                 "method must be 'fenbp', got 'bp'");
+  one_line_error(run_trainer(base + " --method bp --layers 16,32,10 --resume " + file.string()),
+                 "number of layer sizes");
+  fs::resize_file(file, fs::file_size(file) / 2);
+  one_line_error(run_trainer(base + " --method bp --resume " + file.string()), "run.ckpt");
+}
+
+TEST_CASE("an idx file whose count exceeds its payload gives a one-line error",
+          "[trainer]") {
+  data_directory data("count");
+  // Raise the label file's count from 6000 to 6001 without adding a label.
+  const fs::path labels = data.path / "train-labels-idx1-ubyte";
+  std::FILE* file = std::fopen(labels.c_str(), "r+b");
+  REQUIRE(file != nullptr);
+  const unsigned char count[4] = {0, 0, 0x17, 0x71};
+  REQUIRE(std::fseek(file, 4, SEEK_SET) == 0);
+  REQUIRE(std::fwrite(count, 1, 4, file) == 4);
+  std::fclose(file);
+  const run_result run = run_trainer("--data " + data.path.string() + small_run);
+  CHECK(run.status == 1);
+  CHECK_THAT(run.error, Catch::Contains("train-labels-idx1-ubyte") &&
+                            Catch::Contains("expected 6001 payload bytes"));
+  CHECK(run.error.find('\n') == run.error.size() - 1);
+}
+
 #endif
 
 TEST_CASE("the trainer loop stops with a numeric_error naming epoch and batch on a NaN",

@@ -189,6 +189,15 @@ int main(int argc, char** argv) {
                  "method's own block-coordinate step: mac, lpom, fln, altmin) (method default: "
                  "gradient; altmin native)")
       ->check(CLI::IsMember({"gradient", "native"}));
+  app.add_option("--save", opts.save,
+                 "Checkpoint file, written atomically at the start, every --save-every epochs "
+                 "and after the last epoch");
+  app.add_option("--save-every", opts.save_every, "Epochs between checkpoints")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--resume", opts.resume,
+                 "Checkpoint to continue from (same flags): training runs on from its epoch to "
+                 "--epochs, exactly as if it had never stopped");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -46,6 +46,10 @@ struct options {
   Index nudged_iterations = 4;
   bool one_sided = false;
   std::string step_mode = "gradient";
+  // Checkpoints (io/checkpoint.hpp).
+  std::string save;
+  std::string resume;
+  Index save_every = 1;
 };
 
 /// Parses a comma-separated list of numbers; `what` names the flag in errors.

@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <limits>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -131,6 +132,13 @@ class any_method {
         method_);
   }
 
+  void save_state(bilevel::state_writer& out) const {
+    std::visit([&](const auto& m) { m.save_state(out); }, method_);
+  }
+  void load_state(bilevel::state_reader& in) {
+    std::visit([&](auto& m) { m.load_state(in); }, method_);
+  }
+
   /// EP predicts by free relaxation; every other method by the forward pass.
   template <class Program>
   void predict(const Program& net, const bilevel::MatrixCRef<S>& x, bilevel::Matrix<S>& output) {
@@ -175,6 +183,12 @@ class any_optimizer {
   void set_learning_rate(S lr) {
     std::visit([&](auto& o) { o.set_learning_rate(lr); }, optimizer_);
   }
+  void save_state(bilevel::state_writer& out) const {
+    std::visit([&](const auto& o) { o.save_state(out); }, optimizer_);
+  }
+  void load_state(bilevel::state_reader& in) {
+    std::visit([&](auto& o) { o.load_state(in); }, optimizer_);
+  }
 
  private:
   using variant = std::variant<bilevel::adam<S>, bilevel::sgd<S>>;
@@ -193,6 +207,33 @@ class any_optimizer {
     return bilevel::sgd<S>(settings, parameters, decayed);
   }
   variant optimizer_;
+};
+
+/// What the trainer's report carries across epochs: saved in checkpoints so that a resumed run
+/// reports the same best epoch and totals as an uninterrupted one.
+struct run_record {
+  double initial_test_error = 0;
+  double best_validation = 2;
+  double test_at_best = 2;
+  double total_seconds = 0;
+  Index best_epoch = 0;
+
+  void save_state(bilevel::state_writer& out) const {
+    out.write_text("mnist_mlp run");
+    for (const double value : {initial_test_error, best_validation, test_at_best, total_seconds})
+      out.write_f64(value);
+    out.write_index(best_epoch);
+  }
+  void load_state(bilevel::state_reader& in) {
+    in.expect_text("mnist_mlp run", "component");
+    run_record loaded;
+    loaded.initial_test_error = in.read_finite("initial test error");
+    loaded.best_validation = in.read_finite("best validation error");
+    loaded.test_at_best = in.read_finite("test error at the best validation error");
+    loaded.total_seconds = in.read_finite("training seconds");
+    loaded.best_epoch = in.read_index("best epoch", 0, std::numeric_limits<Index>::max());
+    *this = loaded;
+  }
 };
 
 inline bilevel::lr_schedule<double> make_schedule(const options& opts) {
@@ -241,6 +282,17 @@ int train(const options& opts, const Hidden& hidden) {
   const auto schedule = make_schedule(opts);
   bilevel::trainer trainer(net, method, optimizer, opts.batch, opts.seed + 1, mode);
 
+  run_record record;
+  const auto save = [&] {
+    if (!opts.save.empty())
+      bilevel::save_checkpoint(opts.save, net, optimizer, method, trainer.progress(), record);
+  };
+  if (!opts.resume.empty()) {
+    bilevel::load_checkpoint(opts.resume, net, optimizer, method, trainer.progress(), record);
+  } else {
+    record.initial_test_error = bilevel::classification_error(net, test_set, method);
+  }
+  save();  // at once: an unwritable --save path fails now, not after the first epoch
   std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
             << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
             << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
@@ -248,23 +300,24 @@ int train(const options& opts, const Hidden& hidden) {
             << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
             << Eigen::nbThreads() << " thread(s)\n";
 
-  const double initial_test_error = bilevel::classification_error(net, test_set, method);
-  double best_validation = 2, test_at_best = 2, total_seconds = 0;
-  Index best_epoch = 0;
+  if (!opts.resume.empty())
+    std::cerr << "mnist_mlp: resumed from " << opts.resume << " after epoch " << trainer.epoch()
+              << '\n';
   json last;
-  for (Index epoch = 1; epoch <= opts.epochs; ++epoch) {
+  for (Index epoch = trainer.epoch() + 1; epoch <= opts.epochs; ++epoch) {
     optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
     method.set_learning_rate(S(schedule.at(epoch - 1)));
     const bilevel::epoch_report report = trainer.run_epoch(train_set);
-    total_seconds += report.seconds;
+    record.total_seconds += report.seconds;
     const double train_error = bilevel::classification_error(net, train_set, method);
     const double validation_error = bilevel::classification_error(net, validation_set, method);
     const double test_error = bilevel::classification_error(net, test_set, method);
-    if (validation_set.size() > 0 && validation_error < best_validation) {
-      best_validation = validation_error;
-      test_at_best = test_error;
-      best_epoch = epoch;
+    if (validation_set.size() > 0 && validation_error < record.best_validation) {
+      record.best_validation = validation_error;
+      record.test_at_best = test_error;
+      record.best_epoch = epoch;
     }
+    if (epoch % opts.save_every == 0 || epoch == opts.epochs) save();
     last = {{"epoch", epoch},
             {"method", method.name()},
             {"beta", beta_json(opts)},
@@ -303,16 +356,16 @@ int train(const options& opts, const Hidden& hidden) {
                   {"precision", opts.precision},
                   {"threads", Eigen::nbThreads()},
                   {"train_samples", train_set.size()},
-                  {"train_seconds", total_seconds},
-                  {"initial_test_error", initial_test_error}};
+                  {"train_seconds", record.total_seconds},
+                  {"initial_test_error", record.initial_test_error}};
   if (!last.is_null()) {
     summary["final_train_error"] = last["train_error"];
     summary["final_test_error"] = last["test_error"];
   }
-  if (best_epoch > 0) {
-    summary["best_epoch"] = best_epoch;
-    summary["best_validation_error"] = best_validation;
-    summary["test_error_at_best_validation"] = test_at_best;
+  if (record.best_epoch > 0) {
+    summary["best_epoch"] = record.best_epoch;
+    summary["best_validation_error"] = record.best_validation;
+    summary["test_error_at_best_validation"] = record.test_at_best;
   }
   std::cout << summary.dump() << std::endl;
   return 0;

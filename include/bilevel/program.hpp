@@ -7,7 +7,10 @@
 // form a prefix, which is what weight decay applies to. A gradient is a flat buffer with the
 // same layout (see weights() / bias() with a buffer argument).
 
+#include <limits>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <utility>
 #include <vector>
 
@@ -16,6 +19,7 @@
 #include "core/error.hpp"
 #include "core/types.hpp"
 #include "core/random.hpp"
+#include "core/state_stream.hpp"
 #include "layers/dense.hpp"
 #include "layers/init.hpp"
 #include "losses/loss.hpp"
@@ -90,6 +94,61 @@ class program {
   ConstMatrixMap<S> weights(Index index) const { return layer(index).weights(parameters_); }
   VectorMap<S> bias(Index index) { return layer(index).bias(parameters_); }
   ConstVectorMap<S> bias(Index index) const { return layer(index).bias(parameters_); }
+
+  /// The structure (loss, layer sizes, each layer's pair name and hyperparameters) and the
+  /// parameters. User-defined pairs are saved by their name(): no closed list of types.
+  void save_state(state_writer& out) const {
+    out.write_text("program");
+    out.write_text(loss_.name());
+    out.write_u64(layers_.size() + 1);
+    out.write_index(input_size());
+    for (const layer_type& layer : layers_) out.write_index(layer.outputs());
+    for (const layer_type& layer : layers_) {
+      layer.visit([&](const auto& pair) {
+        out.write_text(pair.name());
+        if constexpr (detail::has_hyperparameters<std::decay_t<decltype(pair)>>)
+          out.write_values(pair.hyperparameters());
+        else
+          out.write_values(std::vector<double>{});
+      });
+    }
+    out.write_values<S>(parameters_);
+  }
+
+  /// Restores what save_state wrote into a program of the same structure: the loss, the sizes
+  /// and the pairs' names must match; pair hyperparameters and the parameters are taken over.
+  /// Throws data_error (and changes nothing) on any mismatch or non-finite parameter.
+  void load_state(state_reader& in) {
+    in.expect_text("program", "component");
+    in.expect_text(loss_.name(), "loss");
+    const Index count = in.read_index("number of layer sizes", 2, std::numeric_limits<Index>::max());
+    std::vector<Index> sizes(1, input_size());
+    for (const layer_type& layer : layers_) sizes.push_back(layer.outputs());
+    if (count != Index(sizes.size())) in.fail("number of layer sizes", sizes.size(), count);
+    for (std::size_t k = 0; k < sizes.size(); ++k)
+      in.read_index(detail::concat("size of layer ", k), sizes[k], sizes[k]);
+    std::vector<pair_type> pairs;
+    for (Index k = 0; k < depth(); ++k) {
+      pair_type pair = layer(k).pair();
+      std::visit(
+          [&](auto& typed) {
+            const std::string where = detail::concat("activation of layer ", k + 1);
+            in.expect_text(typed.name(), where);
+            const std::vector<double> values =
+                in.read_double_list(detail::concat(where, " hyperparameters"));
+            if constexpr (detail::has_hyperparameters<std::decay_t<decltype(typed)>>)
+              in.validate(where, [&] { typed.set_hyperparameters(values); });
+            else if (!values.empty())
+              in.fail(detail::concat(where, " hyperparameters"), "none", values.size());
+          },
+          pair);
+      pairs.push_back(std::move(pair));
+    }
+    Vector<S> parameters = in.read_values<S>("parameters", parameter_count());
+    if (!parameters.allFinite()) in.fail("parameters", "finite", "a NaN or Inf entry");
+    for (Index k = 0; k < depth(); ++k) layers_[std::size_t(k)].set_pair(std::move(pairs[std::size_t(k)]));
+    parameters_ = std::move(parameters);
+  }
 
   /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source).
   void initialize(init_scheme scheme, random_source& random) {

@@ -13,6 +13,10 @@
 //       grad_conj(z)      an element of dG*(z), i.e. some a with f(a) = z (the inverse map)
 //       prox_conj(v, t)   argmin_z t G*(z) + (z - v)^2 / 2
 //   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed.
+//   A pair with parameters of its own (leaky ReLU's slope) gives both of
+//       hyperparameters()         -> std::vector<double>
+//       set_hyperparameters(v)    from such a vector, validating it
+//   so that checkpoints save and restore them (any pair form).
 //
 // * columnwise (softmax): members over a batch (one sample per column)
 //       name(), f(A, Z), vjp(A, V, Out) = J_f(A)^T V, G(A) and G_conj(Z) per column,
@@ -26,6 +30,7 @@
 #include <concepts>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "../core/types.hpp"
 
@@ -75,6 +80,11 @@ concept has_f_expr = requires(const P& pair, const Eigen::Array<S, Eigen::Dynami
 template <class P, class S>
 concept has_df_expr = requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a) {
   pair.df_expr(a);
+};
+template <class P>
+concept has_hyperparameters = requires(const P& pair, P& target, const std::vector<double>& values) {
+  { pair.hyperparameters() } -> std::convertible_to<std::vector<double>>;
+  target.set_hyperparameters(values);
 };
 /// Pairs with `static constexpr bool linear = true` (the identity) have f(a - b g) = f(a) - b g
 /// exactly, so the Fenchel BP signal is g itself with no rounding from the difference.

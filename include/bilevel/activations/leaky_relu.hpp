@@ -2,8 +2,8 @@
 // Leaky ReLU with slope s in (0, 1): f(a) = a (a >= 0) or s a; G(a) = a^2/2 or s a^2/2;
 // G*(z) = z^2/2 (z >= 0) or z^2/(2s) (METHODS.md §2). The slope is part of the pair's state.
 
-#include <sstream>
 #include <string>
+#include <vector>
 
 #include "../core/error.hpp"
 
@@ -17,10 +17,13 @@ struct leaky_relu {
     detail::require(s > 0 && s < 1, "leaky_relu", "slope", "in (0, 1)", s);
   }
 
-  std::string name() const {
-    std::ostringstream out;
-    out << "leaky_relu(" << slope << ")";
-    return out.str();
+  std::string name() const { return "leaky_relu"; }
+  /// The slope, saved in checkpoints and restored by set_hyperparameters.
+  std::vector<double> hyperparameters() const { return {slope}; }
+  void set_hyperparameters(const std::vector<double>& values) {
+    detail::require(values.size() == 1, "leaky_relu::set_hyperparameters", "the number of values",
+                    "1 (the slope)", values.size());
+    *this = leaky_relu(values.front());
   }
   template <class S> S f(S a) const { return a >= 0 ? a : S(slope) * a; }
   template <class S> S df(S a) const { return a > 0 ? S(1) : S(slope); }

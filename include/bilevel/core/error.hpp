@@ -21,7 +21,7 @@ class shape_error : public error {
  public:
   using error::error;
 };
-/// Data files that are missing, truncated or malformed.
+/// Files that are missing, unwritable, truncated, corrupted or of something else.
 class data_error : public error {
  public:
   using error::error;

@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <numbers>
 #include <random>
+#include <sstream>
+
+#include "state_stream.hpp"
 
 namespace bilevel {
 
@@ -52,6 +55,32 @@ class random_source {
 
   std::mt19937_64& engine() { return engine_; }
   const std::mt19937_64& engine() const { return engine_; }
+
+  /// The engine's state in the standard's text form (the same on every library), and the
+  /// normal draw kept for the next call: later draws continue exactly where they would have.
+  void save_state(state_writer& out) const {
+    out.write_text("random_source");
+    std::ostringstream engine_text;
+    engine_text << engine_;
+    out.write_text(engine_text.str());
+    out.write_bool(has_spare_);
+    out.write_f64(spare_);
+  }
+
+  void load_state(state_reader& in) {
+    in.expect_text("random_source", "component");
+    std::istringstream engine_text(in.read_text("random engine state"));
+    std::mt19937_64 engine;
+    engine_text >> engine;
+    if (!engine_text || !(engine_text >> std::ws).eof())
+      in.fail("random engine state", "the text form of a mt19937_64", "something else");
+    const bool has_spare = in.read_bool("has_spare");
+    const double spare = in.read_f64("spare");
+    if (has_spare && !std::isfinite(spare)) in.fail("spare", "finite", spare);
+    engine_ = engine;
+    has_spare_ = has_spare;
+    spare_ = spare;
+  }
 
  private:
   std::mt19937_64 engine_;

@@ -17,9 +17,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <random>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -28,6 +26,7 @@
 
 #include "../core/error.hpp"
 #include "../core/types.hpp"
+#include "file.hpp"
 
 namespace bilevel {
 
@@ -225,8 +224,7 @@ inline idx_array read_idx(const std::filesystem::path& path) {
   return result;
 }
 
-/// Writes `data` as a plain unsigned-byte idx file of shape `dims`. The file is written under
-/// a temporary name and renamed into place, so readers never see a half-written file.
+/// Writes `data` as a plain unsigned-byte idx file of shape `dims`, atomically (io/file.hpp).
 /// Throws shape_error if `dims` does not describe exactly `data.size()` bytes, data_error if
 /// the file cannot be written.
 inline void write_idx(const std::filesystem::path& path, const std::vector<std::int64_t>& dims,
@@ -253,41 +251,13 @@ inline void write_idx(const std::filesystem::path& path, const std::vector<std::
         concat("write_idx: dimensions hold ", product, " bytes, data has ", data.size()));
   }
 
-  std::string header{'\0', '\0', static_cast<char>(detail::idx_ubyte_type),
-                     static_cast<char>(dims.size())};
+  std::vector<std::uint8_t> bytes{0, 0, detail::idx_ubyte_type, std::uint8_t(dims.size())};
   for (const std::int64_t dim : dims) {
     const auto size = static_cast<std::uint32_t>(dim);
-    for (int shift = 24; shift >= 0; shift -= 8)
-      header += static_cast<char>((size >> shift) & 0xFFu);
+    for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(std::uint8_t(size >> shift));
   }
-
-  std::random_device entropy;
-  const std::uint64_t tag = (std::uint64_t{entropy()} << 32) ^ entropy();
-  std::filesystem::path temporary = path;
-  temporary += concat(".tmp.", tag);
-  const std::string where = concat("write_idx: ", path.string(), ": ");
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw data_error(concat(where, "cannot create ", temporary.string()));
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    out.write(reinterpret_cast<const char*>(data.data()),
-              static_cast<std::streamsize>(data.size()));
-    out.flush();
-    out.close();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw data_error(concat(where, "writing ", temporary.string(), " failed"));
-    }
-  }
-  std::error_code rename_error;
-  std::filesystem::rename(temporary, path, rename_error);
-  if (rename_error) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw data_error(concat(where, "cannot rename ", temporary.string(),
-                            " into place: ", rename_error.message()));
-  }
+  bytes.insert(bytes.end(), data.begin(), data.end());
+  write_file_atomically(path, bytes, "write_idx");
 }
 
 /// Reads an image file (N x rows x cols) and a label file (N) into a labelled_set, scaling

@@ -50,6 +50,7 @@ class dense_layer {
   Index weight_offset() const { return weight_offset_; }
   Index bias_offset() const { return bias_offset_; }
   const pair_type& pair() const { return pair_; }
+  void set_pair(pair_type pair) { pair_ = std::move(pair); }
 
   /// Calls `visitor(pair)` with the layer's concrete pair type: one dispatch per layer and
   /// batch, never per element.

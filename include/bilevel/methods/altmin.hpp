@@ -133,6 +133,32 @@ class altmin {
     for (auto& optimizer : bias_optimizers_) optimizer.set_learning_rate(learning_rate);
   }
   S learning_rate() const { return settings_.optimizer.learning_rate; }
+  /// The learning rate and every layer's Adam state (weights, then biases, per layer).
+  void save_state(state_writer& out) const {
+    out.write_text(name());
+    out.write_f64(double(settings_.optimizer.learning_rate));
+    out.write_u64(weight_optimizers_.size());
+    for (std::size_t k = 0; k < weight_optimizers_.size(); ++k) {
+      weight_optimizers_[k].save_state(out);
+      bias_optimizers_[k].save_state(out);
+    }
+  }
+  void load_state(state_reader& in) {
+    in.expect_text(name(), "method");
+    const double learning_rate = in.read_f64("altmin learning rate");
+    if (!(std::isfinite(learning_rate) && learning_rate > 0))
+      in.fail("altmin learning rate", "finite and > 0", learning_rate);
+    const std::uint64_t layers = in.read_u64("altmin layer count");
+    std::vector<adam<S>> weight_optimizers, bias_optimizers;
+    for (std::uint64_t k = 0; k < layers; ++k) {  // each layer's state is bounded by the bytes
+      weight_optimizers.push_back(adam<S>::read_state(in));
+      bias_optimizers.push_back(adam<S>::read_state(in));
+    }
+    settings_.optimizer.learning_rate = S(learning_rate);
+    weight_optimizers_ = std::move(weight_optimizers);
+    bias_optimizers_ = std::move(bias_optimizers);
+  }
+
   /// Drops every layer's Adam state (they are rebuilt on the next weight update).
   void reset_optimizers() {
     weight_optimizers_.clear();

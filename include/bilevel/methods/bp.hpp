@@ -28,6 +28,10 @@ class bp {
   /// The forward pass of the last batch.
   const forward_state<S>& state() const { return buffers_.state; }
 
+  /// Nothing persists across steps: the state is the name, so another method's is refused.
+  void save_state(state_writer& out) const { out.write_text(name()); }
+  void load_state(state_reader& in) { in.expect_text(name(), "method"); }
+
  private:
   detail::top_down_buffers<S> buffers_;
 };

@@ -42,6 +42,16 @@ class chl {
   std::string name() const { return "chl"; }
   const settings& config() const { return config_; }
 
+  /// The solver's step sizes persist across batches (they start where the last batch ended).
+  void save_state(state_writer& out) const {
+    out.write_text(name());
+    objective_.save_step_sizes(out);
+  }
+  void load_state(state_reader& in) {
+    in.expect_text(name(), "method");
+    objective_.load_step_sizes(in);
+  }
+
   template <class Program>
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                        Vector<S>& gradient) {

@@ -122,6 +122,16 @@ class ep {
   std::string name() const { return "ep"; }
   const settings& config() const { return settings_; }
 
+  /// The random source of beta's sign, so a resumed run draws the signs it would have drawn.
+  void save_state(state_writer& out) const {
+    out.write_text(name());
+    random_.save_state(out);
+  }
+  void load_state(state_reader& in) {
+    in.expect_text(name(), "method");
+    random_.load_state(in);
+  }
+
   /// Batch-mean EP gradient estimate in the program's parameter layout. The report: loss = batch
   /// mean of C at the free fixed point, correct = argmax of its s_L against argmax of y,
   /// inner_iterations = free_iterations, inner_residual = max-norm of the last free step

@@ -19,6 +19,7 @@
 
 #include "../activations/concept.hpp"
 #include "../core/error.hpp"
+#include "../core/state_stream.hpp"
 #include "../couplings/fenchel.hpp"
 #include "../program.hpp"
 
@@ -237,6 +238,21 @@ class lifted_objective {
   template <class Program>
   void refresh_pre_activation(const Program& net, Index m) {
     if (m < Index(z_.size()) - 1) net.affine(m, z_[std::size_t(m)], a_[std::size_t(m)]);
+  }
+
+  /// The step sizes kept across batches (per z-block and per W-block), for checkpoints.
+  void save_step_sizes(state_writer& out) const {
+    out.write_values<S>(ConstVectorMap<S>(steps_.data(), Index(steps_.size())));
+    out.write_values<S>(ConstVectorMap<S>(weight_steps_.data(), Index(weight_steps_.size())));
+  }
+  void load_step_sizes(state_reader& in) {
+    const Vector<S> steps = in.read_values<S>("z-block step sizes");
+    const Vector<S> weight_steps = in.read_values<S>("W-block step sizes");
+    for (const Vector<S>* sizes : {&steps, &weight_steps})
+      if (!((sizes->array() >= S(0)).all() && sizes->allFinite()))
+        in.fail("step sizes", "finite and >= 0", "a negative, NaN or Inf entry");
+    steps_.assign(steps.begin(), steps.end());
+    weight_steps_.assign(weight_steps.begin(), weight_steps.end());
   }
 
   /// Recomputes every a_k from the current z (after the parameters changed).

@@ -56,6 +56,16 @@ class lifted_method {
   std::string name() const { return name_; }
   const lifted_settings<S>& config() const { return config_; }
 
+  /// The solver's step sizes persist across batches (they start where the last batch ended).
+  void save_state(state_writer& out) const {
+    out.write_text(name());
+    objective_.save_step_sizes(out);
+  }
+  void load_state(state_reader& in) {
+    in.expect_text(name(), "method");
+    objective_.load_step_sizes(in);
+  }
+
   /// The estimate lambda_k d_theta E_k at the inferred z (batch means), for any optimizer.
   template <class Program>
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,

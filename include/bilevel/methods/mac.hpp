@@ -134,6 +134,26 @@ class mac {
     detail::require(std::isfinite(mu) && mu > 0, "mac::set_mu", "mu", "finite and > 0", mu);
     mu_ = mu;
   }
+  /// The current mu (its schedule's position) and each W-step's first trial step size.
+  void save_state(state_writer& out) const {
+    out.write_text(name());
+    out.write_f64(double(mu_));
+    Vector<S> steps(Index(layers_.size()));
+    for (std::size_t k = 0; k < layers_.size(); ++k) steps[Index(k)] = layers_[k].step;
+    out.write_values<S>(steps);
+  }
+  void load_state(state_reader& in) {
+    in.expect_text(name(), "method");
+    const double mu = in.read_f64("mac mu");
+    if (!(std::isfinite(mu) && mu > 0)) in.fail("mac mu", "finite and > 0", mu);
+    const Vector<S> steps = in.read_values<S>("mac W-step sizes");
+    if (!(steps.allFinite() && (steps.array() >= S(0)).all()))
+      in.fail("mac W-step sizes", "finite and >= 0", "a negative, NaN or Inf entry");
+    mu_ = S(mu);
+    layers_.assign(std::size_t(steps.size()), layer_work{});
+    for (std::size_t k = 0; k < layers_.size(); ++k) layers_[k].step = steps[Index(k)];
+  }
+
   /// mu <- min(mu * mu_growth, mu_max); train_step calls this once at its end.
   void advance_mu() { mu_ = std::min(mu_ * settings_.mu_growth, settings_.mu_max); }
 

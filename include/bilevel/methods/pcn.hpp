@@ -58,6 +58,10 @@ class pcn {
   std::string name() const { return settings_.zero_divergence ? "zil" : "pcn"; }
   const settings& config() const { return settings_; }
 
+  /// Nothing persists across steps: the state is the name, so another method's is refused.
+  void save_state(state_writer& out) const { out.write_text(name()); }
+  void load_state(state_reader& in) { in.expect_text(name(), "method"); }
+
   /// Batch-mean gradient estimate of the batch-mean loss, in the program's parameter layout.
   /// The report's loss and correct count are those of the forward pass; inner_energy is the
   /// batch mean of F and inner_residual the batch mean of the per-sample norm of dF/dz (all

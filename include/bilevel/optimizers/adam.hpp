@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "../core/state_stream.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -88,12 +89,66 @@ class adam {
     detail::require_shape("adam::restore", "second_moment", n_params_, 1, second_moment.rows(),
                           second_moment.cols());
     detail::require(steps >= 0, "adam::restore", "steps", ">= 0", steps);
-    // A negative (or NaN) second moment would turn every later step into NaN.
-    detail::require((second_moment.array() >= S(0)).all(), "adam::restore", "second_moment",
-                    "elementwise >= 0", "a negative or NaN entry");
+    // A non-finite moment or a negative second moment would turn every later step into NaN.
+    detail::require(first_moment.allFinite(), "adam::restore", "first_moment", "finite",
+                    "a NaN or Inf entry");
+    detail::require(second_moment.allFinite() && (second_moment.array() >= S(0)).all(),
+                    "adam::restore", "second_moment", "finite and elementwise >= 0",
+                    "a negative, NaN or Inf entry");
     m_ = std::move(first_moment);
     v_ = std::move(second_moment);
     steps_ = steps;
+  }
+
+  /// Settings (a scheduled learning rate is state too), moments and step count.
+  void save_state(state_writer& out) const {
+    out.write_text("adam");
+    out.write_index(n_params_);
+    out.write_index(n_decayed_);
+    out.write_f64(double(config_.learning_rate));
+    out.write_f64(double(config_.beta1));
+    out.write_f64(double(config_.beta2));
+    out.write_f64(double(config_.epsilon));
+    out.write_f64(double(config_.weight_decay));
+    out.write_bool(config_.decoupled);
+    out.write_index(steps_);
+    out.write_values<S>(m_);
+    out.write_values<S>(v_);
+  }
+
+  /// Restores what save_state wrote; the parameter layout must be this optimizer's.
+  void load_state(state_reader& in) {
+    adam restored = read_state(in);
+    if (restored.n_params_ != n_params_)
+      in.fail("adam parameter count", n_params_, restored.n_params_);
+    if (restored.n_decayed_ != n_decayed_)
+      in.fail("adam decayed parameter count", n_decayed_, restored.n_decayed_);
+    *this = std::move(restored);
+  }
+
+  /// An optimizer built from what save_state wrote, whatever its layout.
+  static adam read_state(state_reader& in) {
+    in.expect_text("adam", "optimizer");
+    const Index n_params = in.read_index("adam parameter count");
+    const Index n_decayed = in.read_index("adam decayed parameter count");
+    settings config;
+    config.learning_rate = S(in.read_f64("adam learning_rate"));
+    config.beta1 = S(in.read_f64("adam beta1"));
+    config.beta2 = S(in.read_f64("adam beta2"));
+    config.epsilon = S(in.read_f64("adam epsilon"));
+    config.weight_decay = S(in.read_f64("adam weight_decay"));
+    config.decoupled = in.read_bool("adam decoupled");
+    const Index steps = in.read_index("adam steps");
+    // The moments come first: their lengths are bounded by the bytes present, so a corrupt
+    // count cannot make the constructor allocate without limit.
+    Vector<S> m = in.read_values<S>("adam first moment");
+    Vector<S> v = in.read_values<S>("adam second moment", m.size());
+    if (n_params != m.size()) in.fail("adam parameter count", m.size(), n_params);
+    return in.validate("adam state", [&] {
+      adam restored(config, n_params, n_decayed);
+      restored.restore(std::move(m), std::move(v), steps);
+      return restored;
+    });
   }
 
  private:

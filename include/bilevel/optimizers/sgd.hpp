@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "../core/state_stream.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -67,8 +68,40 @@ class sgd {
     detail::require_shape("sgd::restore", "velocity", n_params_, 1, velocity.rows(),
                           velocity.cols());
     detail::require(steps >= 0, "sgd::restore", "steps", ">= 0", steps);
+    detail::require(velocity.allFinite(), "sgd::restore", "velocity", "finite",
+                    "a NaN or Inf entry");
     velocity_ = std::move(velocity);
     steps_ = steps;
+  }
+
+  /// Settings (a scheduled learning rate is state too), velocity and step count.
+  void save_state(state_writer& out) const {
+    out.write_text("sgd");
+    out.write_index(n_params_);
+    out.write_index(n_decayed_);
+    out.write_f64(double(config_.learning_rate));
+    out.write_f64(double(config_.momentum));
+    out.write_bool(config_.nesterov);
+    out.write_f64(double(config_.weight_decay));
+    out.write_index(steps_);
+    out.write_values<S>(velocity_);
+  }
+
+  /// Restores what save_state wrote; the parameter layout must be this optimizer's.
+  void load_state(state_reader& in) {
+    in.expect_text("sgd", "optimizer");
+    in.read_index("sgd parameter count", n_params_, n_params_);
+    in.read_index("sgd decayed parameter count", n_decayed_, n_decayed_);
+    settings config;
+    config.learning_rate = S(in.read_f64("sgd learning_rate"));
+    config.momentum = S(in.read_f64("sgd momentum"));
+    config.nesterov = in.read_bool("sgd nesterov");
+    config.weight_decay = S(in.read_f64("sgd weight_decay"));
+    const Index steps = in.read_index("sgd steps");
+    sgd restored = in.validate("sgd settings", [&] { return sgd(config, n_params_, n_decayed_); });
+    Vector<S> velocity = in.read_values<S>("sgd velocity", n_params_);
+    in.validate("sgd state", [&] { restored.restore(std::move(velocity), steps); });
+    *this = std::move(restored);
   }
 
  private:

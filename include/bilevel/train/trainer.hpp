@@ -11,6 +11,7 @@
 
 #include "../core/error.hpp"
 #include "../core/random.hpp"
+#include "../core/state_stream.hpp"
 #include "../methods/method.hpp"
 #include "../program.hpp"
 #include "dataset.hpp"
@@ -60,6 +61,30 @@ double classification_error(const Program& net, const dataset<typename Program::
   return classification_error(net, set, method, chunk);
 }
 
+/// What the training loop itself carries from epoch to epoch: the number of epochs run and the
+/// random source of the shuffling. Checkpoint it with the program, the optimizer and the method
+/// to resume a run exactly.
+struct training_progress {
+  Index epoch = 0;
+  random_source random;
+
+  explicit training_progress(std::uint64_t seed) : random(seed) {}
+
+  void save_state(state_writer& out) const {
+    out.write_text("training_progress");
+    out.write_index(epoch);
+    random.save_state(out);
+  }
+  void load_state(state_reader& in) {
+    in.expect_text("training_progress", "component");
+    const Index epochs = in.read_index("epoch", 0, std::numeric_limits<Index>::max());
+    random_source restored = random;
+    restored.load_state(in);
+    epoch = epochs;
+    random = restored;
+  }
+};
+
 /// How the trainer steps a method that offers both a gradient and a step of its own.
 enum class step_mode { gradient, native };
 
@@ -78,7 +103,7 @@ class trainer {
         method_(method),
         optimizer_(optimizer),
         batch_size_(batch_size),
-        random_(seed),
+        progress_(seed),
         native_(!GradientMethod<Method, Program> || mode == step_mode::native) {
     detail::require(batch_size > 0, "trainer", "the batch size", "> 0", batch_size);
     detail::require(!native_ || StepMethod<Method, Program>, "trainer", "step_mode::native",
@@ -94,8 +119,8 @@ class trainer {
                           train.y.rows(), train.size());
     order_.resize(std::size_t(train.size()));
     std::iota(order_.begin(), order_.end(), Index(0));
-    random_.shuffle(order_);
-    ++epoch_;
+    progress_.random.shuffle(order_);
+    ++progress_.epoch;
 
     epoch_report report;
     double loss_sum = 0, residual_sum = 0, energy_sum = 0;
@@ -112,7 +137,7 @@ class trainer {
         throw numeric_error(detail::concat(
             "trainer::run_epoch: ",
             !std::isfinite(step.loss) ? "loss" : native_ ? "a parameter" : "gradient",
-            " is not finite in epoch ", epoch_, ", batch ", report.batches, " (method ",
+            " is not finite in epoch ", progress_.epoch, ", batch ", report.batches, " (method ",
             method_.name(), ")"));
       }
       if (!native_) optimizer_.step(net_.parameters(), gradient_);
@@ -137,9 +162,11 @@ class trainer {
     return report;
   }
 
-  Index epoch() const { return epoch_; }
+  /// Epochs run so far (a resumed run counts those before the checkpoint too).
+  Index epoch() const { return progress_.epoch; }
   bool native_steps() const { return native_; }
-  random_source& random() { return random_; }
+  training_progress& progress() { return progress_; }
+  const training_progress& progress() const { return progress_; }
 
  private:
   step_report take_step() {
@@ -167,9 +194,8 @@ class trainer {
   Method& method_;
   Optimizer& optimizer_;
   Index batch_size_;
-  random_source random_;
+  training_progress progress_;
   bool native_;
-  Index epoch_ = 0;
   std::vector<Index> order_;
   Matrix<S> batch_x_, batch_y_;
   Vector<S> gradient_;
