@@ -193,9 +193,7 @@ class altmin {
     static_assert(std::is_same_v<typename Program::scalar_type, S>,
                   "altmin<S> needs a program over the same scalar type S");
     constexpr const char* function = "altmin::update_codes";
-    detail::require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
-    detail::require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
-    detail::require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+    detail::require_batch<Program, S>(net, x, y, function);
     allocate(net, x.cols());
     const Index L = net.depth(), B = x.cols();
     x_ = x;

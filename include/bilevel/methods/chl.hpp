@@ -31,8 +31,8 @@ class chl {
 
   chl() : chl(settings{}) {}
   explicit chl(settings config) : config_(config) {
-    detail::require(config.beta > 0, "chl", "beta", "> 0", config.beta);
-    detail::require(config.gamma > 0, "chl", "gamma", "> 0", config.gamma);
+    detail::require_positive_finite("chl", "beta", config.beta);
+    detail::require_positive_finite("chl", "gamma", config.gamma);
     detail::require(config.max_sweeps >= 1, "chl", "max_sweeps", ">= 1", config.max_sweeps);
     detail::require(config.block_iterations >= 1, "chl", "block_iterations", ">= 1",
                     config.block_iterations);
@@ -55,7 +55,7 @@ class chl {
   template <class Program>
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                        Vector<S>& gradient) {
-    detail::require_shape("chl::gradient", "y", net.output_size(), x.cols(), y.rows(), y.cols());
+    detail::require_batch<Program, S>(net, x, y, "chl::gradient");
     const Index L = net.depth();
     objective_.start_from_forward(net, x);
     step_report report;

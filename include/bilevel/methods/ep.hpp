@@ -92,12 +92,12 @@ class ep {
   ep() : ep(settings{}) {}
   explicit ep(settings config) : settings_(config), random_(config.seed) {
     constexpr const char* function = "ep";
-    detail::require(settings_.beta > 0, function, "beta", "> 0", settings_.beta);
+    detail::require_positive_finite(function, "beta", settings_.beta);
     detail::require(settings_.free_iterations >= 1, function, "free_iterations", ">= 1",
                     settings_.free_iterations);
     detail::require(settings_.nudged_iterations >= 1, function, "nudged_iterations", ">= 1",
                     settings_.nudged_iterations);
-    detail::require(settings_.step > 0, function, "step", "> 0", settings_.step);
+    detail::require_positive_finite(function, "step", settings_.step);
   }
 
   /// The paper's settings for `hidden_layers` = 1, 2 or 3 (free/nudged 20/4, 100/6, 500/8,
@@ -142,8 +142,7 @@ class ep {
     static_assert(std::is_same_v<typename Program::scalar_type, S>,
                   "ep<S>::gradient needs a program over the same scalar type S");
     constexpr const char* function = "ep::gradient";
-    check_shapes(net, x, function);
-    detail::require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
+    detail::require_batch<Program, S>(net, x, y, function);
     if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
 
     const Index B = x.cols();

@@ -22,7 +22,7 @@ class fenchel_bp {
   /// (METHODS.md §1): the Fenchel BP paper's code uses B times these values.
   explicit fenchel_bp(std::vector<S> betas) : betas_(std::move(betas)) {
     detail::require(!betas_.empty(), "fenchel_bp", "the list of betas", "non-empty", "empty");
-    for (const S beta : betas_) detail::require(beta > 0, "fenchel_bp", "beta", "> 0", beta);
+    for (const S beta : betas_) detail::require_positive_finite("fenchel_bp", "beta", beta);
   }
   explicit fenchel_bp(S beta) : fenchel_bp(std::vector<S>{beta}) {}
 

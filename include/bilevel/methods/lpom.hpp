@@ -31,7 +31,7 @@ struct lifted_settings {
 
   void validate(const char* method) const {
     detail::require(!lambda.empty(), method, "lambda", "one value or one per layer", "empty");
-    for (const S value : lambda) detail::require(value > 0, method, "lambda", "> 0", value);
+    for (const S value : lambda) detail::require_positive_finite(method, "lambda", value);
     detail::require(sweeps >= 1, method, "sweeps", ">= 1", sweeps);
     detail::require(block_iterations >= 1, method, "block_iterations", ">= 1", block_iterations);
     detail::require(block_tolerance >= 0, method, "block_tolerance", ">= 0", block_tolerance);
@@ -92,8 +92,7 @@ class lifted_method {
  private:
   template <class Program>
   step_report infer(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
-    require_shape(concat(name_, "::gradient"), "y", net.output_size(), x.cols(), y.rows(),
-                  y.cols());
+    require_batch<Program, S>(net, x, y, concat(name_, "::gradient"));
     const Index L = net.depth();
     require(config_.lambda.size() == 1 || Index(config_.lambda.size()) == L, name_,
             "the number of lambdas", concat("1 or one per layer (", L, ")"), config_.lambda.size());

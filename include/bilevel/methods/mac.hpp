@@ -195,9 +195,7 @@ class mac {
     static_assert(std::is_same_v<typename Program::scalar_type, S>,
                   "mac<S> needs a program over the same scalar type S");
     constexpr const char* function = "mac::solve_z";
-    detail::require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
-    detail::require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
-    detail::require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+    detail::require_batch<Program, S>(net, x, y, function);
     const bool warm = start == z_start::previous;
     if (warm) {
       detail::require(fits(net, x.cols()), function, "z_start::previous",

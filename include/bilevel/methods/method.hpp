@@ -9,7 +9,9 @@
 #include <concepts>
 #include <limits>
 #include <string>
+#include <string_view>
 
+#include "../core/error.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -50,6 +52,19 @@ concept PredictingMethod = requires(M& method, const Program& net,
                                     Matrix<typename Program::scalar_type>& output) {
   method.predict(net, batch, output);
 };
+
+namespace detail {
+
+/// The check at every method's entry point: x is n_0 x B, y is n_L x B, and B > 0.
+template <class Program, class S>
+void require_batch(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                   std::string_view function) {
+  require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
+  require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
+  require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+}
+
+}  // namespace detail
 
 /// Samples whose largest output coincides with the largest target entry.
 template <class S>

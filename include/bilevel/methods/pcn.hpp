@@ -43,8 +43,7 @@ class pcn {
   pcn() : pcn(settings{}) {}
   explicit pcn(settings config) : settings_(config) {
     detail::require(settings_.iterations >= 0, "pcn", "iterations", ">= 0", settings_.iterations);
-    detail::require(settings_.inference_rate > 0, "pcn", "inference_rate", "> 0",
-                    settings_.inference_rate);
+    detail::require_positive_finite("pcn", "inference_rate", settings_.inference_rate);
   }
 
   /// Z-IL as Song et al. define it: rate 1 and the zero-divergence schedule, equal to BP.
@@ -72,9 +71,7 @@ class pcn {
     static_assert(std::is_same_v<typename Program::scalar_type, S>,
                   "pcn<S>::gradient needs a program over the same scalar type S");
     constexpr const char* function = "pcn::gradient";
-    detail::require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
-    detail::require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
-    detail::require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+    detail::require_batch<Program, S>(net, x, y, function);
     if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
 
     const Index L = net.depth(), B = x.cols();

@@ -29,8 +29,7 @@ step_report top_down_gradient(const Program& net, const MatrixCRef<typename Prog
                               top_down_buffers<typename Program::scalar_type>& buffers,
                               Signal&& signal, const char* function) {
   using S = typename Program::scalar_type;
-  require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
-  require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+  require_batch<Program, S>(net, x, y, function);
   if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
 
   const Index L = net.depth(), B = x.cols();
