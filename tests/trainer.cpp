@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <numbers>
+#include <sstream>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -80,8 +81,14 @@ struct run_result {
   std::string error;
 };
 
-/// Runs mnist_mlp with `arguments`; stdout is parsed line by line as JSON, stderr kept.
-run_result run_trainer(const std::string& arguments) {
+struct raw_result {
+  int status;
+  std::string output;
+  std::string error;
+};
+
+/// Runs mnist_mlp with `arguments`, keeping stdout and stderr.
+raw_result run_raw(const std::string& arguments) {
   // ctest runs test cases in parallel processes: each call gets its own stderr file.
   static int calls = 0;
   const fs::path err = fs::temp_directory_path() /
@@ -91,23 +98,30 @@ run_result run_trainer(const std::string& arguments) {
       std::string(BILEVEL_MNIST_MLP_PATH) + " " + arguments + " 2>" + err.string();
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe != nullptr);
-  std::string output;
+  raw_result result{};
   std::array<char, 4096> buffer{};
-  while (std::fgets(buffer.data(), int(buffer.size()), pipe)) output += buffer.data();
+  while (std::fgets(buffer.data(), int(buffer.size()), pipe)) result.output += buffer.data();
   const int status = pclose(pipe);
-  run_result result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, {}, {}};
-  std::size_t start = 0;
-  while (start < output.size()) {
-    const std::size_t end = output.find('\n', start);
-    result.lines.push_back(json::parse(output.substr(start, end - start)));
-    start = end == std::string::npos ? output.size() : end + 1;
-  }
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   std::FILE* file = std::fopen(err.string().c_str(), "r");
   if (file) {
     while (std::fgets(buffer.data(), int(buffer.size()), file)) result.error += buffer.data();
     std::fclose(file);
   }
   fs::remove(err);
+  return result;
+}
+
+/// Runs mnist_mlp with `arguments`; stdout is parsed line by line as JSON, stderr kept.
+run_result run_trainer(const std::string& arguments) {
+  const raw_result raw = run_raw(arguments);
+  run_result result{raw.status, {}, raw.error};
+  std::size_t start = 0;
+  while (start < raw.output.size()) {
+    const std::size_t end = raw.output.find('\n', start);
+    result.lines.push_back(json::parse(raw.output.substr(start, end - start)));
+    start = end == std::string::npos ? raw.output.size() : end + 1;
+  }
   return result;
 }
 
@@ -229,6 +243,44 @@ TEST_CASE("missing or corrupt data gives a one-line error and exit status 1", "[
   CHECK(truncated.status == 1);
   CHECK_THAT(truncated.error, Catch::Contains("t10k-images-idx3-ubyte"));
   CHECK(truncated.error.find('\n') == truncated.error.size() - 1);
+}
+
+TEST_CASE("the trainer with --csv writes the epochs' metrics and --quiet leaves stderr empty", "[trainer]") {
+  data_directory data("csv");
+  const fs::path table = data.path / "metrics.csv";
+  const run_result run = run_trainer("--data " + data.path.string() + small_run +
+                                     " --method bp --epochs 2 --quiet --csv " + table.string());
+  REQUIRE(run.status == 0);
+  CHECK(run.error.empty());
+  std::FILE* file = std::fopen(table.c_str(), "r");
+  REQUIRE(file != nullptr);
+  std::vector<std::string> rows;
+  std::array<char, 4096> buffer{};
+  while (std::fgets(buffer.data(), int(buffer.size()), file)) rows.emplace_back(buffer.data());
+  std::fclose(file);
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].rfind("epoch,method,lr,train_error,validation_error,test_error,loss,", 0) == 0);
+  for (int epoch = 1; epoch <= 2; ++epoch) {
+    std::vector<std::string> fields;
+    std::stringstream row(rows[std::size_t(epoch)]);
+    for (std::string field; std::getline(row, field, ',');) fields.push_back(field);
+    REQUIRE(fields.size() >= 6);
+    CHECK(fields[0] == std::to_string(epoch));
+    CHECK(fields[1] == "bp");
+    CHECK(std::stod(fields[5]) == Approx(run.lines[std::size_t(epoch - 1)]["test_error"].get<double>()));
+  }
+}
+
+TEST_CASE("the trainer's --help documents every flag, with its default where it has one", "[trainer]") {
+  const raw_result help = run_raw("--help");
+  CHECK(help.status == 0);
+  for (const std::string flag :
+       {"--data TEXT=data/mnist", "--method TEXT:{", "--epochs INT:NONNEGATIVE=10",
+        "--seed UINT=1", "--save-every INT:POSITIVE=1", "--precision TEXT:{float,double}=float",
+        "--beta", "method default", "--save", "--resume", "--csv", "--quiet", "--threads"}) {
+    INFO(flag);
+    CHECK(help.output.find(flag) != std::string::npos);
+  }
 }
 
 namespace {

@@ -198,6 +198,11 @@ int main(int argc, char** argv) {
   app.add_option("--resume", opts.resume,
                  "Checkpoint to continue from (same flags): training runs on from its epoch to "
                  "--epochs, exactly as if it had never stopped");
+  app.add_option("--csv", opts.csv,
+                 "Also write the per-epoch metrics to this CSV file (rewritten atomically after "
+                 "every epoch; a resumed run keeps the earlier epochs' rows)");
+  app.add_flag("--quiet", opts.quiet,
+               "No progress on stderr (errors only); stdout's JSON is unchanged");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

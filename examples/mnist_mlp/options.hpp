@@ -50,6 +50,9 @@ struct options {
   std::string save;
   std::string resume;
   Index save_every = 1;
+  // Output.
+  std::string csv;
+  bool quiet = false;
 };
 
 /// Parses a comma-separated list of numbers; `what` names the flag in errors.

@@ -4,6 +4,8 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 #include <limits>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -14,6 +16,7 @@
 #include "bilevel/bilevel.hpp"
 #include "bilevel/train/trainer.hpp"
 #include "options.hpp"
+#include "report.hpp"
 
 namespace mnist_mlp {
 
@@ -293,21 +296,30 @@ int train(const options& opts, const Hidden& hidden) {
     record.initial_test_error = bilevel::classification_error(net, test_set, method);
   }
   save();  // at once: an unwritable --save path fails now, not after the first epoch
-  std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
+  csv_log csv(opts.csv, {"epoch", "method", "lr", "train_error", "validation_error",
+                         "test_error", "loss", "seconds", "samples_per_s", "inner_residual",
+                         "inner_energy"});
+  if (!opts.resume.empty()) csv.keep_rows_until(trainer.epoch());
+  progress_bar bar(!opts.quiet);
+  if (!opts.quiet)
+    std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
             << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
             << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
             << ", " << train_set.size() << " training / " << validation_set.size()
             << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
             << Eigen::nbThreads() << " thread(s)\n";
 
-  if (!opts.resume.empty())
+  if (!opts.resume.empty() && !opts.quiet)
     std::cerr << "mnist_mlp: resumed from " << opts.resume << " after epoch " << trainer.epoch()
               << '\n';
   json last;
   for (Index epoch = trainer.epoch() + 1; epoch <= opts.epochs; ++epoch) {
     optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
     method.set_learning_rate(S(schedule.at(epoch - 1)));
-    const bilevel::epoch_report report = trainer.run_epoch(train_set);
+    bar.start_epoch(epoch, opts.epochs);
+    const bilevel::epoch_report report = trainer.run_epoch(
+        train_set, [&](Index done, Index total, Index samples) { bar.batch(done, total, samples); });
+    bar.clear();
     record.total_seconds += report.seconds;
     const double train_error = bilevel::classification_error(net, train_set, method);
     const double validation_error = bilevel::classification_error(net, validation_set, method);
@@ -333,13 +345,23 @@ int train(const options& opts, const Hidden& hidden) {
             {"inner_residual", finite_or_null(report.inner_residual)},
             {"inner_energy", finite_or_null(report.inner_energy)}};
     std::cout << last.dump() << std::endl;
-    std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
-              << "  train " << 100 * train_error << "%  validation " << 100 * validation_error
-              << "%  test " << 100 * test_error << "%  " << report.seconds << " s ("
-              << Index(report.samples_per_second) << " samples/s)";
-    if (std::isfinite(report.inner_residual))
-      std::cerr << "  inner residual " << report.inner_residual;
-    std::cerr << '\n';
+    const auto text = [](double value) {
+      return std::isfinite(value) ? (std::ostringstream() << std::setprecision(9) << value).str()
+                                  : std::string();
+    };
+    csv.add({std::to_string(epoch), method.name(), text(schedule.at(epoch - 1)),
+             text(train_error), text(validation_error), text(test_error), text(report.loss),
+             text(report.seconds), text(report.samples_per_second), text(report.inner_residual),
+             text(report.inner_energy)});
+    if (!opts.quiet) {
+      std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
+                << "  train " << 100 * train_error << "%  validation " << 100 * validation_error
+                << "%  test " << 100 * test_error << "%  " << report.seconds << " s ("
+                << Index(report.samples_per_second) << " samples/s)";
+      if (std::isfinite(report.inner_residual))
+        std::cerr << "  inner residual " << report.inner_residual;
+      std::cerr << '\n';
+    }
   }
   json summary = {{"summary", true},
                   {"method", method.name()},

@@ -1,5 +1,6 @@
 #pragma once
-// Every built-in activation pair, the ActivationPair concept and the numerical checker.
+/// \file
+/// Every built-in activation pair, the ActivationPair concept and the numerical checker.
 
 #include "check.hpp"
 #include "concept.hpp"

@@ -1,13 +1,16 @@
 #pragma once
-// Numerical checks of an activation pair against the identities of METHODS.md §2, for built-in
-// and user-defined pairs alike:
-//   Fenchel-Young      G(a) + G*(z) - <z, a> >= 0 for any a, z, and = 0 at z = f(a)
-//   gradient           f = dG, by central differences of G
-//   VJP                <J_f(a)^T u, v> = <u, d/dh f(a + h v)>, by central differences of f
-//   inverse map        f(grad_conj(z)) = z on the range of f
-//   prox               z = prox_{tG*}(v) satisfies z = f((v - z) / t)  (Moreau's identity)
-// Finite differences are skipped where the forward and backward differences disagree (a kink
-// between the sample points), since f and G are only piecewise smooth.
+/// \file
+/// Numerical checks of an activation pair against the identities of METHODS.md §2, for built-in
+/// and user-defined pairs alike:
+/// ~~~{.unparsed}
+///   Fenchel-Young      G(a) + G*(z) - <z, a> >= 0 for any a, z, and = 0 at z = f(a)
+///   gradient           f = dG, by central differences of G
+///   VJP                <J_f(a)^T u, v> = <u, d/dh f(a + h v)>, by central differences of f
+///   inverse map        f(grad_conj(z)) = z on the range of f
+///   prox               z = prox_{tG*}(v) satisfies z = f((v - z) / t)  (Moreau's identity)
+/// ~~~
+/// Finite differences are skipped where the forward and backward differences disagree (a kink
+/// between the sample points), since f and G are only piecewise smooth.
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +25,7 @@
 
 namespace bilevel {
 
+/// Sample sizes, range, tolerance, finite-difference step and seed of check_activation_pair.
 struct pair_check_options {
   Index dimension = 6;      ///< rows of the sample matrices (softmax: the simplex dimension)
   Index samples = 40;       ///< columns of the sample matrices
@@ -31,6 +35,7 @@ struct pair_check_options {
   std::uint64_t seed = 7;
 };
 
+/// The failed identities check_activation_pair found (up to three examples of each); ok() if none.
 struct pair_check_report {
   std::vector<std::string> failures;
   bool ok() const { return failures.empty(); }

@@ -1,30 +1,35 @@
 #pragma once
-// What an activation pair is (METHODS.md §2), and the batch operations every method calls.
-//
-// A pair is a plain struct, no base class. It comes in one of two forms:
-//
-// * elementwise (most activations): scalar members
-//       name()            a string for serialisation and messages
-//       f(a)              the activation, f = G'
-//       df(a)             its derivative, 0 at kinks (ReLU'(0) = 0)
-//       G(a)              the convex potential
-//       G_conj(z)         its convex conjugate, +inf outside its domain
-//   and optionally, where a closed form exists (otherwise the library solves for them):
-//       grad_conj(z)      an element of dG*(z), i.e. some a with f(a) = z (the inverse map)
-//       prox_conj(v, t)   argmin_z t G*(z) + (z - v)^2 / 2
-//   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed.
-//   A pair with parameters of its own (leaky ReLU's slope) gives both of
-//       hyperparameters()         -> std::vector<double>
-//       set_hyperparameters(v)    from such a vector, validating it
-//   so that checkpoints save and restore them (any pair form).
-//
-// * columnwise (softmax): members over a batch (one sample per column)
-//       name(), f(A, Z), vjp(A, V, Out) = J_f(A)^T V, G(A) and G_conj(Z) per column,
-//       grad_conj(Z, Out), prox_conj(V, t, Out); inputs as MatrixCRef<S>, outputs as
-//       MatrixRef<S>, so blocks of columns pass without copies.
-//
-// The free functions below (activate, vjp, potential, conjugate, grad_conj, prox_conj,
-// fenchel_signal) give both forms one batch interface, so methods never care which it is.
+/// \file
+/// What an activation pair is (METHODS.md §2), and the batch operations every method calls.
+///
+/// A pair is a plain struct, no base class. It comes in one of two forms:
+///
+/// * elementwise (most activations): scalar members
+///   ~~~{.unparsed}
+///       name()            a string for serialisation and messages
+///       f(a)              the activation, f = G'
+///       df(a)             its derivative, one-sided at kinks (ReLU'(0) = 0, leaky: the slope)
+///       G(a)              the convex potential
+///       G_conj(z)         its convex conjugate, +inf outside its domain
+///   and optionally, where a closed form exists (otherwise the library solves for them):
+///       grad_conj(z)      an element of dG*(z), i.e. some a with f(a) = z (the inverse map)
+///       prox_conj(v, t)   argmin_z t G*(z) + (z - v)^2 / 2
+///   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed.
+///   A pair with parameters of its own (leaky ReLU's slope) gives both of
+///       hyperparameters()         -> std::vector<double>
+///       set_hyperparameters(v)    from such a vector, validating it
+///   so that checkpoints save and restore them (any pair form).
+///   ~~~
+///
+/// * columnwise (softmax): members over a batch (one sample per column)
+///   ~~~{.unparsed}
+///       name(), f(A, Z), vjp(A, V, Out) = J_f(A)^T V, G(A) and G_conj(Z) per column,
+///       grad_conj(Z, Out), prox_conj(V, t, Out); inputs as MatrixCRef<S>, outputs as
+///       MatrixRef<S>, so blocks of columns pass without copies.
+///   ~~~
+///
+/// The free functions below (activate, vjp, potential, conjugate, grad_conj, prox_conj,
+/// fenchel_signal) give both forms one batch interface, so methods never care which it is.
 
 #include <cmath>
 #include <concepts>

@@ -1,6 +1,10 @@
 #pragma once
-// Hard sigmoid: f(a) = clip(a, 0, 1) exactly (not the 0.2a + 0.5 variant);
-// G(a) = 0 (a < 0), a^2/2 (0 <= a <= 1), a - 1/2 (a > 1); G*(z) = z^2/2 on [0, 1] (METHODS.md §2).
+/// \file
+/// Hard sigmoid: f(a) = clip(a, 0, 1) exactly (not the 0.2a + 0.5 variant);
+/// G(a) = 0 (a < 0), a^2/2 (0 <= a <= 1), a - 1/2 (a > 1); G*(z) = z^2/2 on [0, 1] (METHODS.md §2).
+///
+/// Papers: Scellier & Bengio 2017 (arXiv:1602.05179; EP's rho); Zach 2021 (arXiv:2105.07231),
+/// whose Fenchel coupling (METHODS.md §3) uses G and G*.
 
 #include <algorithm>
 #include <limits>
@@ -8,6 +12,7 @@
 
 namespace bilevel {
 
+/// The hard sigmoid pair: f(a) = clip(a, 0, 1), G*(z) = z^2/2 on [0, 1].
 struct hard_sigmoid {
   std::string name() const { return "hard_sigmoid"; }
   template <class S> S f(S a) const { return std::clamp(a, S(0), S(1)); }

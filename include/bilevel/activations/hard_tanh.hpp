@@ -1,6 +1,9 @@
 #pragma once
-// Hard tanh: f(a) = clip(a, -1, 1); G(a) = -a - 1/2 (a < -1), a^2/2 (|a| <= 1), a - 1/2 (a > 1);
-// G*(z) = z^2/2 on [-1, 1] (METHODS.md §2).
+/// \file
+/// Hard tanh: f(a) = clip(a, -1, 1); G(a) = -a - 1/2 (a < -1), a^2/2 (|a| <= 1), a - 1/2 (a > 1);
+/// G*(z) = z^2/2 on [-1, 1] (METHODS.md §2).
+///
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +12,7 @@
 
 namespace bilevel {
 
+/// The hard tanh pair: f(a) = clip(a, -1, 1), G*(z) = z^2/2 on [-1, 1].
 struct hard_tanh {
   std::string name() const { return "hard_tanh"; }
   template <class S> S f(S a) const { return std::clamp(a, S(-1), S(1)); }

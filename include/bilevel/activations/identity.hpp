@@ -1,10 +1,14 @@
 #pragma once
-// Identity: f(a) = a, G(a) = a^2/2, G*(z) = z^2/2 on R (METHODS.md §2).
+/// \file
+/// Identity: f(a) = a, G(a) = a^2/2, G*(z) = z^2/2 on R (METHODS.md §2).
+///
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
 
 #include <string>
 
 namespace bilevel {
 
+/// The identity pair: f(a) = a, G(a) = a^2/2, G*(z) = z^2/2.
 struct identity {
   /// f(a - beta g) = f(a) - beta g exactly: Fenchel BP's signal is g for every beta (§5.2).
   static constexpr bool linear = true;

@@ -1,7 +1,11 @@
 #pragma once
-// ReLU: f(a) = max(a, 0), G(a) = [a]_+^2 / 2, G*(z) = z^2/2 for z >= 0, +inf otherwise
-// (METHODS.md §2). f'(0) is taken as 0 (BP's convention); Fenchel BP instead gets the
-// one-sided derivative at the kink (§4).
+/// \file
+/// ReLU: f(a) = max(a, 0), G(a) = [a]_+^2 / 2, G*(z) = z^2/2 for z >= 0, +inf otherwise
+/// (METHODS.md §2). f'(0) is taken as 0 (BP's convention); Fenchel BP instead gets the
+/// one-sided derivative at the kink (§4).
+///
+/// Papers: Nair & Hinton, ICML 2010 (ReLU); Zach 2021 (arXiv:2105.07231), whose Fenchel coupling
+/// (METHODS.md §3) uses G and G*.
 
 #include <algorithm>
 #include <limits>
@@ -9,6 +13,7 @@
 
 namespace bilevel {
 
+/// The ReLU pair: f(a) = max(a, 0), G(a) = [a]_+^2 / 2, G*(z) = z^2/2 on z >= 0.
 struct relu {
   std::string name() const { return "relu"; }
   template <class S> S f(S a) const { return std::max(a, S(0)); }

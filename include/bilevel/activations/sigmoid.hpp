@@ -1,7 +1,10 @@
 #pragma once
-// Logistic sigmoid: f(a) = 1/(1 + e^-a), G(a) = log(1 + e^a) (softplus),
-// G*(z) = z log z + (1 - z) log(1 - z) on [0, 1] with 0 log 0 = 0 (METHODS.md §2).
-// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
+/// \file
+/// Logistic sigmoid: f(a) = 1/(1 + e^-a), G(a) = log(1 + e^a) (softplus),
+/// G*(z) = z log z + (1 - z) log(1 - z) on [0, 1] with 0 log 0 = 0 (METHODS.md §2).
+/// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
+///
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
 
 #include <cmath>
 #include <limits>
@@ -9,6 +12,7 @@
 
 namespace bilevel {
 
+/// The logistic sigmoid pair: G = softplus, G* = z log z + (1 - z) log(1 - z) on [0, 1].
 struct sigmoid {
   std::string name() const { return "sigmoid"; }
   template <class S> S f(S a) const {

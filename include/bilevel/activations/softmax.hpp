@@ -1,7 +1,11 @@
 #pragma once
-// Softmax per column: f(a) = softmax(a), G(a) = log sum exp(a), G*(z) = sum z log z on the
-// probability simplex, +inf off it (METHODS.md §2). Not elementwise: its VJP is the full
-// J^T v = z .* (v - <z, v>), and its prox needs a scalar multiplier per column.
+/// \file
+/// Softmax per column: f(a) = softmax(a), G(a) = log sum exp(a), G*(z) = sum z log z on the
+/// probability simplex, +inf off it (METHODS.md §2). Not elementwise: its VJP is the full
+/// J^T v = z .* (v - <z, v>), and its prox needs a scalar multiplier per column.
+///
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*;
+/// through G* a softmax output layer also fits the lifted objective of LPOM and FLN (§5.5).
 
 #include <cmath>
 #include <limits>
@@ -11,6 +15,7 @@
 
 namespace bilevel {
 
+/// The softmax pair (columnwise): G = log sum exp, G* = sum z log z on the probability simplex.
 struct softmax {
   std::string name() const { return "softmax"; }
 

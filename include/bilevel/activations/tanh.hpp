@@ -1,7 +1,10 @@
 #pragma once
-// tanh: f(a) = tanh a, G(a) = log cosh a,
-// G*(z) = ((1 + z) log(1 + z) + (1 - z) log(1 - z)) / 2 on [-1, 1] (METHODS.md §2).
-// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
+/// \file
+/// tanh: f(a) = tanh a, G(a) = log cosh a,
+/// G*(z) = ((1 + z) log(1 + z) + (1 - z) log(1 - z)) / 2 on [-1, 1] (METHODS.md §2).
+/// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
+///
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
 
 #include <cmath>
 #include <limits>
@@ -10,6 +13,7 @@
 
 namespace bilevel {
 
+/// The tanh pair, saved under the name "tanh": G(a) = log cosh a, G* finite on [-1, 1].
 struct tanh_pair {
   std::string name() const { return "tanh"; }
   template <class S> S f(S a) const { return std::tanh(a); }

@@ -152,7 +152,7 @@ class state_reader {
       fail(what, detail::concat("'", expected, "'"), detail::concat("'", text, "'"));
   }
 
-  /// A scalar array written by write_values<S>: the type must be S; with `expected_size` >= 0,
+  /// A scalar array written by `write_values<S>`: the type must be S; with `expected_size` >= 0,
   /// the length must be that.
   template <Scalar S>
   Vector<S> read_values(std::string_view what, Index expected_size = -1) {

@@ -1,70 +1,84 @@
 #pragma once
-// Online alternating minimisation (AltMin; Choromanska et al. 2019), METHODS.md §5.6.
-//
-// Codes are the hidden pre-activations c_k = a_k (k = 1..L-1), with f(c_0) = x. Joint objective,
-// per sample (energies per sample, summed over the code dimension, METHODS.md §1):
-//   l(y, f_L(W_L f(c_{L-1}) + b_L)) + mu sum_{k<L} ||c_k - (W_k f(c_{k-1}) + b_k)||^2,
-// where the loss is the program's own on the top layer's activation (softmax cross-entropy on
-// identity logits, or MSE through any output pair). One step on a batch (train_step):
-//   (1) forward: c_k = W_k f(c_{k-1}) + b_k; c_k^0 denotes these values.
-//   (2) codes, top-down, each a few steps of SGD with Nesterov momentum on its own objective:
-//         the last code:  E(c_{L-1}) = l(y, f_L(W_L f(c_{L-1}) + b_L))
-//                                        + mu ||c_{L-1} - c_{L-1}^0||^2,
-//         earlier codes:  E(c_k) = ||c_{k+1} - (W_{k+1} f(c_k) + b_{k+1})||^2 + ||c_k - c_k^0||^2,
-//       with c_{k+1} already updated (weights 1:1: mu cancels); c_k^0 = W_k f(c_{k-1}) + b_k
-//       because c_{k-1} has not moved yet. Each sample's code is an independent problem.
-//       Momentum in PyTorch's form (the official code): v <- m v + g, c <- c - rate (g + m v),
-//       v starting at 0. With keep_best (default) each sample keeps the iterate of lowest E among
-//       those visited, so a code update never raises its objective; the official code keeps the
-//       last iterate (keep_best = false).
-//   (3) weights, every layer independently (they only read the codes; parallel over layers),
-//       weight_iterations Adam steps (official default 1), each layer with its own Adam state
-//       (one adam<S> over W_k's slice and one over b_k's slice of the flat parameter buffer):
-//         layer k < L:  mean_j ||c_k^j - (W_k f(c_{k-1}^j) + b_k)||^2,
-//         layer L:      mean_j l(y^j, f_L(W_L f(c_{L-1}^j) + b_L))
-//       (batch means of the per-sample terms), with the updated codes on both sides.
-// No BatchNorm: the official code puts BatchNorm after each hidden linear map by default, which
-// couples the samples of a batch; ours has none (compare against its --no-batchnorm runs).
-//
-// Mapping to the official code (IBM/online-alt-min), which uses means: MSE averaged over batch
-// and elements, cross-entropy averaged over the batch, and the code losses
-//   last code:     (1/mu_o) CE_mean + MSE_mean(c, c^0),
-//   earlier code:  MSE_mean(W f(c) + b, c_{k+1}) + MSE_mean(c, c^0).
-// Multiplying the last code's loss by mu_o B gives
-//   sum_j [l_j + (mu_o / n_{L-1}) ||c_j - c_j^0||^2],
-// so the same minimiser as ours with   mu = mu_o / n_{L-1}   (n_{L-1}: the last hidden width).
-// Our default mu = 3e-5 is the official default mu_o = 0.003 at its default width 100; use
-// mu_from_official(mu_o, width) for other widths. The earlier codes' objectives agree up to a
-// factor B n when consecutive widths are equal (n_k = n_{k+1} = n); for unequal widths the
-// official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (METHODS.md §5.6).
-// Code step sizes: a rate r_o on the official means is a rate r_o / (mu_o B) on our last code's
-// objective and r_o / (B n) on an earlier one's; our rates act on the per-sample objectives and do
-// not depend on B. The official numbers (5 steps, rate 0.3, Nesterov momentum 0.9) put its
-// last-code rate at 0.5 in our units at B = 200, mu_o = 0.003, and its earlier codes at ~1e-5
-// (they barely move there; Adam's scale invariance still turns the tiny targets into full-size
-// weight steps). An earlier code's objective has curvature up to 2 (1 + ||W_{k+1} J_f||^2), so
-// a rate of 0.3 with momentum 0.9 overshoots on every code of ours and ends above where it
-// started (measured on Glorot-initialised 5-7-6-6-4 nets; on MNIST, 784-100-100-10, 2 epochs of
-// 10k samples: 32% test error at 0.3, 7.1% at 0.03). Our default is therefore rate 0.03 with the
-// official 5 steps and momentum 0.9; keep_best (on by default) also returns each sample's best
-// iterate, so no code objective increases.
-// Weight losses: ours are the official ones times n_k (hidden layers) and equal for the last
-// layer; Adam is invariant to a constant factor on the loss up to its epsilon, so the same Adam
-// settings (lr 0.008) apply. The official schedule (lr halved every 8 epochs) belongs to the
-// trainer: call set_learning_rate once per epoch. The official mu is constant by default (its
-// per-batch increment d_mu is 0), as ours is. Its feed-forward nets have no biases
-// (bias=False); ours have them.
-//
-// As a gradient estimate usable with any optimizer (gradient(), GradientMethod): steps (1) and
-// (2), then the batch-mean gradients of the local weight losses of step (3) at the current
-// weights and updated codes:
-//   hidden k:  dW_k = 2 r_k f(c_{k-1})^T / B, db_k = 2 sum_cols(r_k) / B,
-//              r_k = W_k f(c_{k-1}) + b_k - c_k,
-//   top:       dW_L = s_L f(c_{L-1})^T / B,   db_L = sum_cols(s_L) / B,
-//              s_L = J_{f_L}(a_L)^T dl/dz_L.
-// These are local targets, not an estimate of the BP gradient's scale (a hidden layer's signal is
-// twice its code's displacement, small when mu or the code rate is small): use them with a
-// scale-invariant optimizer such as Adam, as the official code does.
+/// \file
+/// Online alternating minimisation (AltMin; Choromanska et al. 2019), METHODS.md §5.6.
+///
+/// Codes are the hidden pre-activations c_k = a_k (k = 1..L-1), with f(c_0) = x. Joint objective,
+/// per sample (energies per sample, summed over the code dimension, METHODS.md §1):
+/// ~~~{.unparsed}
+///   l(y, f_L(W_L f(c_{L-1}) + b_L)) + mu sum_{k<L} ||c_k - (W_k f(c_{k-1}) + b_k)||^2,
+/// ~~~
+/// where the loss is the program's own on the top layer's activation (softmax cross-entropy on
+/// identity logits, or MSE through any output pair). One step on a batch (train_step):
+/// ~~~{.unparsed}
+///   (1) forward: c_k = W_k f(c_{k-1}) + b_k; c_k^0 denotes these values.
+///   (2) codes, top-down, each a few steps of SGD with Nesterov momentum on its own objective:
+///         the last code:  E(c_{L-1}) = l(y, f_L(W_L f(c_{L-1}) + b_L))
+///                                        + mu ||c_{L-1} - c_{L-1}^0||^2,
+///         earlier codes:  E(c_k) = ||c_{k+1} - (W_{k+1} f(c_k) + b_{k+1})||^2 + ||c_k - c_k^0||^2,
+///       with c_{k+1} already updated (weights 1:1: mu cancels); c_k^0 = W_k f(c_{k-1}) + b_k
+///       because c_{k-1} has not moved yet. Each sample's code is an independent problem.
+///       Momentum in PyTorch's form (the official code): v <- m v + g, c <- c - rate (g + m v),
+///       v starting at 0. With keep_best (default) each sample keeps the iterate of lowest E among
+///       those visited, so a code update never raises its objective; the official code keeps the
+///       last iterate (keep_best = false).
+///   (3) weights, every layer independently (they only read the codes; parallel over layers),
+///       weight_iterations Adam steps (official default 1), each layer with its own Adam state
+///       (one adam<S> over W_k's slice and one over b_k's slice of the flat parameter buffer):
+///         layer k < L:  mean_j ||c_k^j - (W_k f(c_{k-1}^j) + b_k)||^2,
+///         layer L:      mean_j l(y^j, f_L(W_L f(c_{L-1}^j) + b_L))
+///       (batch means of the per-sample terms), with the updated codes on both sides.
+/// ~~~
+/// No BatchNorm: the official code puts BatchNorm after each hidden linear map by default, which
+/// couples the samples of a batch; ours has none (compare against its `--no-batchnorm` runs).
+///
+/// Mapping to the official code (IBM/online-alt-min), which uses means: MSE averaged over batch
+/// and elements, cross-entropy averaged over the batch, and the code losses
+/// ~~~{.unparsed}
+///   last code:     (1/mu_o) CE_mean + MSE_mean(c, c^0),
+///   earlier code:  MSE_mean(W f(c) + b, c_{k+1}) + MSE_mean(c, c^0).
+/// ~~~
+/// Multiplying the last code's loss by mu_o B gives
+/// ~~~{.unparsed}
+///   sum_j [l_j + (mu_o / n_{L-1}) ||c_j - c_j^0||^2],
+/// ~~~
+/// so the same minimiser as ours with   mu = mu_o / n_{L-1}   (n_{L-1}: the last hidden width).
+/// Our default mu = 3e-5 is the official default mu_o = 0.003 at its default width 100; use
+/// mu_from_official(mu_o, width) for other widths. The earlier codes' objectives agree up to a
+/// factor B n when consecutive widths are equal (n_k = n_{k+1} = n); for unequal widths the
+/// official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (METHODS.md §5.6).
+/// Code step sizes: a rate r_o on the official means is a rate r_o / (mu_o B) on our last code's
+/// objective and r_o / (B n) on an earlier one's; our rates act on the per-sample objectives and do
+/// not depend on B. The official numbers (5 steps, rate 0.3, Nesterov momentum 0.9) put its
+/// last-code rate at 0.5 in our units at B = 200, mu_o = 0.003, and its earlier codes at ~1e-5
+/// (they barely move there; Adam's scale invariance still turns the tiny targets into full-size
+/// weight steps). An earlier code's objective has curvature up to 2 (1 + ||W_{k+1} J_f||^2), so
+/// a rate of 0.3 with momentum 0.9 overshoots on every code of ours and ends above where it
+/// started (measured on Glorot-initialised 5-7-6-6-4 nets; on MNIST, 784-100-100-10, 2 epochs of
+/// 10k samples: 32% test error at 0.3, 7.1% at 0.03). Our default is therefore rate 0.03 with the
+/// official 5 steps and momentum 0.9; keep_best (on by default) also returns each sample's best
+/// iterate, so no code objective increases.
+/// Weight losses: ours are the official ones times n_k (hidden layers) and equal for the last
+/// layer; Adam is invariant to a constant factor on the loss up to its epsilon, so the same Adam
+/// settings (lr 0.008) apply. The official schedule (lr halved every 8 epochs) belongs to the
+/// trainer: call set_learning_rate once per epoch. The official mu is constant by default (its
+/// per-batch increment d_mu is 0), as ours is. Its feed-forward nets have no biases
+/// (bias=False); ours have them.
+///
+/// As a gradient estimate usable with any optimizer (gradient(), GradientMethod): steps (1) and
+/// (2), then the batch-mean gradients of the local weight losses of step (3) at the current
+/// weights and updated codes:
+/// ~~~{.unparsed}
+///   hidden k:  dW_k = 2 r_k f(c_{k-1})^T / B, db_k = 2 sum_cols(r_k) / B,
+///              r_k = W_k f(c_{k-1}) + b_k - c_k,
+///   top:       dW_L = s_L f(c_{L-1})^T / B,   db_L = sum_cols(s_L) / B,
+///              s_L = J_{f_L}(a_L)^T dl/dz_L.
+/// ~~~
+/// These are local targets, not an estimate of the BP gradient's scale (a hidden layer's signal is
+/// twice its code's displacement, small when mu or the code rate is small): use them with a
+/// scale-invariant optimizer such as Adam, as the official code does.
+///
+/// Paper: A. Choromanska et al., "Beyond Backprop: Online Alternating Minimization with Auxiliary
+/// Variables", ICML 2019 (arXiv:1806.09077).
 
 #include <algorithm>
 #include <cmath>
@@ -79,6 +93,7 @@
 
 namespace bilevel {
 
+/// Online alternating minimisation (METHODS.md §5.6); a StepMethod and a GradientMethod.
 template <Scalar S>
 class altmin {
  public:

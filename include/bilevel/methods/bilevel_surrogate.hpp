@@ -1,59 +1,71 @@
 #pragma once
-// Gradients of a general bilevel problem (METHODS.md §4, §5.7):
-//
-//   min_theta l(z*(theta)),   z*(theta) = argmin_z E(z, theta).
-//
-// * contrastive_gradient: the contrastive surrogate with spacing beta > 0,
-//     L_beta(theta) = 1/beta [ min_z (beta l(z) + E(z, theta)) - min_z E(z, theta) ],
-//     dL_beta/dtheta = 1/beta [ d_theta E(z^beta, theta) - d_theta E(z^0, theta) ],
-//   its symmetric variant (d_theta E(z^beta) - d_theta E(z^-beta)) / (2 beta), and the linearised
-//   surrogate (l replaced by l(z^0) + <grad l(z^0), z - z^0>, with grad l(z^0) held fixed).
-// * implicit_gradient: dl/dtheta = -(d2E/dz dtheta)^T v with (d2E/dz2) v = grad l(z*), v by
-//   conjugate gradients on Hessian-vector products.
-//
-// The problem is a plain struct (no base class) checked by the concept InnerProblem; the loss
-// by BilevelLoss. All members are const; `out` arguments arrive sized and may be assigned to.
-//
-//   struct my_problem {                                   // required (InnerProblem<P, S>)
-//     S    energy(const Vector<S>& z, const Vector<S>& theta) const;
-//     void gradient_z(const Vector<S>& z, const Vector<S>& theta, Vector<S>& out) const;
-//     void gradient_theta(const Vector<S>& z, const Vector<S>& theta, Vector<S>& out) const;
-//
-//     // optional: sizes, used to check z_start and theta (shape_error on mismatch) and to
-//     // start from z = 0 when settings.z_start is empty
-//     Index z_size() const;   Index theta_size() const;
-//
-//     // optional inner solvers; z holds the starting point on entry and the minimiser on exit:
-//     //   z <- argmin_z E(z, theta) + <linear_term, z>    (free and linearised problems)
-//     void solve(const Vector<S>& theta, const Vector<S>& linear_term, Vector<S>& z) const;
-//     //   z <- argmin_z weight * l(z) + E(z, theta), for the loss type L it accepts (weight may
-//     //   be 0 for the free problem, or -beta for the symmetric variant)
-//     void solve(const Vector<S>& theta, const L& loss, S weight, Vector<S>& z) const;
-//
-//     // optional second derivatives (otherwise central differences of the gradients):
-//     void hvp_zz(z, theta, v, out) const;        // out = (d2E/dz2) v            (size of z)
-//     void hvp_theta_z(z, theta, v, out) const;   // out = (d2E/dtheta dz) v      (size of theta)
-//   };
-//
-//   struct my_loss {                                      // BilevelLoss<L, S>
-//     S    value(const Vector<S>& z) const;
-//     void gradient(const Vector<S>& z, Vector<S>& out) const;
-//   };
-//
-// Which solver runs: the free problem uses solve(theta, 0, z) if present, else
-// solve(theta, loss, 0, z) if present; the clamped problem solve(theta, loss, +-beta, z); the
-// linearised clamped problem solve(theta, +-beta grad l(z^0), z). Whatever is missing is done
-// by the library's gradient descent with Armijo backtracking (descent_settings), from
-// settings.z_start for the free problem and from z^0 for the clamped ones. Every solve is
-// reported with the gradient norm of its objective at the returned point, so a user sees
-// whether the inner problems were solved (also for the problem's own solvers).
-//
-// Finite-difference fallbacks (no hvp_zz / hvp_theta_z): with u = v / ||v|| and
-// h = fd_step * max(1, ||z||_inf),
-//   (d2E/dz2) v        ~ ||v|| (grad_z E(z + h u) - grad_z E(z - h u)) / (2 h),
-//   (d2E/dtheta dz) v  ~ ||v|| (grad_theta E(z + h u) - grad_theta E(z - h u)) / (2 h),
-// with error O(h^2) + O(eps / h); the default fd_step = eps^(1/3) (about 6e-6 in double)
-// balances the two. Exact up to rounding when E is quadratic in z.
+/// \file
+/// Gradients of a general bilevel problem (METHODS.md §4, §5.7):
+///
+/// ~~~{.unparsed}
+///   min_theta l(z*(theta)),   z*(theta) = argmin_z E(z, theta).
+/// ~~~
+///
+/// * contrastive_gradient: the contrastive surrogate with spacing beta > 0,
+///   ~~~{.unparsed}
+///     L_beta(theta) = 1/beta [ min_z (beta l(z) + E(z, theta)) - min_z E(z, theta) ],
+///     dL_beta/dtheta = 1/beta [ d_theta E(z^beta, theta) - d_theta E(z^0, theta) ],
+///   ~~~
+///   its symmetric variant (d_theta E(z^beta) - d_theta E(z^-beta)) / (2 beta), and the linearised
+///   surrogate (l replaced by l(z^0) + <grad l(z^0), z - z^0>, with grad l(z^0) held fixed).
+/// * implicit_gradient: dl/dtheta = -(d2E/dz dtheta)^T v with (d2E/dz2) v = grad l(z*), v by
+///   conjugate gradients on Hessian-vector products.
+///
+/// The problem is a plain struct (no base class) checked by the concept InnerProblem; the loss
+/// by BilevelLoss. All members are const; `out` arguments arrive sized and may be assigned to.
+///
+/// ~~~{.unparsed}
+///   struct my_problem {                                   // required (InnerProblem<P, S>)
+///     S    energy(const Vector<S>& z, const Vector<S>& theta) const;
+///     void gradient_z(const Vector<S>& z, const Vector<S>& theta, Vector<S>& out) const;
+///     void gradient_theta(const Vector<S>& z, const Vector<S>& theta, Vector<S>& out) const;
+///
+///     // optional: sizes, used to check z_start and theta (shape_error on mismatch) and to
+///     // start from z = 0 when settings.z_start is empty
+///     Index z_size() const;   Index theta_size() const;
+///
+///     // optional inner solvers; z holds the starting point on entry and the minimiser on exit:
+///     //   z <- argmin_z E(z, theta) + <linear_term, z>    (free and linearised problems)
+///     void solve(const Vector<S>& theta, const Vector<S>& linear_term, Vector<S>& z) const;
+///     //   z <- argmin_z weight * l(z) + E(z, theta), for the loss type L it accepts (weight may
+///     //   be 0 for the free problem, or -beta for the symmetric variant)
+///     void solve(const Vector<S>& theta, const L& loss, S weight, Vector<S>& z) const;
+///
+///     // optional second derivatives (otherwise central differences of the gradients):
+///     void hvp_zz(z, theta, v, out) const;        // out = (d2E/dz2) v            (size of z)
+///     void hvp_theta_z(z, theta, v, out) const;   // out = (d2E/dtheta dz) v      (size of theta)
+///   };
+///
+///   struct my_loss {                                      // BilevelLoss<L, S>
+///     S    value(const Vector<S>& z) const;
+///     void gradient(const Vector<S>& z, Vector<S>& out) const;
+///   };
+/// ~~~
+///
+/// Which solver runs: the free problem uses solve(theta, 0, z) if present, else
+/// solve(theta, loss, 0, z) if present; the clamped problem solve(theta, loss, +-beta, z); the
+/// linearised clamped problem solve(theta, +-beta grad l(z^0), z). Whatever is missing is done
+/// by the library's gradient descent with Armijo backtracking (descent_settings), from
+/// settings.z_start for the free problem and from z^0 for the clamped ones. Every solve is
+/// reported with the gradient norm of its objective at the returned point, so a user sees
+/// whether the inner problems were solved (also for the problem's own solvers).
+///
+/// Finite-difference fallbacks (no hvp_zz / hvp_theta_z): with u = v / ||v|| and
+/// h = fd_step * max(1, ||z||_inf),
+/// ~~~{.unparsed}
+///   (d2E/dz2) v        ~ ||v|| (grad_z E(z + h u) - grad_z E(z - h u)) / (2 h),
+///   (d2E/dtheta dz) v  ~ ||v|| (grad_theta E(z + h u) - grad_theta E(z - h u)) / (2 h),
+/// ~~~
+/// with error O(h^2) + O(eps / h); the default fd_step = eps^(1/3) (about 6e-6 in double)
+/// balances the two. Exact up to rounding when E is quadratic in z.
+///
+/// Papers: C. Zach, arXiv:2105.07231 (2021) (contrastive surrogates, §4); N. Zucchet,
+/// J. Sacramento, Neural Computation 34(12), 2022, arXiv:2205.03076 (implicit differentiation).
 
 #include <algorithm>
 #include <cmath>
@@ -69,7 +81,7 @@ namespace bilevel {
 
 /// An inner problem E(z, theta) for scalar type S. If this fails for your struct, the compiler
 /// names the first missing member: energy(z, theta) -> S, gradient_z(z, theta, out) and
-/// gradient_theta(z, theta, out), all const, with z, theta, out of type Vector<S>.
+/// gradient_theta(z, theta, out), all const, with z, theta, out of type `Vector<S>`.
 template <class P, class S>
 concept InnerProblem =
     Scalar<S> && requires(const P& problem, const Vector<S>& z, const Vector<S>& theta,
@@ -133,6 +145,7 @@ struct cg_settings {
   double tolerance = 1e-12;
 };
 
+/// Settings of contrastive_gradient and implicit_gradient.
 template <Scalar S>
 struct surrogate_settings {
   /// Starting point of the inner solves (also handed to the problem's own solver). May be empty
@@ -155,6 +168,7 @@ struct inner_solve_report {
   bool problem_solver = false;  ///< the problem's own solve() was used
 };
 
+/// What contrastive_gradient returns: dL_beta/dtheta, L_beta, the inner solutions, their reports.
 template <Scalar S>
 struct contrastive_result {
   Vector<S> gradient;  ///< dL_beta/dtheta (one-sided, symmetric or linearised)
@@ -172,6 +186,7 @@ struct contrastive_result {
   }
 };
 
+/// What implicit_gradient returns: dl/dtheta, l(z*), z*, the adjoint v and the inner report.
 template <Scalar S>
 struct implicit_result {
   Vector<S> gradient;  ///< dl/dtheta = -(d2E/dz dtheta)^T v

@@ -1,11 +1,15 @@
 #pragma once
-// Layered contrastive Hebbian learning (METHODS.md §5.3; Xie & Seung 2003, as unravelled
-// bottom-up in Zach 2021, Prop. 4). Free energy E(z) = sum_k c_k E_k(z_k, z_{k-1}) under the
-// Fenchel coupling with c_k = gamma^(k-1); the clamped energy adds c_{L+1} l(z_L) with
-// c_{L+1} = gamma^(L-1) beta. The free phase is the forward pass (every E_k is 0 there); the
-// clamped phase is solved by block coordinate descent over the layers, each block convex.
-// Layer k's gradient is d_theta E_k(z^beta) / (gamma^(L-k) beta) (the free term is 0), which
-// tends to BP's gradient, direction and norm, as beta -> 0 at any fixed gamma.
+/// \file
+/// Layered contrastive Hebbian learning (METHODS.md §5.3; Xie & Seung 2003, as unravelled
+/// bottom-up in Zach 2021, Prop. 4). Free energy E(z) = sum_k c_k E_k(z_k, z_{k-1}) under the
+/// Fenchel coupling with c_k = gamma^(k-1); the clamped energy adds c_{L+1} l(z_L) with
+/// c_{L+1} = gamma^(L-1) beta. The free phase is the forward pass (every E_k is 0 there); the
+/// clamped phase is solved by block coordinate descent over the layers, each block convex.
+/// Layer k's gradient is d_theta E_k(z^beta) / (gamma^(L-k) beta) (the free term is 0), which
+/// tends to BP's gradient, direction and norm, as beta -> 0 at any fixed gamma.
+///
+/// Papers: X. Xie, H. S. Seung, "Equivalence of Backpropagation and Contrastive Hebbian Learning in
+/// a Layered Network", Neural Computation 15(2), 2003; C. Zach, arXiv:2105.07231 (2021), Prop. 4.
 
 #include <cmath>
 #include <string>
@@ -16,6 +20,7 @@
 
 namespace bilevel {
 
+/// Layered contrastive Hebbian learning (METHODS.md §5.3); a GradientMethod.
 template <Scalar S>
 class chl {
  public:

@@ -1,51 +1,58 @@
 #pragma once
-// Equilibrium propagation (EP; Scellier & Bengio 2017, arXiv:1602.05179) with the symmetric
-// (+beta / -beta) estimate of Laborieux et al. 2021 (arXiv:2006.03824); METHODS.md §5.3.
-//
-// Model. EP's model is a layered Hopfield energy, not the feed-forward program; it only borrows
-// a program's parameter layout: W_k = net.weights(k-1) (n_k x n_{k-1}) and b_k = net.bias(k-1)
-// are the couplings between layers k-1 and k and the biases of layer k, and gradients come back
-// in the program's flat layout. The program's activation pairs and its loss are not used: rho is
-// always the hard sigmoid clip(., 0, 1), and the cost C is chosen in the settings. The usual
-// program is its paper's `program<S, mse, hard_sigmoid>` with sizes 784, 500, 10.
-// Per sample (METHODS.md §1), with s_1..s_L the hidden and output states and s_0 = x clamped:
-//   E(s) = 1/2 sum_k ||s_k||^2 - sum_k rho(s_k)^T W_k rho(s_{k-1}) - sum_k b_k^T rho(s_k),
-// with rho(s_0) = x as given (no clipping of the input).
-//
-// Free phase: the projected gradient flow s <- clip(s - step * dE/ds, 0, 1), all layers at once
-// (synchronously, as in the authors' code), from s = 0, for free_iterations steps, where
-//   dE/ds_k = s_k - rho'(s_k) .* (W_k rho(s_{k-1}) + W_{k+1}^T rho(s_{k+1}) + b_k)
-// (no W_{k+1} term for the top layer). rho' is taken as 1 on the closed interval [0, 1]: the
-// state is projected onto [0, 1] after every step, so with rho' = 0 at the ends a unit that has
-// reached 0 or 1 would never move again. With that choice rho(s) = s and rho'(s) = 1 on the whole
-// box, the flow is exactly projected gradient descent of the quadratic 1/2 s^T (I - M) s - c^T s
-// (M the symmetric block coupling of the W_k, c the bias and input drive) over [0, 1]^n, and E
-// decreases at every step when step < 2 / (1 + ||M||_2); for ||M||_2 < 1 E is strictly convex on
-// the box and the fixed point is unique. Prediction (predict()) is the free phase; the output is
-// s_L at its end.
-//
-// Nudged phase: from the free fixed point, nudged_iterations steps of the same flow on
-// E + beta C, with C = 1/2 ||s_L - y||^2 (cost::mse, the original) or the softmax cross-entropy
-// of s_L taken as logits (cost::cross_entropy: dC/ds_L = softmax(s_L) (sum y) - y, the library's
-// softmax_cross_entropy loss).
-//
-// Gradient estimate of the batch-mean cost at the free fixed point (to descend, METHODS.md §5.3;
-// batch means as in §1; rho(s) = s on the box):
-//   one-sided:  dW_k = -1/(beta B) sum_batch (rho(s_k^b) rho(s_{k-1}^b)^T - rho(s_k^0) rho(s_{k-1}^0)^T)
-//   symmetric:  dW_k = -1/(2 beta B) sum_batch (rho(s_k^+b) rho(s_{k-1}^+b)^T - rho(s_k^-b) rho(s_{k-1}^-b)^T)
-// and likewise db_k with rho(s_k) alone. Both tend to the true gradient of C(s^0(theta)) as
-// beta -> 0 (one-sided error O(beta), symmetric O(beta^2)). The differences are formed as
-// (a - c) b^T + c (b - d)^T, so small betas do not cancel digits between two large products.
-// With random_sign (one-sided only; the symmetric estimate is the same for either sign) the
-// sign of beta is drawn per batch from a random_source seeded with `seed`, as in the paper.
-//
-// Iteration counts. The paper uses free/nudged iterations 20/4, 100/6, 500/8 for one, two and
-// three hidden layers (784-500-10, 784-500-500-10, 784-500-500-500-10), step 0.5, beta 1 with a
-// random sign; the authors' code uses beta 0.5 for the one-hidden-layer net (paper_settings()).
-// The authors' code also starts each example's free phase from its state of the previous epoch
-// ("persistent particles"), which is why 20 free steps suffice there. This class does not keep
-// persistent particles (a batch carries no sample identities through the method interface):
-// every free phase starts from s = 0, so deeper nets need more free iterations than the paper's.
+/// \file
+/// Equilibrium propagation (EP; Scellier & Bengio 2017, arXiv:1602.05179) with the symmetric
+/// (+beta / -beta) estimate of Laborieux et al. 2021 (arXiv:2006.03824); METHODS.md §5.3.
+///
+/// Model. EP's model is a layered Hopfield energy, not the feed-forward program; it only borrows
+/// a program's parameter layout: W_k = net.weights(k-1) (n_k x n_{k-1}) and b_k = net.bias(k-1)
+/// are the couplings between layers k-1 and k and the biases of layer k, and gradients come back
+/// in the program's flat layout. The program's activation pairs and its loss are not used: rho is
+/// always the hard sigmoid clip(., 0, 1), and the cost C is chosen in the settings. The usual
+/// program is its paper's `program<S, mse, hard_sigmoid>` with sizes 784, 500, 10.
+/// Per sample (METHODS.md §1), with s_1..s_L the hidden and output states and s_0 = x clamped:
+/// ~~~{.unparsed}
+///   E(s) = 1/2 sum_k ||s_k||^2 - sum_k rho(s_k)^T W_k rho(s_{k-1}) - sum_k b_k^T rho(s_k),
+/// ~~~
+/// with rho(s_0) = x as given (no clipping of the input).
+///
+/// Free phase: the projected gradient flow s <- clip(s - step * dE/ds, 0, 1), all layers at once
+/// (synchronously, as in the authors' code), from s = 0, for free_iterations steps, where
+/// ~~~{.unparsed}
+///   dE/ds_k = s_k - rho'(s_k) .* (W_k rho(s_{k-1}) + W_{k+1}^T rho(s_{k+1}) + b_k)
+/// ~~~
+/// (no W_{k+1} term for the top layer). rho' is taken as 1 on the closed interval [0, 1]: the
+/// state is projected onto [0, 1] after every step, so with rho' = 0 at the ends a unit that has
+/// reached 0 or 1 would never move again. With that choice rho(s) = s and rho'(s) = 1 on the whole
+/// box, the flow is exactly projected gradient descent of the quadratic 1/2 s^T (I - M) s - c^T s
+/// (M the symmetric block coupling of the W_k, c the bias and input drive) over [0, 1]^n, and E
+/// decreases at every step when step < 2 / (1 + ||M||_2); for ||M||_2 < 1 E is strictly convex on
+/// the box and the fixed point is unique. Prediction (predict()) is the free phase; the output is
+/// s_L at its end.
+///
+/// Nudged phase: from the free fixed point, nudged_iterations steps of the same flow on
+/// E + beta C, with C = 1/2 ||s_L - y||^2 (cost::mse, the original) or the softmax cross-entropy
+/// of s_L taken as logits (cost::cross_entropy: dC/ds_L = softmax(s_L) (sum y) - y, the library's
+/// softmax_cross_entropy loss).
+///
+/// Gradient estimate of the batch-mean cost at the free fixed point (to descend, METHODS.md §5.3;
+/// batch means as in §1; rho(s) = s on the box):
+/// ~~~{.unparsed}
+///   one-sided:  dW_k = -1/(beta B) sum_batch (rho(s_k^b) rho(s_{k-1}^b)^T - rho(s_k^0) rho(s_{k-1}^0)^T)
+///   symmetric:  dW_k = -1/(2 beta B) sum_batch (rho(s_k^+b) rho(s_{k-1}^+b)^T - rho(s_k^-b) rho(s_{k-1}^-b)^T)
+/// ~~~
+/// and likewise db_k with rho(s_k) alone. Both tend to the true gradient of C(s^0(theta)) as
+/// beta -> 0 (one-sided error O(beta), symmetric O(beta^2)). The differences are formed as
+/// (a - c) b^T + c (b - d)^T, so small betas do not cancel digits between two large products.
+/// With random_sign (one-sided only; the symmetric estimate is the same for either sign) the
+/// sign of beta is drawn per batch from a random_source seeded with `seed`, as in the paper.
+///
+/// Iteration counts. The paper uses free/nudged iterations 20/4, 100/6, 500/8 for one, two and
+/// three hidden layers (784-500-10, 784-500-500-10, 784-500-500-500-10), step 0.5, beta 1 with a
+/// random sign; the authors' code uses beta 0.5 for the one-hidden-layer net (paper_settings()).
+/// The authors' code also starts each example's free phase from its state of the previous epoch
+/// ("persistent particles"), which is why 20 free steps suffice there. This class does not keep
+/// persistent particles (a batch carries no sample identities through the method interface):
+/// every free phase starts from s = 0, so deeper nets need more free iterations than the paper's.
 
 #include <algorithm>
 #include <cmath>
@@ -63,6 +70,7 @@
 
 namespace bilevel {
 
+/// Equilibrium propagation (METHODS.md §5.3); a GradientMethod and a PredictingMethod.
 template <Scalar S>
 class ep {
  public:

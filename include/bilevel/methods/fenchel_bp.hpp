@@ -1,11 +1,17 @@
 #pragma once
-// Fenchel back-propagation (METHODS.md §5.2; Zach 2021): the Fenchel coupling unravelled
-// top-down with the linearised surrogate at every level. With g_k the error arriving at z_k:
-//   z_k^beta = f(a_k - beta_k g_k),  delta_k = (z_k - z_k^beta) / beta_k,  g_{k-1} = W_k^T delta_k,
-// and dW_k = delta_k z_{k-1}^T / B with the forward z_{k-1}, not the perturbed one (Remark 2).
-// Same cost as BP; tends to BP as beta_k -> 0 (Corollary 2) and gives one-sided derivatives at
-// kinks (ReLU at a = 0: delta = min(g, 0)), which is what lets it leave the all-negative start.
-// An identity output layer (softmax folded into the loss) passes delta_L = dl/da_L unchanged.
+/// \file
+/// Fenchel back-propagation (METHODS.md §5.2; Zach 2021): the Fenchel coupling unravelled
+/// top-down with the linearised surrogate at every level. With g_k the error arriving at z_k:
+/// ~~~{.unparsed}
+///   z_k^beta = f(a_k - beta_k g_k),  delta_k = (z_k - z_k^beta) / beta_k,  g_{k-1} = W_k^T delta_k,
+/// ~~~
+/// and dW_k = delta_k z_{k-1}^T / B with the forward z_{k-1}, not the perturbed one (Remark 2).
+/// Same cost as BP; tends to BP as beta_k -> 0 (Corollary 2) and gives one-sided derivatives at
+/// kinks (ReLU at a = 0: delta = min(g, 0)), which is what lets it leave the all-negative start.
+/// An identity output layer (softmax folded into the loss) passes delta_L = dl/da_L unchanged.
+///
+/// Paper: C. Zach, "Bilevel Programs Meet Deep Learning: A Unifying View on Inference Learning
+/// Methods", arXiv:2105.07231 (2021).
 
 #include <string>
 #include <vector>
@@ -15,6 +21,7 @@
 
 namespace bilevel {
 
+/// Fenchel back-propagation, one spacing beta or one per layer (METHODS.md §5.2); a GradientMethod.
 template <Scalar S>
 class fenchel_bp {
  public:

@@ -1,17 +1,25 @@
 #pragma once
-// The Fenchel-coupled lifted objective shared by CHL, LPOM and FLN (METHODS.md §5.3, §5.5):
-// per sample,
-//   J(z) = w l(z_L, y) + sum_k lambda_k [G*_k(z_k) + G_k(a_k) - <z_k, a_k>],  a_k = W_k z_{k-1} + b_k,
-// over the activations z_1..z_L (z_0 = x) for fixed parameters. J is convex in each block z_k
-// (block-convex), so block coordinate descent over the blocks never increases it.
-//
-// Block m's objective splits into a smooth part h_m and lambda_m G*_m(z_m) (layer m's pair):
-//   m < L:  h_m(z_m) = lambda_{m+1} [G_{m+1}(W_{m+1} z_m + b_{m+1}) - <z_{m+1}, W_{m+1} z_m + b_{m+1}>]
-//                      - lambda_m <z_m, a_m>
-//   m = L:  h_L(z_L) = w l(z_L, y) - lambda_L <z_L, a_L>
-// (1-based layers here; the code stores layer k at index k - 1 and z_k at index k). Each block is
-// solved by proximal gradient steps with backtracking, z <- prox_{t lambda_m G*}(z - t grad h_m),
-// which never increase the block objective; LPOM's fixed-point update is offered as well.
+/// \file
+/// The Fenchel-coupled lifted objective shared by CHL, LPOM and FLN (METHODS.md §5.3, §5.5):
+/// per sample,
+/// ~~~{.unparsed}
+///   J(z) = w l(z_L, y) + sum_k lambda_k [G*_k(z_k) + G_k(a_k) - <z_k, a_k>],  a_k = W_k z_{k-1} + b_k,
+/// ~~~
+/// over the activations z_1..z_L (z_0 = x) for fixed parameters. J is convex in each block z_k
+/// (block-convex), so block coordinate descent over the blocks never increases it.
+///
+/// Block m's objective splits into a smooth part h_m and lambda_m G*_m(z_m) (layer m's pair):
+/// ~~~{.unparsed}
+///   m < L:  h_m(z_m) = lambda_{m+1} [G_{m+1}(W_{m+1} z_m + b_{m+1}) - <z_{m+1}, W_{m+1} z_m + b_{m+1}>]
+///                      - lambda_m <z_m, a_m>
+///   m = L:  h_L(z_L) = w l(z_L, y) - lambda_L <z_L, a_L>
+/// ~~~
+/// (1-based layers here; the code stores layer k at index k - 1 and z_k at index k). Each block is
+/// solved by proximal gradient steps with backtracking, z <- prox_{t lambda_m G*}(z - t grad h_m),
+/// which never increase the block objective; LPOM's fixed-point update is offered as well.
+///
+/// Papers: LPOM (Li, Fang & Lin, AAAI 2019, arXiv:1811.01501); FLN (Gu, Askari & El Ghaoui,
+/// AISTATS 2020, arXiv:1811.08039); CHL's clamped energy as in Zach 2021 (arXiv:2105.07231).
 
 #include <cmath>
 #include <limits>

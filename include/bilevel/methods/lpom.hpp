@@ -1,14 +1,22 @@
 #pragma once
-// Lifted proximal operator machines (METHODS.md §5.5; Li, Fang & Lin 2019) on the
-// Fenchel-coupled lifted objective
-//   J = l(z_L, y) + sum_k lambda_k [G*(z_k) + G(W_k z_{k-1} + b_k) - <z_k, W_k z_{k-1} + b_k>],
-// for any activation pair (a softmax output through its negative-entropy conjugate included).
-// z-blocks are updated by LPOM's fixed-point iteration of their optimality condition,
-//   z_k = f(a_k - (lambda_{k+1}/lambda_k) W_{k+1}^T (f(a_{k+1}) - z_{k+1})),
-// safeguarded so that J never increases; W-blocks by a few gradient steps with backtracking,
-// independent across layers. Training: `train_step` (the native block coordinate descent) or
-// `gradient`, the estimate lambda_k d_theta E_k at the z-minimiser, which tends to BP's gradient
-// as every lambda -> infinity.
+/// \file
+/// Lifted proximal operator machines (METHODS.md §5.5; Li, Fang & Lin 2019) on the
+/// Fenchel-coupled lifted objective
+/// ~~~{.unparsed}
+///   J = l(z_L, y) + sum_k lambda_k [G*(z_k) + G(W_k z_{k-1} + b_k) - <z_k, W_k z_{k-1} + b_k>],
+/// ~~~
+/// for any activation pair (a softmax output through its negative-entropy conjugate included).
+/// z-blocks are updated by LPOM's fixed-point iteration of their optimality condition,
+/// ~~~{.unparsed}
+///   z_k = f(a_k - (lambda_{k+1}/lambda_k) W_{k+1}^T (f(a_{k+1}) - z_{k+1})),
+/// ~~~
+/// safeguarded so that J never increases; W-blocks by a few gradient steps with backtracking,
+/// independent across layers. Training: `train_step` (the native block coordinate descent) or
+/// `gradient`, the estimate lambda_k d_theta E_k at the z-minimiser, which tends to BP's gradient
+/// as every lambda -> infinity.
+///
+/// Paper: J. Li, C. Fang, Z. Lin, "Lifted Proximal Operator Machines", AAAI 2019
+/// (arXiv:1811.01501).
 
 #include <string>
 #include <vector>
@@ -126,6 +134,7 @@ class lifted_method {
 
 }  // namespace detail
 
+/// Lifted proximal operator machines (METHODS.md §5.5); a StepMethod and a GradientMethod.
 template <Scalar S>
 class lpom : public detail::lifted_method<S, lpom<S>> {
  public:

@@ -1,65 +1,75 @@
 #pragma once
-// Method of auxiliary coordinates (MAC; Carreira-Perpinan & Wang 2014), METHODS.md §5.4.
-//
-// Objective, per sample (METHODS.md §1: energies are per sample, never divided by the batch):
-//   F(z, theta) = l(f_L(W_L z_{L-1} + b_L), y) + sum_{k<L} mu/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2,
-// z_0 = x. The hidden z_1..z_{L-1} are the auxiliary coordinates; the output is not a free
-// variable: the loss term is the program's own loss on the top layer's activation, exactly as in
-// the forward pass (softmax cross-entropy on identity logits, or MSE through any output pair).
-// One penalty weight mu is shared by every hidden layer.
-//
-// Notation: eps_k = z_k - f(a_k) (k < L), and one pre-activation signal per layer
-//   s_k = mu J_f(a_k)^T (f(a_k) - z_k)  (k < L),     s_L = J_{f_L}(a_L)^T dl/dz_L,
-// so that dF/dz_k = mu eps_k + W_{k+1}^T s_{k+1} (hidden k) and dF/dW_k = s_k z_{k-1}^T.
-//
-// One training step (train_step, StepMethod):
-//   Z-step  minimise F over all hidden z for fixed theta, starting from the forward pass, by
-//           gradient descent with a backtracking (Armijo) line search per sample: sample j moves
-//           z^j <- z^j - t_j dF^j/dz only if F^j(new) <= F^j - armijo t_j ||dF^j/dz||^2, otherwise
-//           t_j is halved and tried again (at most max_backtracks times; a sample that never
-//           passes keeps its z). So F never increases, sample by sample. The first trial step
-//           is z_step / max(mu, 1) (the penalties' curvature grows like mu); after an accepted
-//           step the next trial is the sample's Barzilai-Borwein step s's / s'(g_new - g) where
-//           that is positive (otherwise twice the accepted step if it passed at once), which
-//           makes plain descent converge in tens of steps instead of thousands. The Z-step stops
-//           after z_iterations steps, when every sample's ||dF/dz|| <= z_tolerance, when no
-//           sample can descend any more, or after 5 steps in a row that lowered the batch mean
-//           of F by no more than its rounding (in double, ||dF/dz|| then ends around
-//           1e-8 sqrt(mu) in our tests: a line search on F cannot resolve smaller decreases).
-//   W-step  every layer is an independent problem (they only read the z of the Z-step, so they
-//           can run in parallel; each layer has its own buffers):
-//             layer k < L:  min over (W_k, b_k) of mean_j 1/2 ||z_k^j - f(W_k z_{k-1}^j + b_k)||^2,
-//             layer L:      min over (W_L, b_L) of mean_j l(f(W_L z_{L-1}^j + b_L), y^j).
-//           mu_k multiplies layer k's part of F by a constant, so it is dropped from its W-step
-//           (same minimiser, same monotonicity, step sizes independent of mu). Each layer takes
-//           w_iterations gradient steps, each with an Armijo backtracking line search on the
-//           layer's batch-mean objective, so no layer objective (hence F at fixed z and mu) ever
-//           increases. A layer's first trial step is its own step size, which starts at w_step
-//           (the learning rate, also its upper bound), is halved while Armijo fails and doubled
-//           (up to w_step) after a step accepted at the first trial; it persists across calls.
-//   mu      after each train_step mu <- min(mu * mu_growth, mu_max), i.e. mu = mu0 growth^t after
-//           t steps; set_mu() sets it directly (for example once per epoch). gradient() and the
-//           building blocks below never change mu.
-//
-// The MAC paper runs the quadratic-penalty method on the whole training set with coordinates
-// kept per training sample, increasing mu along a schedule over the MAC iterations; its Z-step
-// separates into one small problem per training point and its W-step reuses existing
-// single-layer solvers. Here training is by minibatches, which are reshuffled, so a batch's
-// coordinates start from its forward pass at every step (no per-sample memory). The defaults are
-// ours, not the paper's: mu0 = 1, growth 1 (constant; pick growth = (factor per epoch)^(1 /
-// batches per epoch), or call set_mu once per epoch), 30 Z iterations, tolerance 1e-6, 5 W
-// iterations per layer, w_step 0.5, Armijo constant 1e-4. Any per-point solver that does not
-// increase F fits the method; gradient descent with Armijo and Barzilai-Borwein trial steps is
-// the one used here.
-//
-// As a gradient estimate (gradient(), GradientMethod): after the Z-step, the batch mean of
-// dF/dW_k at the minimiser z*, i.e. dW_k = s_k z_{k-1}^{*T} / B, db_k = sum_cols(s_k) / B:
-// mu d_W E_k for hidden layers and dl/dW_L at z*_{L-1} for the top layer. By the envelope
-// theorem it is the gradient of the value function V_mu(theta) = mean_j min_z F^j(z, theta)
-// (near a nondegenerate local minimiser z*), which lies below the forward-pass loss and tends to
-// it as mu -> infinity; the estimate tends to BP's gradient with an error O(1/mu) (METHODS.md
-// §5.4), provided the Z-step is solved well below the BP gradient's size (the error it leaves in
-// the estimate is about ||dF/dz|| / curvature, independent of mu).
+/// \file
+/// Method of auxiliary coordinates (MAC; Carreira-Perpinan & Wang 2014), METHODS.md §5.4.
+///
+/// Objective, per sample (METHODS.md §1: energies are per sample, never divided by the batch):
+/// ~~~{.unparsed}
+///   F(z, theta) = l(f_L(W_L z_{L-1} + b_L), y) + sum_{k<L} mu/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2,
+/// ~~~
+/// z_0 = x. The hidden z_1..z_{L-1} are the auxiliary coordinates; the output is not a free
+/// variable: the loss term is the program's own loss on the top layer's activation, exactly as in
+/// the forward pass (softmax cross-entropy on identity logits, or MSE through any output pair).
+/// One penalty weight mu is shared by every hidden layer.
+///
+/// Notation: eps_k = z_k - f(a_k) (k < L), and one pre-activation signal per layer
+/// ~~~{.unparsed}
+///   s_k = mu J_f(a_k)^T (f(a_k) - z_k)  (k < L),     s_L = J_{f_L}(a_L)^T dl/dz_L,
+/// ~~~
+/// so that dF/dz_k = mu eps_k + W_{k+1}^T s_{k+1} (hidden k) and dF/dW_k = s_k z_{k-1}^T.
+///
+/// One training step (train_step, StepMethod):
+/// ~~~{.unparsed}
+///   Z-step  minimise F over all hidden z for fixed theta, starting from the forward pass, by
+///           gradient descent with a backtracking (Armijo) line search per sample: sample j moves
+///           z^j <- z^j - t_j dF^j/dz only if F^j(new) <= F^j - armijo t_j ||dF^j/dz||^2, otherwise
+///           t_j is halved and tried again (at most max_backtracks times; a sample that never
+///           passes keeps its z). So F never increases, sample by sample. The first trial step
+///           is z_step / max(mu, 1) (the penalties' curvature grows like mu); after an accepted
+///           step the next trial is the sample's Barzilai-Borwein step s's / s'(g_new - g) where
+///           that is positive (otherwise twice the accepted step if it passed at once), which
+///           makes plain descent converge in tens of steps instead of thousands. The Z-step stops
+///           after z_iterations steps, when every sample's ||dF/dz|| <= z_tolerance, when no
+///           sample can descend any more, or after 5 steps in a row that lowered the batch mean
+///           of F by no more than its rounding (in double, ||dF/dz|| then ends around
+///           1e-8 sqrt(mu) in our tests: a line search on F cannot resolve smaller decreases).
+///   W-step  every layer is an independent problem (they only read the z of the Z-step, so they
+///           can run in parallel; each layer has its own buffers):
+///             layer k < L:  min over (W_k, b_k) of mean_j 1/2 ||z_k^j - f(W_k z_{k-1}^j + b_k)||^2,
+///             layer L:      min over (W_L, b_L) of mean_j l(f(W_L z_{L-1}^j + b_L), y^j).
+///           mu_k multiplies layer k's part of F by a constant, so it is dropped from its W-step
+///           (same minimiser, same monotonicity, step sizes independent of mu). Each layer takes
+///           w_iterations gradient steps, each with an Armijo backtracking line search on the
+///           layer's batch-mean objective, so no layer objective (hence F at fixed z and mu) ever
+///           increases. A layer's first trial step is its own step size, which starts at w_step
+///           (the learning rate, also its upper bound), is halved while Armijo fails and doubled
+///           (up to w_step) after a step accepted at the first trial; it persists across calls.
+///   mu      after each train_step mu <- min(mu * mu_growth, mu_max), i.e. mu = mu0 growth^t after
+///           t steps; set_mu() sets it directly (for example once per epoch). gradient() and the
+///           building blocks below never change mu.
+/// ~~~
+///
+/// The MAC paper runs the quadratic-penalty method on the whole training set with coordinates
+/// kept per training sample, increasing mu along a schedule over the MAC iterations; its Z-step
+/// separates into one small problem per training point and its W-step reuses existing
+/// single-layer solvers. Here training is by minibatches, which are reshuffled, so a batch's
+/// coordinates start from its forward pass at every step (no per-sample memory). The defaults are
+/// ours, not the paper's: mu0 = 1, growth 1 (constant; pick growth = (factor per epoch)^(1 /
+/// batches per epoch), or call set_mu once per epoch), 30 Z iterations, tolerance 1e-6, 5 W
+/// iterations per layer, w_step 0.5, Armijo constant 1e-4. Any per-point solver that does not
+/// increase F fits the method; gradient descent with Armijo and Barzilai-Borwein trial steps is
+/// the one used here.
+///
+/// As a gradient estimate (gradient(), GradientMethod): after the Z-step, the batch mean of
+/// dF/dW_k at the minimiser z*, i.e. dW_k = s_k `z_{k-1}^{*T}` / B, db_k = sum_cols(s_k) / B:
+/// mu d_W E_k for hidden layers and dl/dW_L at z*_{L-1} for the top layer. By the envelope
+/// theorem it is the gradient of the value function V_mu(theta) = mean_j min_z F^j(z, theta)
+/// (near a nondegenerate local minimiser z*), which lies below the forward-pass loss and tends to
+/// it as mu -> infinity; the estimate tends to BP's gradient with an error O(1/mu) (METHODS.md
+/// §5.4), provided the Z-step is solved well below the BP gradient's size (the error it leaves in
+/// the estimate is about ||dF/dz|| / curvature, independent of mu).
+///
+/// Paper: M. Carreira-Perpinan, W. Wang, "Distributed Optimization of Deeply Nested Systems",
+/// AISTATS 2014 (arXiv:1212.5921).
 
 #include <algorithm>
 #include <cmath>
@@ -74,6 +84,7 @@
 
 namespace bilevel {
 
+/// Method of auxiliary coordinates (METHODS.md §5.4); a StepMethod and a GradientMethod.
 template <Scalar S>
 class mac {
  public:

@@ -1,9 +1,13 @@
 #pragma once
-// The method interface. A method is a generic algorithm over any program: given a batch
-// (x, y), it either returns a gradient estimate for any optimizer (GradientMethod), or takes a
-// training step of its own, such as a block-coordinate update of the weights (StepMethod);
-// methods that are both expose both. Methods keep their own work buffers, sized on first use
-// and reused for every later batch of the same size.
+/// \file
+/// The method interface. A method is a generic algorithm over any program: given a batch
+/// (x, y), it either returns a gradient estimate for any optimizer (GradientMethod), or takes a
+/// training step of its own, such as a block-coordinate update of the weights (StepMethod);
+/// methods that are both expose both. Methods keep their own work buffers, sized on first use
+/// and reused for every later batch of the same size.
+///
+/// The view that unifies these methods: C. Zach, arXiv:2105.07231 (2021); their math in one
+/// notation: METHODS.md §4-§5.
 
 #include <cmath>
 #include <concepts>

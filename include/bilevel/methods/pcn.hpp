@@ -1,19 +1,32 @@
 #pragma once
-// Predictive coding networks (PCN; Whittington & Bogacz 2017) and their zero-divergence
-// schedule Z-IL (Song et al. 2020), METHODS.md §5.4.
-//
-// Energy per sample, with the penalizer coupling (§3) at mu_k = 1 and only the hidden z moving:
-//   F(z) = l(f_L(W_L z_{L-1} + b_L), y) + sum_{k<L} 1/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2,
-// z_0 = x. The output z_L = f_L(a_L) is not a free variable: the loss term is the program's own
-// loss on the output layer's activation, exactly as in the forward pass, so the same code serves
-// softmax cross-entropy (identity output, logits) and MSE through any output pair.
-//
-// Notation used below: eps_k = z_k - f(a_k) (k < L), and one pre-activation signal per layer
-//   s_k = -J_f(a_k)^T eps_k   (k < L),      s_L = J_{f_L}(a_L)^T dl/dz_L,
-// so that dF/dz_k = eps_k + W_{k+1}^T s_{k+1} for every hidden k (the top hidden layer included),
-// and the gradient estimate (to descend) is dW_k = s_k z_{k-1}^T / B, db_k = sum_cols(s_k) / B.
-// The sign of s_k makes it the analogue of BP's delta_k: at the equilibrium of inference with a
-// small output error, eps_k -> -W_{k+1}^T delta_{k+1} and s_k -> delta_k (§5.4).
+/// \file
+/// Predictive coding networks (PCN; Whittington & Bogacz 2017) and their zero-divergence
+/// schedule Z-IL (Song et al. 2020), METHODS.md §5.4.
+///
+/// Energy per sample, with the penalizer coupling (§3) at mu_k = 1 and only the hidden z moving:
+/// ~~~{.unparsed}
+///   F(z) = l(f_L(W_L z_{L-1} + b_L), y) + sum_{k<L} 1/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2,
+/// ~~~
+/// z_0 = x. The output z_L = f_L(a_L) is not a free variable: the loss term is the program's own
+/// loss on the output layer's activation, exactly as in the forward pass, so the same code serves
+/// softmax cross-entropy (identity output, logits) and MSE through any output pair.
+///
+/// Notation used below: eps_k = z_k - f(a_k) (k < L), and one pre-activation signal per layer
+/// ~~~{.unparsed}
+///   s_k = -J_f(a_k)^T eps_k   (k < L),      s_L = J_{f_L}(a_L)^T dl/dz_L,
+/// ~~~
+/// so that dF/dz_k = eps_k + W_{k+1}^T s_{k+1} for every hidden k (the top hidden layer included),
+/// and the gradient estimate (to descend) is dW_k = s_k z_{k-1}^T / B, db_k = sum_cols(s_k) / B.
+/// The sign of s_k makes it the analogue of BP's delta_k: at the equilibrium of inference with a
+/// small output error, eps_k -> -W_{k+1}^T delta_{k+1} and s_k -> delta_k (§5.4).
+///
+/// Inference starts from the forward pass and takes T steps z_k <- z_k - rate dF/dz_k, all
+/// hidden k at once. Z-IL (`pcn<S>::zil()`): rate 1 and layer k's gradient taken at step
+/// t = L - k (the output layer at t = 0), which equals BP exactly.
+///
+/// Papers: J. Whittington, R. Bogacz, Neural Computation 29(5), 2017; Y. Song et al., "Can the Brain
+/// Do Backpropagation? Exact Implementation of Backpropagation in Predictive Coding Networks",
+/// NeurIPS 2020.
 
 #include <cmath>
 #include <string>
@@ -26,6 +39,7 @@
 
 namespace bilevel {
 
+/// Predictive coding networks, and Z-IL through pcn::zil() (METHODS.md §5.4); a GradientMethod.
 template <Scalar S>
 class pcn {
  public:

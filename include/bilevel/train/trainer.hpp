@@ -113,6 +113,13 @@ class trainer {
   /// One pass over `train` in a fresh random order; the last partial batch is used too.
   /// Throws numeric_error naming the epoch and batch when a loss or gradient is not finite.
   epoch_report run_epoch(const dataset<S>& train) {
+    return run_epoch(train, [](Index, Index, Index) {});
+  }
+
+  /// The same, calling `on_batch(batches_done, batches_total, samples_done)` after every batch
+  /// (for progress displays; its time counts as training time, so keep it cheap).
+  template <class OnBatch>
+  epoch_report run_epoch(const dataset<S>& train, OnBatch&& on_batch) {
     detail::require_shape("trainer::run_epoch", "the inputs", net_.input_size(), train.size(),
                           train.x.rows(), train.size());
     detail::require_shape("trainer::run_epoch", "the targets", net_.output_size(), train.size(),
@@ -123,6 +130,7 @@ class trainer {
     ++progress_.epoch;
 
     epoch_report report;
+    const Index batches_total = (train.size() + batch_size_ - 1) / batch_size_;
     double loss_sum = 0, residual_sum = 0, energy_sum = 0;
     Index wrong = 0, residual_count = 0, energy_count = 0;
     const auto start = std::chrono::steady_clock::now();
@@ -151,6 +159,7 @@ class trainer {
         energy_sum += step.inner_energy;
         ++energy_count;
       }
+      on_batch(report.batches, batches_total, begin + count);
     }
     report.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
