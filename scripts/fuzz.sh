@@ -7,23 +7,9 @@ cd "$(dirname "$0")/.."
 seconds="${1:-10}"
 
 packages=(clang-14 libclang-rt-14-dev cmake make libeigen3-dev zlib1g-dev)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
-    missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  echo "fuzz: installing ${missing[*]}" >&2
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
+scripts/install-packages.sh "${packages[@]}"
 
-cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DBILEVEL_FUZZ=ON -DBILEVEL_FUZZ_SECONDS="$seconds" -DBILEVEL_BUILD_TESTS=OFF \
-  -DBILEVEL_BUILD_EXAMPLES=OFF -DBILEVEL_BUILD_BENCHMARKS=OFF >/dev/null
+cmake --preset fuzz -DBILEVEL_FUZZ_SECONDS="$seconds" >/dev/null
 cmake --build build-fuzz -j"$(nproc)"
 # One target at a time: each libFuzzer run uses a core for its whole time budget.
 log=build-fuzz/fuzz.log
