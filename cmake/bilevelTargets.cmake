@@ -8,6 +8,11 @@ function(bilevel_own_target target)
   target_link_libraries(${target} PRIVATE bilevel::bilevel)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Werror
                          $<$<CONFIG:Release>:-O3>)
+  # Eigen packs GEMM operands in buffers it takes from the stack up to this size and from the
+  # heap above it; 128 KiB (its default) is smaller than the packing buffers of a 784-wide
+  # layer, so training steps would allocate. 2 MiB keeps them on the stack (issue: performance;
+  # tests/allocations). Every translation unit of a program must agree on it.
+  target_compile_definitions(${target} PRIVATE EIGEN_STACK_ALLOCATION_LIMIT=2097152)
   if(ARG_NATIVE AND BILEVEL_NATIVE)
     # GCC 12 reports false -W(maybe-)uninitialized inside its own AVX-512 headers.
     target_compile_options(${target} PRIVATE -march=native -Wno-maybe-uninitialized

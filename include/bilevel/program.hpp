@@ -186,6 +186,18 @@ class program {
     return loss_.template value<S>(z_out, y);
   }
 
+  /// The same into `out`, resized to 1 x B; without allocation after the first batch when the
+  /// loss offers value(z, y, out) (the built-in losses do).
+  void loss_values(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, RowVector<S>& out) const {
+    detail::require_shape("program::loss_values", "y", z_out.rows(), z_out.cols(), y.rows(),
+                          y.cols());
+    out.resize(z_out.cols());
+    if constexpr (requires { loss_.template value<S>(z_out, y, Eigen::Ref<RowVector<S>>(out)); })
+      loss_.template value<S>(z_out, y, out);
+    else
+      out = loss_.template value<S>(z_out, y);
+  }
+
   /// Per-sample inner objectives E_k(z_k, z_{k-1}) under `Coupling` (METHODS.md §3) for a state
   /// z_0..z_L: row k-1 holds layer k's energies, one column per sample.
   template <class Coupling>

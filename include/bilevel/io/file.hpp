@@ -49,7 +49,8 @@ inline void write_file_atomically(const std::filesystem::path& path,
 
   std::FILE* file = std::fopen(temporary.c_str(), "wb");
   if (!file) throw data_error(concat(where, detail::errno_text(errno)));
-  bool written = std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size() &&
+  // fwrite may not be given a null pointer, which an empty span can hold.
+  bool written = (bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size()) &&
                  std::fflush(file) == 0 && ::fsync(::fileno(file)) == 0;
   int code = errno;
   if (std::fclose(file) != 0 && written) {

@@ -14,6 +14,11 @@ struct mse {
   RowVector<S> value(const MatrixCRef<S>& z, const MatrixCRef<S>& y) const {
     return (z - y).colwise().squaredNorm() / S(2);
   }
+  /// The same into `out` (1 x B), without allocating.
+  template <class S>
+  void value(const MatrixCRef<S>& z, const MatrixCRef<S>& y, Eigen::Ref<RowVector<S>> out) const {
+    out.noalias() = (z - y).colwise().squaredNorm() / S(2);
+  }
 
   /// Per-sample gradient dl/dz (not divided by the batch size, METHODS.md §1).
   template <class S>

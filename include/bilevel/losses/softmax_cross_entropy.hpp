@@ -16,12 +16,17 @@ struct softmax_cross_entropy {
   template <class S>
   RowVector<S> value(const MatrixCRef<S>& logits, const MatrixCRef<S>& y) const {
     RowVector<S> out(logits.cols());
+    value<S>(logits, y, out);
+    return out;
+  }
+  /// The same into `out` (1 x B), without allocating.
+  template <class S>
+  void value(const MatrixCRef<S>& logits, const MatrixCRef<S>& y, Eigen::Ref<RowVector<S>> out) const {
     for (Index j = 0; j < logits.cols(); ++j) {
       const S top = logits.col(j).maxCoeff();
       const S lse = top + std::log((logits.col(j).array() - top).exp().sum());
       out(j) = y.col(j).sum() * lse - y.col(j).dot(logits.col(j));
     }
-    return out;
   }
 
   /// Per-sample gradient dl/dlogits (not divided by the batch size, METHODS.md §1).

@@ -42,9 +42,8 @@ class fenchel_bp {
   template <class Program>
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                        Vector<S>& gradient) {
-    detail::require(betas_.size() == 1 || Index(betas_.size()) == net.depth(),
-                    "fenchel_bp::gradient", "the number of betas",
-                    detail::concat("1 or one per layer (", net.depth(), ")"), betas_.size());
+    detail::require_per_layer(betas_.size(), net.depth(), "fenchel_bp::gradient",
+                              "the number of betas");
     return detail::top_down_gradient(
         net, x, y, gradient, buffers_,
         [this](Index k, const auto& pair, const Matrix<S>& a, const Matrix<S>& z,

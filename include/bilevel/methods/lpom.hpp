@@ -57,7 +57,7 @@ template <Scalar S, class Derived>
 class lifted_method {
  public:
   lifted_method(lifted_settings<S> config, const char* name)
-      : config_(std::move(config)), name_(name) {
+      : config_(std::move(config)), name_(name), entry_point_(concat(name, "::gradient")) {
     config_.validate(name);
   }
 
@@ -100,10 +100,9 @@ class lifted_method {
  private:
   template <class Program>
   step_report infer(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
-    require_batch<Program, S>(net, x, y, concat(name_, "::gradient"));
+    require_batch<Program, S>(net, x, y, entry_point_);
     const Index L = net.depth();
-    require(config_.lambda.size() == 1 || Index(config_.lambda.size()) == L, name_,
-            "the number of lambdas", concat("1 or one per layer (", L, ")"), config_.lambda.size());
+    require_per_layer(config_.lambda.size(), L, name_, "the number of lambdas");
     weights_.lambda.resize(std::size_t(L));
     for (Index k = 0; k < L; ++k)
       weights_.lambda[std::size_t(k)] =
@@ -128,6 +127,7 @@ class lifted_method {
 
  private:
   std::string name_;
+  std::string entry_point_;  ///< "lpom::gradient" or "fln::gradient", for error messages
   lifted_objective<S> objective_;
   lifted_weights<S> weights_;
 };

@@ -68,6 +68,14 @@ void require_batch(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<
   require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
 }
 
+/// Throws config_error unless a per-layer list (betas, lambdas) holds 1 value or one per layer;
+/// formats its message only on failure, so the check costs no allocation per step.
+inline void require_per_layer(std::size_t count, Index depth, std::string_view function,
+                              std::string_view what) {
+  if (count != 1 && Index(count) != depth)
+    require(false, function, what, concat("1 or one per layer (", depth, ")"), count);
+}
+
 }  // namespace detail
 
 /// Samples whose largest output coincides with the largest target entry.

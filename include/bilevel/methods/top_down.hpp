@@ -21,6 +21,7 @@ struct top_down_buffers {
   forward_state<S> state;
   std::vector<Matrix<S>> error;  ///< error[k]: g arriving at z_{k+1}
   std::vector<Matrix<S>> delta;  ///< delta[k]: signal at a_{k+1}
+  RowVector<S> loss;             ///< per-sample loss of the batch
 };
 
 /// Runs forward, loss and the top-down sweep; `signal(k, pair, a, z, g, delta)` computes layer
@@ -43,7 +44,8 @@ step_report top_down_gradient(const Program& net, const MatrixCRef<typename Prog
   buffers.delta.resize(std::size_t(L));
 
   step_report report;
-  report.loss = double(net.loss_values(z.back(), y).mean());
+  net.loss_values(z.back(), y, buffers.loss);
+  report.loss = double(buffers.loss.mean());
   report.correct = count_correct<S>(z.back(), y);
 
   Matrix<S>& top_error = buffers.error.back();
