@@ -1,28 +1,71 @@
 #!/usr/bin/env bash
-# Runs the training-step benchmark (benchmarks/training_step.cpp) and writes
-# results/benchmark.json and the ratio table results/benchmark.md: each step's time over the
-# GEMM-only floor and over the GEMM + Adam floor, measured in the same run.
+# Runs the benchmarks (benchmarks/training_step.cpp, benchmarks/methods.cpp) and writes
+# results/benchmark.json, results/benchmark_methods.json and the tables results/benchmark.md:
+# BP and Fenchel BP steps over the GEMM-only and GEMM + Adam floors, every method's step over
+# the BP step next to its cost model, BP at 1 and 2 threads, activation pairs per element and
+# idx loading. All ratios come from timings of the same run. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bench=${BENCH_TRAINING_STEP:-build/benchmarks/bench_training_step}
-[ -x "$bench" ] || { echo "benchmark: build first (scripts/setup.sh): $bench missing" >&2; exit 1; }
+step=${BENCH_TRAINING_STEP:-build/benchmarks/bench_training_step}
+methods=${BENCH_METHODS:-build/benchmarks/bench_methods}
+for bench in "$step" "$methods"; do
+  [ -x "$bench" ] || { echo "benchmark: build first (scripts/setup.sh): $bench missing" >&2; exit 1; }
+done
 mkdir -p results
-"$bench" --benchmark_format=json --benchmark_repetitions=3 \
+"$step" --benchmark_format=json --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true >results/benchmark.json.tmp
+"$methods" --benchmark_format=json --benchmark_repetitions=3 \
+  --benchmark_report_aggregates_only=true >results/benchmark_methods.json.tmp
 mv results/benchmark.json.tmp results/benchmark.json
-python3 - results/benchmark.json >results/benchmark.md.tmp <<'PY'
+mv results/benchmark_methods.json.tmp results/benchmark_methods.json
+python3 - results/benchmark.json results/benchmark_methods.json >results/benchmark.md.tmp <<'PY'
 import json, sys
-runs = json.load(open(sys.argv[1]))["benchmarks"]
-median = {r["run_name"]: r for r in runs if r.get("aggregate_name") == "median"}
-def time(name, batch):
-    return median[f"{name}/{batch}"]["real_time"]
+median = {}
+for path in sys.argv[1:]:
+    for r in json.load(open(path))["benchmarks"]:
+        if r.get("aggregate_name") == "median":
+            median[r["run_name"]] = r
+def time(name):
+    return median[name]["real_time"]
+
+print("Training step of 784-256-128-64-10 (float, one thread) over its floor:\n")
 print("| batch | GEMM-only (us) | GEMM GFLOP/s | GEMM + Adam (us) | BP step (us) | Fenchel BP step (us) | BP / floor | Fenchel BP / floor |")
 print("|---|---|---|---|---|---|---|---|")
 for batch in (50, 128, 512):
-    gemm, floor = time("gemm_only", batch), time("gemm_adam", batch)
-    bp, fenbp = time("bp_step", batch), time("fenbp_step", batch)
+    gemm, floor = time(f"gemm_only/{batch}"), time(f"gemm_adam/{batch}")
+    bp, fenbp = time(f"bp_step/{batch}"), time(f"fenbp_step/{batch}")
     gflops = median[f"gemm_only/{batch}"]["GFLOP/s"]
     print(f"| {batch} | {gemm:.0f} | {gflops:.1f} | {floor:.0f} | {bp:.0f} | {fenbp:.0f} | {bp / floor:.2f} | {fenbp / floor:.2f} |")
+
+bp = time("step/bp/50/1")
+print("\nEvery method's step at batch 50 (gradient + Adam; AltMin its native step) over BP's. "
+      "Cost model: inner iterations x one BP step.\n")
+print("| method | step (us) | step / BP | inner iterations | step / (iterations x BP) |")
+print("|---|---|---|---|---|")
+for name in ("bp", "fenbp", "chl", "ep", "pcn", "zil", "mac", "lpom", "fln", "altmin"):
+    run = median[f"step/{name}/50/1"]
+    t, iterations = run["real_time"], run["inner_iterations"]
+    model = f"{t / (iterations * bp):.2f}" if iterations > 0 else "-"
+    print(f"| {name} | {t:.0f} | {t / bp:.2f} | {iterations:.1f} | {model} |")
+
+print("\nThreads (Eigen's OpenMP products), BP and Fenchel BP steps:\n")
+print("| step | batch | 1 thread (us) | 2 threads (us) | speedup |")
+print("|---|---|---|---|---|")
+for name, batches in (("bp", (50, 512)), ("fenbp", (512,))):
+    for batch in batches:
+        one, two = time(f"step/{name}/{batch}/1"), time(f"step/{name}/{batch}/2")
+        print(f"| {name} | {batch} | {one:.0f} | {two:.0f} | {one / two:.2f} |")
+
+print("\nActivation pairs on a 256 x 50 batch (ns per element):\n")
+print("| pair | f | Fenchel BP signal |")
+print("|---|---|---|")
+for pair in ("relu", "sigmoid", "tanh", "softmax"):
+    f, signal = median[f"pair_elementwise/{pair}_f"], median[f"pair_elementwise/{pair}_signal"]
+    print(f"| {pair} | {f['real_time'] / f['elements']:.3f} | {signal['real_time'] / signal['elements']:.3f} |")
+
+idx = median["idx_loading"]
+print(f"\nidx loading (10,000 28x28 images, plain file in the page cache): "
+      f"{idx['bytes_per_second'] / 1e9:.2f} GB/s.")
 PY
 mv results/benchmark.md.tmp results/benchmark.md
 cat results/benchmark.md

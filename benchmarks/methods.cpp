@@ -1,0 +1,116 @@
+// Training steps of every method on the Fenchel BP paper's MLP (784-256-128-64-10, float, batch
+// 50, one thread unless stated), for ratios to the BP step measured in the same run; the inner
+// iterations each step reported are a counter, so scripts/benchmark.sh can set the time against
+// the cost model "iterations x one BP step". Also BP at 1 and 2 threads, the per-element cost
+// of the activation pairs (f and the Fenchel BP signal) and idx loading throughput.
+
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "bilevel/bilevel.hpp"
+
+namespace {
+
+using S = float;
+using bilevel::Index;
+const std::vector<Index> sizes = {784, 256, 128, 64, 10};
+
+struct fixture {
+  bilevel::mlp<S, bilevel::relu> net = bilevel::make_mlp<S, bilevel::relu>(sizes);
+  bilevel::Matrix<S> x, y;
+  bilevel::Vector<S> gradient;
+  bilevel::adam<S> optimizer{{}, net.parameter_count(), net.weight_count()};
+
+  explicit fixture(Index batch) {
+    bilevel::random_source random(1);
+    net.initialize(bilevel::init_scheme::glorot_uniform, random);
+    x = bilevel::Matrix<S>::NullaryExpr(784, batch, [&] { return S(random.uniform()); });
+    y = bilevel::Matrix<S>::Zero(10, batch);
+    for (Index j = 0; j < batch; ++j) y(Index(random.below(10)), j) = 1;
+    gradient = net.zero_like_parameters();
+  }
+};
+
+/// One step per iteration: the method's gradient and Adam, or its native step.
+template <class Method>
+void step(benchmark::State& state, Method method, bool native) {
+  fixture f(state.range(0));
+  Eigen::setNbThreads(int(state.range(1)));
+  double iterations = 0;
+  for (auto _ : state) {
+    bilevel::step_report report;
+    if constexpr (bilevel::StepMethod<Method, decltype(f.net)>) {
+      if (native) report = method.train_step(f.net, f.x, f.y);
+    }
+    if (!native) {
+      report = method.gradient(f.net, f.x, f.y, f.gradient);
+      f.optimizer.step(f.net.parameters(), f.gradient);
+    }
+    iterations += double(report.inner_iterations);
+    benchmark::ClobberMemory();
+  }
+  Eigen::setNbThreads(1);
+  state.counters["inner_iterations"] = iterations / double(state.iterations());
+}
+
+template <class Pair>
+void pair_elementwise(benchmark::State& state, Pair pair, bool signal) {
+  bilevel::random_source random(2);
+  const bilevel::Matrix<S> a =
+      bilevel::Matrix<S>::NullaryExpr(256, 50, [&] { return S(random.normal()); });
+  bilevel::Matrix<S> z(256, 50), g = bilevel::Matrix<S>::Constant(256, 50, S(0.1)), delta(256, 50);
+  bilevel::activate<S>(pair, a, z);
+  for (auto _ : state) {
+    if (signal)
+      bilevel::fenchel_signal<S>(pair, a, z, g, S(0.01), delta);
+    else
+      bilevel::activate<S>(pair, a, z);
+    benchmark::ClobberMemory();
+  }
+  state.counters["elements"] = double(a.size());
+}
+
+void idx_loading(benchmark::State& state) {
+  const std::filesystem::path file = std::filesystem::temp_directory_path() /
+                                     ("bilevel-bench-" + std::to_string(getpid()) + ".idx");
+  std::vector<std::uint8_t> pixels(std::size_t(10000) * 28 * 28);
+  for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = std::uint8_t(i * 31);
+  bilevel::write_idx(file, {10000, 28, 28}, pixels);
+  for (auto _ : state) benchmark::DoNotOptimize(bilevel::read_idx(file));
+  std::filesystem::remove(file);
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(pixels.size()));
+}
+
+}  // namespace
+
+#define METHOD_STEP(name, method, native)                                             \
+  BENCHMARK_CAPTURE(step, name, method, native)                                        \
+      ->Args({50, 1})                                                                  \
+      ->Unit(benchmark::kMicrosecond)
+METHOD_STEP(bp, bilevel::bp<S>{}, false)->Args({512, 1})->Args({50, 2})->Args({512, 2});
+METHOD_STEP(fenbp, bilevel::fenchel_bp<S>(0.01f), false)->Args({512, 1})->Args({512, 2});
+METHOD_STEP(chl, bilevel::chl<S>{}, false);
+METHOD_STEP(ep, bilevel::ep<S>{}, false);
+METHOD_STEP(pcn, bilevel::pcn<S>{}, false);
+METHOD_STEP(zil, bilevel::pcn<S>::zil(), false);
+METHOD_STEP(mac, bilevel::mac<S>{}, false);
+METHOD_STEP(lpom, bilevel::lpom<S>{}, false);
+METHOD_STEP(fln, bilevel::fln<S>{}, false);
+METHOD_STEP(altmin, bilevel::altmin<S>{}, true);
+
+BENCHMARK_CAPTURE(pair_elementwise, relu_f, bilevel::relu{}, false);
+BENCHMARK_CAPTURE(pair_elementwise, relu_signal, bilevel::relu{}, true);
+BENCHMARK_CAPTURE(pair_elementwise, sigmoid_f, bilevel::sigmoid{}, false);
+BENCHMARK_CAPTURE(pair_elementwise, sigmoid_signal, bilevel::sigmoid{}, true);
+BENCHMARK_CAPTURE(pair_elementwise, tanh_f, bilevel::tanh_pair{}, false);
+BENCHMARK_CAPTURE(pair_elementwise, tanh_signal, bilevel::tanh_pair{}, true);
+BENCHMARK_CAPTURE(pair_elementwise, softmax_f, bilevel::softmax{}, false);
+BENCHMARK_CAPTURE(pair_elementwise, softmax_signal, bilevel::softmax{}, true);
+BENCHMARK(idx_loading)->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();
