@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # One training epoch of the Fenchel BP paper's setting (MNIST 50,000 images, 784-256-128-64-10
 # ReLU, Adam 1e-3, batch 50, float) in bilevel's mnist_mlp and in PyTorch (Debian's
-# python3-torch), BP and Fenchel BP, at 1 and 2 threads; writes results/pytorch.{json,md}.
+# python3-torch on OpenBLAS), BP and Fenchel BP, at 1 and 2 threads; writes
+# results/pytorch.{json,md}.
 # Times are of the training steps only, in both. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/install-packages.sh python3-torch
+# Debian's torch calls the system BLAS: OpenBLAS (its recommended one), not the reference BLAS.
+scripts/install-packages.sh python3-torch libopenblas0-pthread
 scripts/fetch-mnist.sh --mnist-only data >/dev/null
 mkdir -p results
 : >results/pytorch.json.tmp
 for threads in 1 2; do
   for method in bp fenbp; do
-    build/examples/mnist_mlp --data data/mnist --method "$method" --epochs 1 --quiet \
-      --threads "$threads" | head -1 |
-      /usr/bin/python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'framework':'bilevel','method':r['method'],'threads':$threads,'seconds':r['seconds'],'samples_per_s':r['samples_per_s'],'train_error':r['train_error']}))" \
+    epoch=$(build/examples/mnist_mlp --data data/mnist --method "$method" --epochs 1 --quiet \
+      --threads "$threads" | sed -n 1p)
+    /usr/bin/python3 <<<"$epoch" -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'framework':'bilevel','method':r['method'],'threads':$threads,'seconds':r['seconds'],'samples_per_s':r['samples_per_s'],'train_error':r['train_error']}))" \
       >>results/pytorch.json.tmp
-    /usr/bin/python3 scripts/compare_pytorch.py data/mnist --method "$method" \
+    OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" \
+      /usr/bin/python3 scripts/compare_pytorch.py data/mnist --method "$method" \
       --threads "$threads" >>results/pytorch.json.tmp
   done
 done
