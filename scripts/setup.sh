@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev libcli11-dev
-          nlohmann-json3-dev python3 pkg-config gnuplot-nox dataset-fashion-mnist)
+          nlohmann-json3-dev python3 pkg-config gnuplot-nox dataset-fashion-mnist
+          doxygen)
 scripts/install-packages.sh "${packages[@]}"
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
