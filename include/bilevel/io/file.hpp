@@ -35,6 +35,17 @@ inline void sync_directory(const std::filesystem::path& directory) {
   ::close(descriptor);
 }
 
+/// Throws data_error "<where>no such file" (or the stat error, e.g. no permission) or
+/// "<where>is a directory" unless `path` names an existing non-directory.
+inline void require_existing_file(const std::filesystem::path& path, std::string_view where) {
+  std::error_code status_error;
+  const auto status = std::filesystem::status(path, status_error);
+  if (status.type() == std::filesystem::file_type::none)  // stat failed
+    throw data_error(concat(where, status_error.message()));
+  if (!std::filesystem::exists(status)) throw data_error(concat(where, "no such file"));
+  if (std::filesystem::is_directory(status)) throw data_error(concat(where, "is a directory"));
+}
+
 }  // namespace detail
 
 /// Writes `bytes` to `path` atomically. Throws data_error naming `function` and the path if
@@ -77,13 +88,7 @@ inline std::vector<std::uint8_t> read_file(const std::filesystem::path& path,
                                            std::string_view function) {
   using detail::concat;
   const std::string where = concat(function, ": cannot read ", path.string(), ": ");
-  std::error_code status_error;
-  const auto status = std::filesystem::status(path, status_error);
-  if (!std::filesystem::exists(status))
-    throw data_error(concat(where, status.type() == std::filesystem::file_type::none
-                                       ? status_error.message()
-                                       : "no such file"));
-  if (std::filesystem::is_directory(status)) throw data_error(concat(where, "is a directory"));
+  detail::require_existing_file(path, where);
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) throw data_error(concat(where, detail::errno_text(errno)));
   std::vector<std::uint8_t> bytes;

@@ -124,17 +124,7 @@ inline idx_array read_idx(const std::filesystem::path& path) {
   const std::string path_text = path.string();
   const std::string where = concat("read_idx: ", path_text, ": ");
 
-  std::error_code status_error;
-  const auto status = std::filesystem::status(path, status_error);
-  if (status.type() == std::filesystem::file_type::none) {  // stat failed, e.g. no permission
-    throw data_error(concat(where, "cannot open: ", status_error.message()));
-  }
-  if (!std::filesystem::exists(status)) {
-    throw data_error(concat(where, "cannot open: no such file"));
-  }
-  if (std::filesystem::is_directory(status)) {
-    throw data_error(concat(where, "cannot open: is a directory"));
-  }
+  detail::require_existing_file(path, concat(where, "cannot open: "));
   errno = 0;
   detail::gz_handle file(gzopen(path_text.c_str(), "rb"));
   if (!file) {
