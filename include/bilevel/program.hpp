@@ -181,9 +181,9 @@ class program {
 
   /// Per-sample outer loss l(z_L, y).
   RowVector<S> loss_values(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y) const {
-    detail::require_shape("program::loss_values", "y", z_out.rows(), z_out.cols(), y.rows(),
-                          y.cols());
-    return loss_.template value<S>(z_out, y);
+    RowVector<S> values;
+    loss_values(z_out, y, values);
+    return values;
   }
 
   /// The same into `out`, resized to 1 x B; without allocation after the first batch when the

@@ -12,7 +12,9 @@ struct mse {
 
   template <class S>
   RowVector<S> value(const MatrixCRef<S>& z, const MatrixCRef<S>& y) const {
-    return (z - y).colwise().squaredNorm() / S(2);
+    RowVector<S> out(z.cols());
+    value<S>(z, y, out);
+    return out;
   }
   /// The same into `out` (1 x B), without allocating.
   template <class S>
