@@ -55,8 +55,6 @@ components trained() {
   return c;
 }
 
-constexpr std::size_t header_size = 8 + 4 + 8;
-
 }  // namespace
 
 std::vector<std::vector<std::uint8_t>> fuzz_seeds() {
@@ -66,7 +64,7 @@ std::vector<std::vector<std::uint8_t>> fuzz_seeds() {
     std::vector<std::uint8_t> whole{0};
     whole.insert(whole.end(), file.begin(), file.end());
     std::vector<std::uint8_t> payload{1};
-    payload.insert(payload.end(), file.begin() + header_size, file.end() - 4);
+    payload.insert(payload.end(), file.begin() + bilevel::checkpoint_header_size, file.end() - 4);
     seeds.push_back(whole);
     seeds.push_back(payload);
   }
@@ -76,15 +74,7 @@ std::vector<std::vector<std::uint8_t>> fuzz_seeds() {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   std::vector<std::uint8_t> file(data + 1, data + size);
-  if (data[0] % 2 == 1) {  // wrap the payload: magic, version, size, ..., CRC-32
-    bilevel::state_writer wrapped;
-    wrapped.write_bytes(bilevel::checkpoint_magic);
-    wrapped.write_u32(bilevel::checkpoint_version);
-    wrapped.write_u64(file.size());
-    wrapped.write_bytes(file);
-    wrapped.write_u32(bilevel::detail::crc32_of(file));
-    file = wrapped.take_bytes();
-  }
+  if (data[0] % 2 == 1) file = bilevel::detail::frame_checkpoint(file);  // valid header and CRC
   static components target;
   const std::vector<std::uint8_t> before = target.bytes();
   try {

@@ -212,8 +212,6 @@ class state_reader {
     }
   }
 
-  const std::string& context() const { return context_; }
-
  private:
   /// Throws unless `count` items of `item_size` bytes are left.
   void require_left(std::uint64_t count, std::uint64_t item_size, std::string_view what) const {

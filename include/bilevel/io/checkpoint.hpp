@@ -47,6 +47,8 @@ concept Checkpointable = std::copy_constructible<T> && std::is_move_assignable_v
 inline constexpr std::array<std::uint8_t, 8> checkpoint_magic = {'B', 'L', 'V', 'L',
                                                                  'C', 'K', 'P', 'T'};
 inline constexpr std::uint32_t checkpoint_version = 1;
+/// Bytes before the payload: magic, version, payload size.
+inline constexpr std::size_t checkpoint_header_size = checkpoint_magic.size() + 4 + 8;
 
 namespace detail {
 
@@ -60,6 +62,17 @@ inline std::uint32_t crc32_of(std::span<const std::uint8_t> bytes) {
   return static_cast<std::uint32_t>(crc);
 }
 
+/// A checkpoint file around `payload`: magic, version, payload size, payload, CRC-32.
+inline std::vector<std::uint8_t> frame_checkpoint(std::span<const std::uint8_t> payload) {
+  state_writer file;
+  file.write_bytes(checkpoint_magic);
+  file.write_u32(checkpoint_version);
+  file.write_u64(payload.size());
+  file.write_bytes(payload);
+  file.write_u32(crc32_of(payload));
+  return file.take_bytes();
+}
+
 }  // namespace detail
 
 /// The bytes of a checkpoint of `components`, in the order given.
@@ -69,13 +82,7 @@ std::vector<std::uint8_t> checkpoint_bytes(const Components&... components) {
   payload.write_u64(sizeof...(Components));
   (payload.write_section("component", [&](state_writer& out) { components.save_state(out); }),
    ...);
-  state_writer file;
-  file.write_bytes(checkpoint_magic);
-  file.write_u32(checkpoint_version);
-  file.write_u64(payload.bytes().size());
-  file.write_bytes(payload.bytes());
-  file.write_u32(detail::crc32_of(payload.bytes()));
-  return file.take_bytes();
+  return detail::frame_checkpoint(payload.bytes());
 }
 
 /// Restores `components` from checkpoint bytes, all or nothing. `context` starts every error
@@ -95,7 +102,7 @@ void restore_checkpoint(std::span<const std::uint8_t> bytes, const std::string& 
                                                  ? " (written by a newer bilevel)"
                                                  : ""));
   const std::uint64_t size = after_magic.read_u64("payload size");
-  const std::size_t header_size = magic_size + 4 + 8;
+  constexpr std::size_t header_size = checkpoint_header_size;
   if (bytes.size() - header_size < 4 || size != bytes.size() - header_size - 4)
     throw data_error(detail::concat(context, ": the header promises a ", size,
                                     "-byte payload, the file has room for ",
