@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev libcli11-dev
           nlohmann-json3-dev python3 pkg-config gnuplot-nox dataset-fashion-mnist
-          doxygen)
+          doxygen libopenmpi-dev openmpi-bin)
 scripts/install-packages.sh "${packages[@]}"
 
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+# With MPI: the trainer runs data-parallel under mpirun, and its tests run (bilevel::mpi).
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBILEVEL_WITH_MPI=ON "$@" >/dev/null
 cmake --build build -j"$(nproc)"

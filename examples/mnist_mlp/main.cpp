@@ -6,10 +6,12 @@
 
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
+#include <cstdint>
 #include <iostream>
 #include <string>
 
 #include "options.hpp"
+#include "processes.hpp"
 
 namespace {
 
@@ -80,6 +82,7 @@ void apply_defaults(const CLI::App& app, options& opts) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const mnist_mlp::processes group(argc, argv);
   options opts;
   CLI::App app{"Train an MLP on MNIST-format idx data with one of bilevel's inference learning "
                "methods. Flags marked (method default) take the method's paper setting when "
@@ -141,7 +144,7 @@ int main(int argc, char** argv) {
   app.add_option("--leaky-slope", opts.leaky_slope, "Slope of leaky_relu for a < 0, in (0, 1)")
       ->capture_default_str();
   app.add_option("--seed", opts.seed, "Seed of initialisation and shuffling")->capture_default_str();
-  app.add_option("--threads", opts.threads, "Threads for Eigen's matrix products")
+  app.add_option("--threads", opts.threads, "Threads for Eigen's matrix products (per process under mpirun)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--train-samples", opts.train_samples,
@@ -208,19 +211,21 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "mnist_mlp: " << e.what() << " (see --help)\n";
-    return 2;
+    return group.fail(std::string(e.what()) + " (see --help)", 2);
   }
   apply_defaults(app, opts);
 
   try {
     Eigen::setNbThreads(opts.threads);
-    return opts.precision == "double" ? mnist_mlp::run_double(opts) : mnist_mlp::run_float(opts);
+    const std::string settings = mnist_mlp::training_settings(opts);
+    group.require_same({reinterpret_cast<const std::uint8_t*>(settings.data()), settings.size()},
+                       "the training flags (all but --data, --save, --resume's path, --csv, "
+                       "--quiet and --threads)");
+    return opts.precision == "double" ? mnist_mlp::run_double(opts, group)
+                                      : mnist_mlp::run_float(opts, group);
   } catch (const bilevel::config_error& e) {
-    std::cerr << "mnist_mlp: " << e.what() << '\n';
-    return 2;
+    return group.fail(e.what(), 2);
   } catch (const std::exception& e) {
-    std::cerr << "mnist_mlp: " << e.what() << '\n';
-    return 1;
+    return group.fail(e.what(), 1);
   }
 }

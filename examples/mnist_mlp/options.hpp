@@ -13,6 +13,8 @@ namespace mnist_mlp {
 
 using bilevel::Index;
 
+/// Every flag of the trainer (a new field belongs in training_settings too, unless it may differ
+/// between the processes of an MPI job).
 struct options {
   std::string data = "data/mnist";
   std::string method = "fenbp";
@@ -55,6 +57,23 @@ struct options {
   bool quiet = false;
 };
 
+/// The settings that decide what is trained, as text: every field of `options` but those that
+/// may differ between the processes of one MPI job (where files are, threads, output). The
+/// processes compare it before they train together.
+inline std::string training_settings(const options& o) {
+  std::ostringstream text;
+  text.precision(17);
+  text << o.method << ' ' << o.beta << ' ' << o.init << ' ' << o.epochs << ' ' << o.batch << ' '
+       << o.lr << ' ' << o.optimizer << ' ' << o.momentum << ' ' << o.weight_decay << ' '
+       << o.schedule << ' ' << o.schedule_every << ' ' << o.schedule_factor << ' ' << o.layers
+       << ' ' << o.activation << ' ' << o.leaky_slope << ' ' << o.seed << ' ' << o.train_samples
+       << ' ' << o.validation << ' ' << o.precision << ' ' << o.gamma << ' ' << o.lambda << ' '
+       << o.mu << ' ' << o.mu_growth << ' ' << o.inner_iterations << ' ' << o.inner_step << ' '
+       << o.tolerance << ' ' << o.nudged_iterations << ' ' << o.one_sided << ' ' << o.step_mode
+       << ' ' << o.save_every << ' ' << o.resume.empty();
+  return text.str();
+}
+
 /// Parses a comma-separated list of numbers; `what` names the flag in errors.
 template <class T>
 std::vector<T> parse_list(const std::string& text, const std::string& what) {
@@ -73,7 +92,9 @@ std::vector<T> parse_list(const std::string& text, const std::string& what) {
   return values;
 }
 
-int run_float(const options& opts);
-int run_double(const options& opts);
+class processes;  // processes.hpp
+
+int run_float(const options& opts, const processes& group);
+int run_double(const options& opts, const processes& group);
 
 }  // namespace mnist_mlp

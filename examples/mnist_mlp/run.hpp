@@ -9,6 +9,7 @@
 #include <limits>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "bilevel/bilevel.hpp"
 #include "bilevel/train/trainer.hpp"
 #include "options.hpp"
+#include "processes.hpp"
 #include "report.hpp"
 
 namespace mnist_mlp {
@@ -113,13 +115,14 @@ class any_method {
     return std::visit([&](auto& m) { return m.gradient(net, x, y, gradient); }, method_);
   }
 
-  template <class Program>
+  /// The native step; `shards` averages its weight steps over a batch split over processes.
+  template <class Program, bilevel::BatchReduction<S> Reduction = bilevel::whole_batch>
   bilevel::step_report train_step(Program& net, const bilevel::MatrixCRef<S>& x,
-                                  const bilevel::MatrixCRef<S>& y) {
+                                  const bilevel::MatrixCRef<S>& y, const Reduction& shards = {}) {
     return std::visit(
         [&](auto& m) -> bilevel::step_report {
-          if constexpr (bilevel::StepMethod<std::decay_t<decltype(m)>, Program>)
-            return m.train_step(net, x, y);
+          if constexpr (bilevel::ShardableStepMethod<std::decay_t<decltype(m)>, Program>)
+            return m.train_step(net, x, y, shards);
           else
             throw bilevel::config_error("mnist_mlp: " + m.name() + " has no native step");
         },
@@ -255,8 +258,15 @@ inline json beta_json(const options& opts) {
 
 inline json finite_or_null(double value) { return std::isfinite(value) ? json(value) : json(); }
 
+/// The bytes of a matrix's or a vector's entries (for checksums).
+template <class Container>
+std::span<const std::uint8_t> as_bytes(const Container& values) {
+  return {reinterpret_cast<const std::uint8_t*>(values.data()),
+          std::size_t(values.size()) * sizeof(*values.data())};
+}
+
 template <class S, class Hidden>
-int train(const options& opts, const Hidden& hidden) {
+int train(const options& opts, const Hidden& hidden, const processes& group) {
   const auto sizes = parse_list<Index>(opts.layers, "--layers");
   auto net = bilevel::make_mlp<S>(sizes, hidden);
   any_method<S> method(opts, net.depth());  // validates method flags before the data is read
@@ -278,133 +288,154 @@ int train(const options& opts, const Hidden& hidden) {
   const auto train_set = bilevel::slice(all, 0, opts.train_samples);
   const auto validation_set = bilevel::slice(all, available - opts.validation, opts.validation);
   const auto test_set = bilevel::make_dataset<S>(data.test.images, data.test.labels, classes);
+  // Every process must train on the same data: compare the training file's checksums.
+  group.require_same(as_bytes(data.train.images), "the training images (--data)");
+  group.require_same(as_bytes(data.train.labels), "the training labels (--data)");
 
   bilevel::random_source init_random(opts.seed);
   net.initialize(bilevel::parse_init_scheme(opts.init), init_random);
   any_optimizer<S> optimizer(opts, net.parameter_count(), net.weight_count());
   const auto schedule = make_schedule(opts);
-  bilevel::trainer trainer(net, method, optimizer, opts.batch, opts.seed + 1, mode);
+  return group.with_stepper<S>(method, [&](auto& stepper) {
+    bilevel::trainer trainer(net, stepper, optimizer, opts.batch, opts.seed + 1, mode);
 
-  run_record record;
-  const auto save = [&] {
-    if (!opts.save.empty())
-      bilevel::save_checkpoint(opts.save, net, optimizer, method, trainer.progress(), record);
-  };
-  if (!opts.resume.empty()) {
-    bilevel::load_checkpoint(opts.resume, net, optimizer, method, trainer.progress(), record);
-  } else {
-    record.initial_test_error = bilevel::classification_error(net, test_set, method);
-  }
-  save();  // at once: an unwritable --save path fails now, not after the first epoch
-  csv_log csv(opts.csv, {"epoch", "method", "lr", "train_error", "validation_error",
-                         "test_error", "loss", "seconds", "samples_per_s", "inner_residual",
-                         "inner_energy"});
-  if (!opts.resume.empty()) csv.keep_rows_until(trainer.epoch());
-  progress_bar bar(!opts.quiet);
-  if (!opts.quiet)
-    std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
-            << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
-            << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
-            << ", " << train_set.size() << " training / " << validation_set.size()
-            << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
-            << Eigen::nbThreads() << " thread(s)\n";
-
-  if (!opts.resume.empty() && !opts.quiet)
-    std::cerr << "mnist_mlp: resumed from " << opts.resume << " after epoch " << trainer.epoch()
-              << '\n';
-  json last;
-  for (Index epoch = trainer.epoch() + 1; epoch <= opts.epochs; ++epoch) {
-    optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
-    method.set_learning_rate(S(schedule.at(epoch - 1)));
-    bar.start_epoch(epoch, opts.epochs);
-    const bilevel::epoch_report report = trainer.run_epoch(
-        train_set, [&](Index done, Index total, Index samples) { bar.batch(done, total, samples); });
-    bar.clear();
-    record.total_seconds += report.seconds;
-    const double train_error = bilevel::classification_error(net, train_set, method);
-    const double validation_error = bilevel::classification_error(net, validation_set, method);
-    const double test_error = bilevel::classification_error(net, test_set, method);
-    if (validation_set.size() > 0 && validation_error < record.best_validation) {
-      record.best_validation = validation_error;
-      record.test_at_best = test_error;
-      record.best_epoch = epoch;
+    if (group.size() > 1 && trainer.native_steps()) {
+      // Native steps need a sample in every shard, the epoch's last, partial batch included.
+      const Index last = opts.train_samples % opts.batch;
+      bilevel::detail::require(opts.batch >= group.size() && (last == 0 || last >= group.size()),
+                               "setup", "--batch and the last batch (--train-samples % --batch)",
+                               bilevel::detail::concat(">= the number of processes (", group.size(),
+                                                       ") for native steps"),
+                               bilevel::detail::concat(opts.batch, " and ", last));
     }
-    if (epoch % opts.save_every == 0 || epoch == opts.epochs) save();
-    last = {{"epoch", epoch},
-            {"method", method.name()},
-            {"beta", beta_json(opts)},
-            {"init", opts.init},
-            {"activation", opts.activation},
-            {"lr", schedule.at(epoch - 1)},
-            {"train_error", train_error},
-            {"validation_error", finite_or_null(validation_error)},
-            {"test_error", test_error},
-            {"loss", report.loss},
-            {"seconds", report.seconds},
-            {"samples_per_s", report.samples_per_second},
-            {"inner_residual", finite_or_null(report.inner_residual)},
-            {"inner_energy", finite_or_null(report.inner_energy)}};
-    std::cout << last.dump() << std::endl;
-    const auto text = [](double value) {
-      return std::isfinite(value) ? (std::ostringstream() << std::setprecision(9) << value).str()
-                                  : std::string();
+
+    run_record record;
+    const bool speak = group.root();  // one process prints and writes files
+    const auto save = [&] {
+      if (speak && !opts.save.empty())
+        bilevel::save_checkpoint(opts.save, net, optimizer, method, trainer.progress(), record);
     };
-    csv.add({std::to_string(epoch), method.name(), text(schedule.at(epoch - 1)),
-             text(train_error), text(validation_error), text(test_error), text(report.loss),
-             text(report.seconds), text(report.samples_per_second), text(report.inner_residual),
-             text(report.inner_energy)});
-    if (!opts.quiet) {
-      std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
-                << "  train " << 100 * train_error << "%  validation " << 100 * validation_error
-                << "%  test " << 100 * test_error << "%  " << report.seconds << " s ("
-                << Index(report.samples_per_second) << " samples/s)";
-      if (std::isfinite(report.inner_residual))
-        std::cerr << "  inner residual " << report.inner_residual;
-      std::cerr << '\n';
+    if (speak && !opts.resume.empty())
+      bilevel::load_checkpoint(opts.resume, net, optimizer, method, trainer.progress(), record);
+    group.share(net, optimizer, method, trainer.progress(), record);
+    if (opts.resume.empty()) record.initial_test_error = group.error(net, test_set, method);
+    save();  // at once: an unwritable --save path fails now, not after the first epoch
+    csv_log csv(speak ? opts.csv : std::string(), {"epoch", "method", "lr", "train_error", "validation_error",
+                           "test_error", "loss", "seconds", "samples_per_s", "inner_residual",
+                           "inner_energy"});
+    if (!opts.resume.empty()) csv.keep_rows_until(trainer.epoch());
+    const bool talk = speak && !opts.quiet;
+    progress_bar bar(talk);
+    if (talk)
+      std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
+              << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
+              << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
+              << ", " << train_set.size() << " training / " << validation_set.size()
+              << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
+              << Eigen::nbThreads() << " thread(s)"
+              << (group.size() > 1 ? bilevel::detail::concat(" per process, ", group.size(),
+                                                             " processes")
+                                   : std::string())
+              << '\n';
+
+    if (!opts.resume.empty() && talk)
+      std::cerr << "mnist_mlp: resumed from " << opts.resume << " after epoch " << trainer.epoch()
+                << '\n';
+    json last;
+    for (Index epoch = trainer.epoch() + 1; epoch <= opts.epochs; ++epoch) {
+      optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
+      method.set_learning_rate(S(schedule.at(epoch - 1)));
+      bar.start_epoch(epoch, opts.epochs);
+      const bilevel::epoch_report report = trainer.run_epoch(
+          train_set, [&](Index done, Index total, Index samples) { bar.batch(done, total, samples); });
+      bar.clear();
+      record.total_seconds += report.seconds;
+      const double train_error = group.error(net, train_set, method);
+      const double validation_error = group.error(net, validation_set, method);
+      const double test_error = group.error(net, test_set, method);
+      if (validation_set.size() > 0 && validation_error < record.best_validation) {
+        record.best_validation = validation_error;
+        record.test_at_best = test_error;
+        record.best_epoch = epoch;
+      }
+      if (epoch % opts.save_every == 0 || epoch == opts.epochs) save();
+      last = {{"epoch", epoch},
+              {"method", method.name()},
+              {"beta", beta_json(opts)},
+              {"init", opts.init},
+              {"activation", opts.activation},
+              {"lr", schedule.at(epoch - 1)},
+              {"train_error", train_error},
+              {"validation_error", finite_or_null(validation_error)},
+              {"test_error", test_error},
+              {"loss", report.loss},
+              {"seconds", report.seconds},
+              {"samples_per_s", report.samples_per_second},
+              {"inner_residual", finite_or_null(report.inner_residual)},
+              {"inner_energy", finite_or_null(report.inner_energy)}};
+      if (speak) std::cout << last.dump() << std::endl;
+      const auto text = [](double value) {
+        return std::isfinite(value) ? (std::ostringstream() << std::setprecision(9) << value).str()
+                                    : std::string();
+      };
+      csv.add({std::to_string(epoch), method.name(), text(schedule.at(epoch - 1)),
+               text(train_error), text(validation_error), text(test_error), text(report.loss),
+               text(report.seconds), text(report.samples_per_second), text(report.inner_residual),
+               text(report.inner_energy)});
+      if (talk) {
+        std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
+                  << "  train " << 100 * train_error << "%  validation " << 100 * validation_error
+                  << "%  test " << 100 * test_error << "%  " << report.seconds << " s ("
+                  << Index(report.samples_per_second) << " samples/s)";
+        if (std::isfinite(report.inner_residual))
+          std::cerr << "  inner residual " << report.inner_residual;
+        std::cerr << '\n';
+      }
     }
-  }
-  json summary = {{"summary", true},
-                  {"method", method.name()},
-                  {"beta", beta_json(opts)},
-                  {"init", opts.init},
-                  {"activation", opts.activation},
-                  {"layers", opts.layers},
-                  {"epochs", opts.epochs},
-                  {"batch", opts.batch},
-                  {"optimizer", opts.optimizer},
-                  {"lr", opts.lr},
-                  {"step_mode", trainer.native_steps() ? "native" : "gradient"},
-                  {"seed", opts.seed},
-                  {"precision", opts.precision},
-                  {"threads", Eigen::nbThreads()},
-                  {"train_samples", train_set.size()},
-                  {"train_seconds", record.total_seconds},
-                  {"initial_test_error", record.initial_test_error}};
-  if (!last.is_null()) {
-    summary["final_train_error"] = last["train_error"];
-    summary["final_test_error"] = last["test_error"];
-  }
-  if (record.best_epoch > 0) {
-    summary["best_epoch"] = record.best_epoch;
-    summary["best_validation_error"] = record.best_validation;
-    summary["test_error_at_best_validation"] = record.test_at_best;
-  }
-  std::cout << summary.dump() << std::endl;
-  return 0;
+    json summary = {{"summary", true},
+                    {"method", method.name()},
+                    {"beta", beta_json(opts)},
+                    {"init", opts.init},
+                    {"activation", opts.activation},
+                    {"layers", opts.layers},
+                    {"epochs", opts.epochs},
+                    {"batch", opts.batch},
+                    {"optimizer", opts.optimizer},
+                    {"lr", opts.lr},
+                    {"step_mode", trainer.native_steps() ? "native" : "gradient"},
+                    {"seed", opts.seed},
+                    {"precision", opts.precision},
+                    {"threads", Eigen::nbThreads()},
+                    {"processes", group.size()},
+                    {"train_samples", train_set.size()},
+                    {"train_seconds", record.total_seconds},
+                    {"initial_test_error", record.initial_test_error}};
+    if (!last.is_null()) {
+      summary["final_train_error"] = last["train_error"];
+      summary["final_test_error"] = last["test_error"];
+    }
+    if (record.best_epoch > 0) {
+      summary["best_epoch"] = record.best_epoch;
+      summary["best_validation_error"] = record.best_validation;
+      summary["test_error_at_best_validation"] = record.test_at_best;
+    }
+    if (speak) std::cout << summary.dump() << std::endl;
+    return 0;
+  });
 }
 
 /// Maps --activation to its pair type once; everything after runs fully typed.
 template <class S>
-int dispatch_activation(const options& opts) {
+int dispatch_activation(const options& opts, const processes& group) {
   const std::string& name = opts.activation;
-  if (name == "relu") return train<S>(opts, bilevel::relu{});
-  if (name == "leaky_relu") return train<S>(opts, bilevel::leaky_relu(opts.leaky_slope));
-  if (name == "hard_sigmoid") return train<S>(opts, bilevel::hard_sigmoid{});
-  if (name == "hard_tanh") return train<S>(opts, bilevel::hard_tanh{});
-  if (name == "sigmoid") return train<S>(opts, bilevel::sigmoid{});
-  if (name == "tanh") return train<S>(opts, bilevel::tanh_pair{});
-  if (name == "softmax") return train<S>(opts, bilevel::softmax{});
-  return train<S>(opts, bilevel::identity{});
+  if (name == "relu") return train<S>(opts, bilevel::relu{}, group);
+  if (name == "leaky_relu") return train<S>(opts, bilevel::leaky_relu(opts.leaky_slope), group);
+  if (name == "hard_sigmoid") return train<S>(opts, bilevel::hard_sigmoid{}, group);
+  if (name == "hard_tanh") return train<S>(opts, bilevel::hard_tanh{}, group);
+  if (name == "sigmoid") return train<S>(opts, bilevel::sigmoid{}, group);
+  if (name == "tanh") return train<S>(opts, bilevel::tanh_pair{}, group);
+  if (name == "softmax") return train<S>(opts, bilevel::softmax{}, group);
+  return train<S>(opts, bilevel::identity{}, group);
 }
 
 }  // namespace mnist_mlp

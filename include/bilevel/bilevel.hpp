@@ -1,5 +1,6 @@
 #pragma once
-// bilevel: inference learning methods over Eigen. Include this header for everything.
+// bilevel: inference learning methods over Eigen. Include this header for everything but the
+// MPI part, which needs MPI and has its own: bilevel/mpi/mpi.hpp (CMake target bilevel::mpi).
 
 #include "activations/activations.hpp"
 #include "core/error.hpp"
@@ -14,6 +15,7 @@
 #include "layers/init.hpp"
 #include "losses/loss.hpp"
 #include "methods/altmin.hpp"
+#include "methods/batch_reduction.hpp"
 #include "methods/bilevel_surrogate.hpp"
 #include "methods/bp.hpp"
 #include "methods/chl.hpp"

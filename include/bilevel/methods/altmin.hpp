@@ -82,6 +82,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -89,6 +90,7 @@
 #include "../core/error.hpp"
 #include "../optimizers/adam.hpp"
 #include "../program.hpp"
+#include "batch_reduction.hpp"
 #include "method.hpp"
 
 namespace bilevel {
@@ -187,8 +189,17 @@ class altmin {
   /// objectives' gradients (all codes stacked) at the codes kept.
   template <class Program>
   step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
+    return train_step(net, x, y, whole_batch{});
+  }
+
+  /// The same step on this process's part of a batch split over several: the codes are
+  /// updated locally (per sample), the weight gradients are averaged over the whole batch by
+  /// `shards` (methods/batch_reduction.hpp), so every process takes the same Adam steps.
+  template <class Program, BatchReduction<S> Reduction>
+  step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                         const Reduction& shards) {
     const step_report report = update_codes(net, x, y);
-    fit_weights(net, y);
+    fit_weights(net, y, shards);
     return report;
   }
 
@@ -245,7 +256,7 @@ class altmin {
   template <class Program>
   void update_weights(Program& net, const MatrixCRef<S>& y) {
     require_state(net, y, "altmin::update_weights");
-    fit_weights(net, y);
+    fit_weights(net, y, whole_batch{});
   }
 
   /// The batch-mean gradients of the local weight losses at the stored codes.
@@ -449,15 +460,16 @@ class altmin {
     }
   }
 
-  /// Step (3): every layer independently (its own buffers, slices and Adam states).
-  template <class Program>
-  void fit_weights(Program& net, const MatrixCRef<S>& y) {
+  /// Step (3): every layer independently (its own buffers, slices and Adam states). Each
+  /// iteration takes all layers' gradients first (they read only the codes and their own
+  /// layer), so that `shards` averages the whole gradient buffer in one call.
+  template <class Program, BatchReduction<S> Reduction>
+  void fit_weights(Program& net, const MatrixCRef<S>& y, const Reduction& shards) {
     prepare_optimizers(net);
-    for (Index i = 0; i < net.depth(); ++i) {
-      for (Index iteration = 0; iteration < settings_.weight_iterations; ++iteration) {
-        local_layer(net, i, y, grad_, true);
-        step_layer(net, i);
-      }
+    for (Index iteration = 0; iteration < settings_.weight_iterations; ++iteration) {
+      for (Index i = 0; i < net.depth(); ++i) local_layer(net, i, y, grad_, true);
+      shards.mean(std::span<S>(grad_.data(), std::size_t(grad_.size())));
+      for (Index i = 0; i < net.depth(); ++i) step_layer(net, i);
     }
   }
 

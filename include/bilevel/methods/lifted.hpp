@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <limits>
+#include <span>
 #include <vector>
 
 #include "../activations/concept.hpp"
@@ -30,6 +31,7 @@
 #include "../core/state_stream.hpp"
 #include "../couplings/fenchel.hpp"
 #include "../program.hpp"
+#include "batch_reduction.hpp"
 
 namespace bilevel::detail {
 
@@ -193,10 +195,12 @@ class lifted_objective {
   /// Gradient steps with backtracking on layer k's (0-based) parameters for the current z:
   /// lambda_k mean_B [G_k(W_k z_{k-1} + b_k) - <z_k, W_k z_{k-1} + b_k>], J's W-block, which is
   /// convex and independent of the other layers' parameters. Stops when the gradient's norm is
-  /// below `tolerance`; never increases J. Returns the steps taken.
-  template <class Program>
+  /// below `tolerance`; never increases J. Returns the steps taken. `shards` averages the
+  /// gradient and the objective values over a batch split over several processes
+  /// (methods/batch_reduction.hpp), so that every process takes the same steps.
+  template <class Program, BatchReduction<S> Reduction>
   Index descend_weights(Program& net, const lifted_weights<S>& weights, Index k, Index iterations,
-                        S tolerance) {
+                        S tolerance, const Reduction& shards) {
     const auto index = std::size_t(k);
     const S lambda = weights.lambda[index], inverse_batch = S(1) / S(z_.front().cols());
     auto W = net.weights(k);
@@ -208,27 +212,38 @@ class lifted_objective {
       });
       return lambda * inverse_batch * value;
     };
+    // [dW (column-major) | db | objective], averaged by one call of the reduction.
+    const Index rows = W.rows(), cols = W.cols(), count = rows * cols + rows;
+    weight_means_.resize(count + 1);
+    const ConstMatrixMap<S> weight_gradient(weight_means_.data(), rows, cols);
+    const ConstVectorMap<S> bias_gradient(weight_means_.data() + rows * cols, rows);
     if (weight_steps_.size() != a_.size()) weight_steps_.assign(a_.size(), S(1));
     S& step = weight_steps_[index];
     Index taken = 0;
     for (; taken < iterations; ++taken) {
       net.affine(k, z_[index], a_[index]);
-      const S before = objective(a_[index]);
       gradient_.resize(a_[index].rows(), a_[index].cols());
       net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], gradient_); });
       gradient_ -= z_[index + 1];
-      weight_gradient_.noalias() = (lambda * inverse_batch) * gradient_ * z_[index].transpose();
-      bias_gradient_ = (lambda * inverse_batch) * gradient_.rowwise().sum();
-      const S squared = weight_gradient_.squaredNorm() + bias_gradient_.squaredNorm();
+      MatrixMap<S>(weight_means_.data(), rows, cols).noalias() =
+          (lambda * inverse_batch) * gradient_ * z_[index].transpose();
+      VectorMap<S>(weight_means_.data() + rows * cols, rows) =
+          (lambda * inverse_batch) * gradient_.rowwise().sum();
+      weight_means_(count) = objective(a_[index]);
+      shards.mean(std::span<S>(weight_means_.data(), std::size_t(weight_means_.size())));
+      const S before = weight_means_(count);
+      const S squared = weight_means_.head(count).squaredNorm();
       if (std::sqrt(squared) <= tolerance) break;
       saved_weights_ = W;
       saved_bias_ = b;
       bool accepted = false;
       for (int halving = 0; halving < 60 && !accepted; ++halving) {
-        W = saved_weights_ - step * weight_gradient_;
-        b = saved_bias_ - step * bias_gradient_;
+        W = saved_weights_ - step * weight_gradient;
+        b = saved_bias_ - step * bias_gradient;
         net.affine(k, z_[index], next_);
-        accepted = objective(next_) <= before - step * squared / 2;  // Armijo
+        S trial = objective(next_);
+        shards.mean(std::span<S>(&trial, 1));
+        accepted = trial <= before - step * squared / 2;  // Armijo
         if (!accepted) step /= 2;
       }
       if (!accepted) {  // rounding dominates: keep the parameters
@@ -327,8 +342,8 @@ class lifted_objective {
   std::vector<S> steps_, weight_steps_;
   Matrix<S> gradient_, candidate_gradient_, trial_, candidate_, difference_, next_,
       next_activation_;
-  Matrix<S> weight_gradient_, saved_weights_;
-  Vector<S> bias_gradient_, saved_bias_;
+  Matrix<S> saved_weights_;
+  Vector<S> weight_means_, saved_bias_;
 };
 
 }  // namespace bilevel::detail

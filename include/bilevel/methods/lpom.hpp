@@ -87,10 +87,19 @@ class lifted_method {
   /// (independent across layers).
   template <class Program>
   step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
+    return train_step(net, x, y, whole_batch{});
+  }
+
+  /// The same step on this process's part of a batch split over several: the z-blocks are
+  /// solved locally, the W-blocks' gradients and objective values are averaged over the whole
+  /// batch by `shards` (methods/batch_reduction.hpp), so every process takes the same W-steps.
+  template <class Program, BatchReduction<S> Reduction>
+  step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                         const Reduction& shards) {
     const step_report report = infer(net, x, y);
     for (Index k = 0; k < net.depth(); ++k)
       objective_.descend_weights(net, weights_, k, config_.weight_iterations,
-                                 config_.weight_tolerance);
+                                 config_.weight_tolerance, shards);
     return report;
   }
 

@@ -74,12 +74,14 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "../core/error.hpp"
 #include "../program.hpp"
+#include "batch_reduction.hpp"
 #include "method.hpp"
 
 namespace bilevel {
@@ -174,8 +176,17 @@ class mac {
   /// inner_residual the batch mean of the per-sample norm of dF/dz there.
   template <class Program>
   step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
+    return train_step(net, x, y, whole_batch{});
+  }
+
+  /// The same step on this process's part of a batch split over several: the Z-step is local
+  /// (per sample), the W-step's gradients and line-search values are averaged over the whole
+  /// batch by `shards` (methods/batch_reduction.hpp), so every process takes the same W-step.
+  template <class Program, BatchReduction<S> Reduction>
+  step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+                         const Reduction& shards) {
     const step_report report = solve_z(net, x, y, z_start::forward);
-    w_step(net, y);
+    w_step(net, y, shards);
     advance_mu();
     return report;
   }
@@ -230,14 +241,15 @@ class mac {
     return report;
   }
 
-  /// The W-step alone, on the coordinates of the last Z-step (the same batch's y).
-  template <class Program>
-  void w_step(Program& net, const MatrixCRef<S>& y) {
+  /// The W-step alone, on the coordinates of the last Z-step (the same batch's y); `shards`
+  /// averages its means over a batch split over several processes.
+  template <class Program, BatchReduction<S> Reduction = whole_batch>
+  void w_step(Program& net, const MatrixCRef<S>& y, const Reduction& shards = {}) {
     constexpr const char* function = "mac::w_step";
     detail::require(fits(net, y.cols()), function, "the state",
                     "a Z-step on a batch of this size and program first", "none");
     detail::require_shape(function, "y", net.output_size(), z_[0].cols(), y.rows(), y.cols());
-    for (Index i = 0; i < net.depth(); ++i) fit_layer(net, i, y);
+    for (Index i = 0; i < net.depth(); ++i) fit_layer(net, i, y, shards);
   }
 
   /// Batch mean of F at the stored coordinates and the current theta.
@@ -275,9 +287,23 @@ class mac {
 
  private:
   struct layer_work {
-    Matrix<S> a, value, residual, signal, weight_gradient, saved_weights;
-    Vector<S> bias_gradient, saved_bias;
+    Matrix<S> a, value, residual, signal, saved_weights;
+    Vector<S> saved_bias;
+    /// [dW (column-major) | db | objective]: one buffer, which a batch reduction averages in
+    /// one call.
+    Vector<S> means;
     S step = S(0);  ///< the layer's current first trial step (0: not yet set)
+
+    Index weight_count() const { return saved_weights.size(); }
+    ConstMatrixMap<S> weight_gradient() const {
+      return {means.data(), saved_weights.rows(), saved_weights.cols()};
+    }
+    ConstVectorMap<S> bias_gradient() const {
+      return {means.data() + weight_count(), saved_bias.size()};
+    }
+    /// The gradient entries (dW and db) without the objective.
+    auto gradient() const { return means.head(means.size() - 1); }
+    S objective() const { return means(means.size() - 1); }
   };
 
   template <class Program>
@@ -447,8 +473,8 @@ class mac {
     report.inner_residual = double(squared_norm_.cwiseSqrt().mean());
   }
 
-  /// Layer index i's W-step objective (batch mean) at the current parameters, and with
-  /// `with_gradient` its gradient in the layer's work buffers.
+  /// Layer index i's W-step objective (mean over the samples here) at the current parameters,
+  /// and with `with_gradient` its gradient and the objective in the layer's `means`.
   template <class Program>
   S layer_value(const Program& net, Index i, const MatrixCRef<S>& y, bool with_gradient) {
     const auto u = std::size_t(i);
@@ -475,31 +501,40 @@ class mac {
     });
     if (with_gradient) {
       const S inverse_batch = S(1) / S(B);
-      work.weight_gradient.noalias() = inverse_batch * work.signal * z_[u].transpose();
-      work.bias_gradient.noalias() = inverse_batch * work.signal.rowwise().sum();
+      const Index rows = work.a.rows(), cols = z_[u].rows(), weights = rows * cols;
+      work.means.resize(weights + rows + 1);
+      MatrixMap<S> weight_gradient(work.means.data(), rows, cols);
+      VectorMap<S> bias_gradient(work.means.data() + weights, rows);
+      weight_gradient.noalias() = inverse_batch * work.signal * z_[u].transpose();
+      bias_gradient.noalias() = inverse_batch * work.signal.rowwise().sum();
+      work.means(weights + rows) = value;
     }
     return value;
   }
 
   /// w_iterations Armijo gradient steps on layer index i's objective (it never increases).
-  template <class Program>
-  void fit_layer(Program& net, Index i, const MatrixCRef<S>& y) {
+  /// Every decision depends only on means averaged by `shards`, so all processes agree.
+  template <class Program, BatchReduction<S> Reduction>
+  void fit_layer(Program& net, Index i, const MatrixCRef<S>& y, const Reduction& shards) {
     layer_work& work = layers_[std::size_t(i)];
     if (!(work.step > 0)) work.step = settings_.w_step;
     work.step = std::min(work.step, settings_.w_step);
     auto weights = net.weights(i);
     auto bias = net.bias(i);
     for (Index iteration = 0; iteration < settings_.w_iterations; ++iteration) {
-      const S value = layer_value(net, i, y, true);
-      const S squared = work.weight_gradient.squaredNorm() + work.bias_gradient.squaredNorm();
-      if (!(squared > 0) || !std::isfinite(value)) break;
       work.saved_weights = weights;
       work.saved_bias = bias;
+      layer_value(net, i, y, true);
+      shards.mean(std::span<S>(work.means.data(), std::size_t(work.means.size())));
+      const S value = work.objective();
+      const S squared = work.gradient().squaredNorm();
+      if (!(squared > 0) || !std::isfinite(value)) break;
       bool accepted = false;
       for (Index attempt = 0; attempt <= settings_.max_backtracks; ++attempt) {
-        weights = work.saved_weights - work.step * work.weight_gradient;
-        bias = work.saved_bias - work.step * work.bias_gradient;
-        const S trial = layer_value(net, i, y, false);
+        weights = work.saved_weights - work.step * work.weight_gradient();
+        bias = work.saved_bias - work.step * work.bias_gradient();
+        S trial = layer_value(net, i, y, false);
+        shards.mean(std::span<S>(&trial, 1));
         if (trial <= value - settings_.armijo * work.step * squared) {
           accepted = true;
           if (attempt == 0) work.step = std::min(S(2) * work.step, settings_.w_step);

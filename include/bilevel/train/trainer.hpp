@@ -29,27 +29,38 @@ struct epoch_report {
   Index batches = 0;
 };
 
-/// Fraction of misclassified samples (argmax of the output), evaluated in chunks of columns:
-/// by the forward pass, or by `method.predict` for methods whose model predicts otherwise.
+/// Samples (columns of x and y) whose largest output coincides with the largest target entry,
+/// evaluated in chunks of columns: by the forward pass, or by `method.predict` for methods whose
+/// model predicts otherwise.
 template <class Program, class Method>
-double classification_error(const Program& net, const dataset<typename Program::scalar_type>& set,
-                            Method& method, Index chunk = 1000) {
+Index correct_predictions(const Program& net, const MatrixCRef<typename Program::scalar_type>& x,
+                          const MatrixCRef<typename Program::scalar_type>& y, Method& method,
+                          Index chunk = 1000) {
   using S = typename Program::scalar_type;
-  if (set.size() == 0) return std::numeric_limits<double>::quiet_NaN();
+  detail::require(chunk > 0, "correct_predictions", "the chunk size", "> 0", chunk);
   forward_state<S> state;
   Matrix<S> output;
   Index correct = 0;
-  for (Index begin = 0; begin < set.size(); begin += chunk) {
-    const Index count = std::min(chunk, set.size() - begin);
-    const auto x = set.x.middleCols(begin, count);
+  for (Index begin = 0; begin < x.cols(); begin += chunk) {
+    const Index count = std::min(chunk, x.cols() - begin);
+    const auto inputs = x.middleCols(begin, count);
     if constexpr (PredictingMethod<Method, Program>) {
-      method.predict(net, x, output);
+      method.predict(net, inputs, output);
     } else {
-      net.forward(x, state);
+      net.forward(inputs, state);
       output.swap(state.z.back());
     }
-    correct += count_correct<S>(output, set.y.middleCols(begin, count));
+    correct += count_correct<S>(output, y.middleCols(begin, count));
   }
+  return correct;
+}
+
+/// Fraction of misclassified samples of `set` (see correct_predictions).
+template <class Program, class Method>
+double classification_error(const Program& net, const dataset<typename Program::scalar_type>& set,
+                            Method& method, Index chunk = 1000) {
+  if (set.size() == 0) return std::numeric_limits<double>::quiet_NaN();
+  const Index correct = correct_predictions(net, set.x, set.y, method, chunk);
   return 1.0 - double(correct) / double(set.size());
 }
 
