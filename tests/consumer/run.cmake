@@ -2,7 +2,7 @@
 # and run tests/consumer against it with find_package, against the build tree, with
 # add_subdirectory, then build it from bilevel.pc's pkg-config flags alone.
 #   -DBILEVEL_SOURCE_DIR=<src> -DBILEVEL_BINARY_DIR=<configured build> -DBILEVEL_VERSION=<x.y.z>
-#   -DWORK_DIR=<scratch dir, emptied first> [-DCXX_COMPILER=<c++>]
+#   -DWORK_DIR=<scratch dir, emptied first> [-DCXX_COMPILER=<c++>] [-DWITH_MPI=ON]
 cmake_minimum_required(VERSION 3.20)
 
 foreach(required BILEVEL_SOURCE_DIR BILEVEL_BINARY_DIR BILEVEL_VERSION WORK_DIR)
@@ -86,6 +86,12 @@ if(result EQUAL 0)
   message(FATAL_ERROR "find_package(bilevel ${major}.${next_minor}) accepted ${BILEVEL_VERSION}")
 endif()
 message(STATUS "find_package(bilevel ${major}.${next_minor}) refused: ok")
+
+# The optional mpi component, when bilevel was configured with it (-DWITH_MPI=ON).
+if(WITH_MPI)
+  build_and_run(find-package-mpi -DCMAKE_PREFIX_PATH=${prefix} -DBILEVEL_CONSUMER_MPI=ON
+                -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF)
+endif()
 
 # The build tree's package files, for users who point bilevel_DIR at an uninstalled build.
 build_and_run(build-tree -Dbilevel_DIR=${BILEVEL_BINARY_DIR} -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF)

@@ -261,3 +261,32 @@ TEST_CASE("a batch smaller than the number of processes", "[mpi]") {
                     Catch::Contains("mpi::data_parallel::train_step: the batch size must be >= "
                                     "the number of processes"));
 }
+
+TEST_CASE("the README's data-parallel example trains one model on every process", "[mpi]") {
+  const auto batches = make_batches<float>(600, 2);
+  const auto to_set = [](const batch<float>& b) {
+    std::vector<int> labels(std::size_t(b.y.cols()));
+    for (Index j = 0; j < b.y.cols(); ++j) b.y.col(j).maxCoeff(&labels[std::size_t(j)]);
+    return make_dataset<float>(b.x, labels, b.y.rows());
+  };
+  const dataset<float> train_set = to_set(batches[0]), test_set = to_set(batches[1]);
+  double error = 1;
+
+  // --- README MPI example begins ---
+  // main() holds `bilevel::mpi::session mpi(argc, argv);` for MPI's lifetime.
+  const mpi::communicator processes;  // a private duplicate of MPI_COMM_WORLD
+  auto net = make_mlp<float, relu>({12, 16, 4});
+  random_source random(1 + std::uint64_t(processes.rank()));  // any start: rank 0's is shared
+  net.initialize(init_scheme::glorot_uniform, random);
+  adam<float> optimizer({.learning_rate = 1e-2f}, net.parameter_count(), net.weight_count());
+  fenchel_bp<float> method(0.01f);
+  mpi::broadcast_state(processes, net, optimizer, method);
+  mpi::data_parallel<float, fenchel_bp<float>> parallel(method, processes);
+  trainer loop(net, parallel, optimizer, 50, /*seed, the same everywhere*/ 7);
+  for (int epoch = 0; epoch < 20; ++epoch) loop.run_epoch(train_set);
+  error = mpi::classification_error(processes, net, test_set, method);
+  // --- README MPI example ends ---
+
+  CHECK(error < 0.15);
+  CHECK(processes.same_everywhere(checksum(net.parameters())));
+}
