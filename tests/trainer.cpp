@@ -193,17 +193,8 @@ TEST_CASE("the trainer resumed with --resume continues exactly where --save left
     const std::string base = "--data " + data.path.string() +
                              " --layers 16,64,64,10 --train-samples 1500 --validation 500"
                              " --seed 3 --method " + method;
-    const run_result full = run_trainer(base + " --epochs 4 --save " + straight.string());
-    const run_result first = run_trainer(base + " --epochs 2 --save " + half.string());
-    const run_result rest = run_trainer(base + " --epochs 4 --resume " + half.string());
-    INFO(full.error << first.error << rest.error);
-    REQUIRE(full.status == 0);
-    REQUIRE(first.status == 0);
-    REQUIRE(rest.status == 0);
-    std::vector<json> joined = epochs_without_timing(first);
-    for (const json& line : epochs_without_timing(rest)) joined.push_back(line);
-    REQUIRE(joined.size() == 4);
-    CHECK(joined == epochs_without_timing(full));
+    const auto [full, first, rest] =
+        require_exact_resume(base, half, "", " --save " + straight.string());
     CHECK(rest.lines.back()["best_epoch"] == full.lines.back()["best_epoch"]);
     CHECK(rest.lines.back()["initial_test_error"] == full.lines.back()["initial_test_error"]);
     CHECK_THAT(rest.error, Catch::Contains("resumed from") && Catch::Contains("after epoch 2"));

@@ -133,6 +133,30 @@ inline std::vector<json> epochs_without_timing(const run_result& run) {
   return lines;
 }
 
+/// A run of 4 epochs straight (`flags` + `straight_flags`) and the same run as 2 epochs saved
+/// to `checkpoint` and a resumed run to epoch 4, all after `launcher`.
+struct resume_runs {
+  run_result full, first, rest;
+};
+
+/// Runs resume_runs and requires the resumed run's epochs to equal the straight run's.
+inline resume_runs require_exact_resume(const std::string& flags, const fs::path& checkpoint,
+                                        const std::string& launcher = "",
+                                        const std::string& straight_flags = "") {
+  resume_runs runs{run_trainer(flags + " --epochs 4" + straight_flags, launcher),
+                   run_trainer(flags + " --epochs 2 --save " + checkpoint.string(), launcher),
+                   run_trainer(flags + " --epochs 4 --resume " + checkpoint.string(), launcher)};
+  INFO(runs.full.error << runs.first.error << runs.rest.error);
+  REQUIRE(runs.full.status == 0);
+  REQUIRE(runs.first.status == 0);
+  REQUIRE(runs.rest.status == 0);
+  std::vector<json> joined = epochs_without_timing(runs.first);
+  for (const json& line : epochs_without_timing(runs.rest)) joined.push_back(line);
+  REQUIRE(joined.size() == 4);
+  CHECK(joined == epochs_without_timing(runs.full));
+  return runs;
+}
+
 inline const std::string small_run = " --layers 16,64,64,10 --train-samples 5000 --validation 1000";
 
 

@@ -79,17 +79,7 @@ TEST_CASE("a two-process run resumed with --resume continues exactly", "[mpi][tr
   const std::string base =
       "--data " + data.path.string() + small_run + " --method fenbp --quiet";
   const fs::path half = data.path / "half.ckpt";
-  const run_result full = run_trainer(base + " --epochs 4", mpirun(2));
-  const run_result first =
-      run_trainer(base + " --epochs 2 --save " + half.string(), mpirun(2));
-  const run_result rest = run_trainer(base + " --epochs 4 --resume " + half.string(), mpirun(2));
-  INFO(full.error << first.error << rest.error);
-  REQUIRE(full.status == 0);
-  REQUIRE(first.status == 0);
-  REQUIRE(rest.status == 0);
-  std::vector<json> joined = epochs_without_timing(first);
-  for (const json& line : epochs_without_timing(rest)) joined.push_back(line);
-  CHECK(joined == epochs_without_timing(full));
+  require_exact_resume(base, half, mpirun(2));
   // The checkpoint is an ordinary one: a single process can continue from it.
   CHECK(run_trainer(base + " --epochs 3 --resume " + half.string()).status == 0);
 }
