@@ -6,9 +6,10 @@
 /// their results so that every one takes the same step:
 ///
 /// - a gradient method's estimate: each process's batch mean over its shard, times the shard's
-///   share of the batch, summed by one in-place MPI_Allreduce over one flat buffer (the
-///   gradient followed by the report's loss, correct count, inner residual and energy): the
-///   batch mean over the global batch, the same on every process, for the optimizer;
+///   share of the batch, summed by one in-place MPI_Allreduce over the flat gradient buffer:
+///   the batch mean over the global batch, the same on every process, for the optimizer (the
+///   report's loss, correct count, inner residual and energy are summed by a second call of
+///   four numbers, cheaper than copying the gradient into a buffer with room for them);
 /// - a block-coordinate method's native step (MAC, LPOM, FLN, AltMin): inference is per sample
 ///   and stays local; the weight steps' gradients and line-search values are averaged the same
 ///   way through a batch reduction (methods/batch_reduction.hpp).
@@ -115,23 +116,22 @@ class data_parallel {
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                        Vector<S>& gradient) {
     require_same_parameters(net);
-    const Index B = x.cols(), P = net.parameter_count();
+    const Index B = x.cols();
     const shard part = shard_of(B, processes_.rank(), processes_.size());
-    packed_.resize(P + report_entries);
+    const S share = S(part.count) / S(B);
     step_report local;
     if (part.count > 0) {
       local = method_.gradient(net, x.middleCols(part.begin, part.count),
-                               y.middleCols(part.begin, part.count), local_gradient_);
-      const S share = S(part.count) / S(B);
-      packed_.head(P) = share * local_gradient_;
-      pack_report(local, share, packed_.tail(report_entries));
+                               y.middleCols(part.begin, part.count), gradient);
+      gradient *= share;
+      pack_report(local, share);
     } else {  // fewer samples than processes: this one contributes nothing
       bilevel::detail::require_batch<Program, S>(net, x, y, "mpi::data_parallel::gradient");
-      packed_.setZero();
+      gradient.setZero(net.parameter_count());
+      report_.setZero();
     }
-    reduce(std::span<S>(packed_.data(), std::size_t(packed_.size())));
-    gradient = packed_.head(P);
-    return unpack_report(packed_.tail(report_entries), local.inner_iterations);
+    reduce(std::span<S>(gradient.data(), std::size_t(gradient.size())));
+    return reduced_report(local.inner_iterations);
   }
 
   /// The method's native step on this process's shard with its weight steps averaged over the
@@ -152,11 +152,8 @@ class data_parallel {
         method_.train_step(net, x.middleCols(part.begin, part.count),
                            y.middleCols(part.begin, part.count),
                            shard_mean<S>(processes_, share, &communication_seconds_));
-    Vector<S>& summary = packed_;
-    summary.resize(report_entries);
-    pack_report(local, share, summary);
-    reduce(std::span<S>(summary.data(), std::size_t(summary.size())));
-    return unpack_report(summary, local.inner_iterations);
+    pack_report(local, share);
+    return reduced_report(local.inner_iterations);
   }
 
   /// The method's own prediction (EP's free relaxation), of all of x on this process.
@@ -177,21 +174,20 @@ class data_parallel {
   void load_state(state_reader& in) { method_.load_state(in); }
 
  private:
-  // loss, correct count, inner residual, inner energy
-  static constexpr Index report_entries = 4;
-
-  static void pack_report(const step_report& report, S share, Eigen::Ref<Vector<S>> entries) {
-    entries << share * S(report.loss), S(report.correct), share * S(report.inner_residual),
+  /// This shard's part of the global report: shares of the means, the correct count.
+  void pack_report(const step_report& report, S share) {
+    report_ << share * S(report.loss), S(report.correct), share * S(report.inner_residual),
         share * S(report.inner_energy);
   }
 
-  static step_report unpack_report(const Eigen::Ref<const Vector<S>>& entries,
-                                   Index inner_iterations) {
+  /// The global batch's report, summed over the processes.
+  step_report reduced_report(Index inner_iterations) {
+    reduce(std::span<S>(report_.data(), std::size_t(report_.size())));
     step_report report;
-    report.loss = double(entries(0));
-    report.correct = Index(std::llround(double(entries(1))));
-    report.inner_residual = double(entries(2));
-    report.inner_energy = double(entries(3));
+    report.loss = double(report_(0));
+    report.correct = Index(std::llround(double(report_(1))));
+    report.inner_residual = double(report_(2));
+    report.inner_energy = double(report_(3));
     report.inner_iterations = inner_iterations;  // this process's
     return report;
   }
@@ -222,7 +218,8 @@ class data_parallel {
   Index check_every_;
   Index steps_ = 0;
   double communication_seconds_ = 0;
-  Vector<S> local_gradient_, packed_;
+  /// Loss, correct count, inner residual and inner energy.
+  Eigen::Matrix<S, 4, 1> report_;
 };
 
 /// Makes every process's `components` (a program, an optimizer, a method, a trainer's
