@@ -137,24 +137,43 @@ void vjp(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& v, MatrixRe
   }
 }
 
+/// G(a) per sample (column), into `out` (resized to 1 x B; no allocation after the first batch
+/// for elementwise pairs, whose column sums are taken without a temporary).
+template <class S, ActivationPair<S> P>
+void potential(const P& pair, const MatrixCRef<S>& a, RowVector<S>& out) {
+  if constexpr (ColumnwisePair<P, S>) {
+    out = pair.G(a);
+  } else {
+    out.resize(a.cols());
+    out.noalias() = a.unaryExpr([&pair](S x) { return S(pair.G(x)); }).colwise().sum();
+  }
+}
+
 /// G(a) per sample (column).
 template <class S, ActivationPair<S> P>
 RowVector<S> potential(const P& pair, const MatrixCRef<S>& a) {
+  RowVector<S> out;
+  potential<S>(pair, a, out);
+  return out;
+}
+
+/// G*(z) per sample (column), into `out` as potential(); +inf for a column outside the domain.
+template <class S, ActivationPair<S> P>
+void conjugate(const P& pair, const MatrixCRef<S>& z, RowVector<S>& out) {
   if constexpr (ColumnwisePair<P, S>) {
-    return pair.G(a);
+    out = pair.G_conj(z);
   } else {
-    return a.unaryExpr([&pair](S x) { return S(pair.G(x)); }).colwise().sum();
+    out.resize(z.cols());
+    out.noalias() = z.unaryExpr([&pair](S x) { return S(pair.G_conj(x)); }).colwise().sum();
   }
 }
 
 /// G*(z) per sample (column); +inf for a column outside the domain.
 template <class S, ActivationPair<S> P>
 RowVector<S> conjugate(const P& pair, const MatrixCRef<S>& z) {
-  if constexpr (ColumnwisePair<P, S>) {
-    return pair.G_conj(z);
-  } else {
-    return z.unaryExpr([&pair](S x) { return S(pair.G_conj(x)); }).colwise().sum();
-  }
+  RowVector<S> out;
+  conjugate<S>(pair, z, out);
+  return out;
 }
 
 /// out = an element of dG*(z): pre-activations a with f(a) = z (the inverse map).

@@ -44,8 +44,7 @@ step_report top_down_gradient(const Program& net, const MatrixCRef<typename Prog
   buffers.delta.resize(std::size_t(L));
 
   step_report report;
-  net.loss_values(z.back(), y, buffers.loss);
-  report.loss = double(buffers.loss.mean());
+  report.loss = mean_loss<Program, S>(net, z.back(), y, buffers.loss);
   report.correct = count_correct<S>(z.back(), y);
 
   Matrix<S>& top_error = buffers.error.back();
