@@ -90,46 +90,9 @@ class lifted_objective {
   block_result solve_block(const Program& net, const MatrixCRef<S>& y,
                            const lifted_weights<S>& weights, Index m, Index iterations,
                            S tolerance) {
-    block_result result;
-    const bool top = m == Index(z_.size()) - 1;
-    const S lambda = weights.lambda[std::size_t(m - 1)];
-    S& step = step_size(m, weights);
-    Matrix<S>& zm = z_[std::size_t(m)];
-    block_work& work = blocks_[std::size_t(m - 1)];
-    work.candidate.resize(zm.rows(), zm.cols());
-    net.layer(m - 1).visit([&](const auto& pair) {
-      smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
-      for (; result.iterations < iterations; ++result.iterations) {
-        // Backtrack until the step is below 1/L along the move: for convex h,
-        // <grad h(z+) - grad h(z), d> <= |d|^2 / t implies the quadratic upper model
-        // h(z+) <= h(z) + <grad h(z), d> + |d|^2 / (2t), hence no increase of the block
-        // objective; unlike comparing values of h it stays exact near the minimiser.
-        bool accepted = false;
-        for (int halving = 0; halving < 60 && !accepted; ++halving) {
-          work.trial = zm - step * work.gradient;
-          prox_conj<S>(pair, work.trial, step * lambda, work.candidate);
-          work.difference = work.candidate - zm;
-          if (!top) net.affine(m, work.candidate, work.candidate_above);
-          smooth_gradient(net, y, weights, m, work.candidate,
-                          top ? work.candidate : work.candidate_above, work.candidate_gradient);
-          const S curvature =
-              (work.candidate_gradient - work.gradient).cwiseProduct(work.difference).sum();
-          accepted = curvature <= work.difference.squaredNorm() / step;
-          if (!accepted) step /= 2;
-        }
-        if (!accepted) break;  // rounding dominates the move: at a minimiser
-        zm.swap(work.candidate);
-        work.gradient.swap(work.candidate_gradient);
-        if (!top) a_[std::size_t(m)].swap(work.candidate_above);  // a_{m+1} at the new z_m
-        result.residual = double(work.difference.norm() / step) / std::sqrt(double(zm.cols()));
-        step *= S(1.5);  // let the step grow back where the curvature allows
-        if (result.residual <= double(tolerance)) {
-          ++result.iterations;
-          break;
-        }
-      }
-    });
-    return result;
+    smooth_gradient(net, y, weights, m, z_[std::size_t(m)], above(m),
+                    blocks_[std::size_t(m - 1)].gradient);
+    return proximal_steps(net, y, weights, m, iterations, tolerance);
   }
 
   /// LPOM's update of block m from its optimality condition (METHODS.md §5.5):
@@ -137,8 +100,8 @@ class lifted_objective {
   ///   z_L = f_L(a_L - (w/lambda_L) grad l(z_L))                                        (m = L)
   /// iterated `iterations` times. Where an update would increase J it is replaced by a
   /// proximal-gradient step, so the block objective never increases. An accepted update's
-  /// value (and a_{m+1} there) is the next iteration's starting value: each iteration costs
-  /// one gradient and one value of the block.
+  /// value and a_{m+1}, and the gradient a proximal-gradient step leaves behind, are reused at
+  /// the next iteration instead of being computed again.
   template <class Program>
   block_result fixed_point_block(const Program& net, const MatrixCRef<S>& y,
                                  const lifted_weights<S>& weights, Index m, Index iterations) {
@@ -147,12 +110,14 @@ class lifted_objective {
     const S lambda = weights.lambda[std::size_t(m - 1)];
     Matrix<S>& zm = z_[std::size_t(m)];
     block_work& work = blocks_[std::size_t(m - 1)];
-    bool known = false;  // whether `before` holds the block objective at the current z_m
+    // Whether `before` holds the block objective and work.gradient grad h_m at the current z_m.
+    bool value_known = false, gradient_known = false;
     S before = 0;
     for (; result.iterations < iterations; ++result.iterations) {
       work.candidate.resize(zm.rows(), zm.cols());
-      if (!known) before = block_value(net, y, weights, m, zm, above(m));
-      smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
+      if (!value_known) before = block_value(net, y, weights, m, zm, above(m));
+      if (!gradient_known) smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
+      value_known = gradient_known = true;
       // grad h_m = lambda_{m+1} W^T(...) - lambda_m a_m, so a_m - (grad h_m + lambda_m a_m)/lambda_m
       // is the argument of f in LPOM's update.
       work.trial = -work.gradient / lambda;
@@ -161,15 +126,15 @@ class lifted_objective {
       const S after = block_value(net, y, weights, m, work.candidate,
                                   top ? work.candidate : work.candidate_above);
       if (after > before) {
-        solve_block(net, y, weights, m, 1, S(0));
-        known = false;
+        proximal_steps(net, y, weights, m, 1, S(0));
+        value_known = false;
         continue;
       }
       work.difference = work.candidate - zm;
       zm.swap(work.candidate);
       if (!top) a_[std::size_t(m)].swap(work.candidate_above);
       before = after;
-      known = true;
+      gradient_known = false;
       result.residual = double(work.difference.norm()) / std::sqrt(double(zm.cols()));
     }
     return result;
@@ -298,6 +263,53 @@ class lifted_objective {
     Vector<S> bias_gradient, saved_bias;
     RowVector<S> row;
   };
+
+  /// solve_block's steps, from work.gradient = grad h_m(z_m), which they keep current.
+  template <class Program>
+  block_result proximal_steps(const Program& net, const MatrixCRef<S>& y,
+                              const lifted_weights<S>& weights, Index m, Index iterations,
+                              S tolerance) {
+    block_result result;
+    const bool top = m == Index(z_.size()) - 1;
+    const S lambda = weights.lambda[std::size_t(m - 1)];
+    S& step = step_size(m, weights);
+    Matrix<S>& zm = z_[std::size_t(m)];
+    block_work& work = blocks_[std::size_t(m - 1)];
+    work.candidate.resize(zm.rows(), zm.cols());
+    net.layer(m - 1).visit([&](const auto& pair) {
+      for (; result.iterations < iterations; ++result.iterations) {
+        // Backtrack until the step is below 1/L along the move: for convex h,
+        // <grad h(z+) - grad h(z), d> <= |d|^2 / t implies the quadratic upper model
+        // h(z+) <= h(z) + <grad h(z), d> + |d|^2 / (2t), hence no increase of the block
+        // objective; unlike comparing values of h it stays exact near the minimiser.
+        bool accepted = false;
+        for (int halving = 0; halving < 60 && !accepted; ++halving) {
+          work.trial = zm - step * work.gradient;
+          prox_conj<S>(pair, work.trial, step * lambda, work.candidate);
+          work.difference = work.candidate - zm;
+          if (!top) net.affine(m, work.candidate, work.candidate_above);
+          smooth_gradient(net, y, weights, m, work.candidate,
+                          top ? work.candidate : work.candidate_above, work.candidate_gradient);
+          const S curvature =
+              (work.candidate_gradient - work.gradient).cwiseProduct(work.difference).sum();
+          accepted = curvature <= work.difference.squaredNorm() / step;
+          if (!accepted) step /= 2;
+        }
+        if (!accepted) break;  // rounding dominates the move: at a minimiser
+        zm.swap(work.candidate);
+        work.gradient.swap(work.candidate_gradient);
+        if (!top) a_[std::size_t(m)].swap(work.candidate_above);  // a_{m+1} at the new z_m
+        result.residual = double(work.difference.norm() / step) / std::sqrt(double(zm.cols()));
+        step *= S(1.5);  // let the step grow back where the curvature allows
+        if (result.residual <= double(tolerance)) {
+          ++result.iterations;
+          break;
+        }
+      }
+    });
+    return result;
+  }
+
 
   /// W_{m+1} z_m + b_{m+1} at the current z_m (block m < L); the top block has no layer above,
   /// and what this returns for it is never read.
