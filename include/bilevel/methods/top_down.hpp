@@ -49,7 +49,7 @@ step_report top_down_gradient(const Program& net, const MatrixCRef<typename Prog
 
   Matrix<S>& top_error = buffers.error.back();
   top_error.resize(net.output_size(), B);
-  net.loss().template gradient<S>(z.back(), y, top_error);
+  net.loss_gradient(z.back(), y, top_error);
 
   const S inverse_batch = S(1) / S(B);
   for (Index k = L - 1; k >= 0; --k) {
