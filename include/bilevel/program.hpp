@@ -17,6 +17,7 @@
 #include "activations/concept.hpp"
 #include "activations/identity.hpp"
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 #include "core/types.hpp"
 #include "core/random.hpp"
 #include "core/state_stream.hpp"
@@ -176,7 +177,9 @@ class program {
   void affine(Index index, const MatrixCRef<S>& z_prev, Matrix<S>& a) const {
     a.resize(layer(index).outputs(), z_prev.cols());
     a.noalias() = weights(index) * z_prev;
-    a.colwise() += bias(index);
+    const auto b = bias(index);
+    detail::parallel_columns(a.rows(), a.cols(),
+                             [&](Index first, Index count) { a.middleCols(first, count).colwise() += b; });
   }
 
   /// Per-sample outer loss l(z_L, y).
@@ -192,10 +195,27 @@ class program {
     detail::require_shape("program::loss_values", "y", z_out.rows(), z_out.cols(), y.rows(),
                           y.cols());
     out.resize(z_out.cols());
-    if constexpr (requires { loss_.template value<S>(z_out, y, Eigen::Ref<RowVector<S>>(out)); })
-      loss_.template value<S>(z_out, y, out);
-    else
+    if constexpr (requires { loss_.template value<S>(z_out, y, Eigen::Ref<RowVector<S>>(out)); }) {
+      detail::parallel_columns(z_out.rows(), z_out.cols(), [&](Index first, Index count) {
+        loss_.template value<S>(z_out.middleCols(first, count), y.middleCols(first, count),
+                                out.segment(first, count));
+      });
+    } else {
       out = loss_.template value<S>(z_out, y);
+    }
+  }
+
+  /// Per-sample gradient dl/dz_L into `g` (n_L x B, already sized); in blocks of columns in
+  /// parallel where that pays (core/parallel.hpp) when the loss writes into a MatrixRef.
+  void loss_gradient(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, Matrix<S>& g) const {
+    if constexpr (requires { loss_.template gradient<S>(z_out, y, MatrixRef<S>(g)); }) {
+      detail::parallel_columns(z_out.rows(), z_out.cols(), [&](Index first, Index count) {
+        loss_.template gradient<S>(z_out.middleCols(first, count), y.middleCols(first, count),
+                                   MatrixRef<S>(g.middleCols(first, count)));
+      });
+    } else {
+      loss_.template gradient<S>(z_out, y, g);
+    }
   }
 
   /// Per-sample inner objectives E_k(z_k, z_{k-1}) under `Coupling` (METHODS.md §3) for a state

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/parallel.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -111,50 +112,82 @@ S solve_monotone(F&& h, S target) {
   return low + (high - low) / 2;
 }
 
+/// op(out, in...) on blocks of consecutive columns of out and of every input, in parallel where
+/// that pays (core/parallel.hpp): the batch operations below treat every column on its own.
+template <class S, class Op, class... Inputs>
+void by_columns(MatrixRef<S> out, const Op& op, const Inputs&... in) {
+  parallel_columns(out.rows(), out.cols(), [&](Index first, Index count) {
+    op(MatrixRef<S>(out.middleCols(first, count)), MatrixCRef<S>(in.middleCols(first, count))...);
+  });
+}
+
 }  // namespace detail
 
 /// z = f(a), column by column.
 template <class S, ActivationPair<S> P>
 void activate(const P& pair, const MatrixCRef<S>& a, MatrixRef<S> z) {
-  if constexpr (ColumnwisePair<P, S>) {
-    pair.f(a, z);
-  } else if constexpr (detail::has_f_expr<P, S>) {
-    z.array() = pair.f_expr(a.array());
-  } else {
-    z = a.unaryExpr([&pair](S x) { return S(pair.f(x)); });
-  }
+  detail::by_columns<S>(z, [&pair](MatrixRef<S> out, const MatrixCRef<S>& in) {
+    if constexpr (ColumnwisePair<P, S>) {
+      pair.f(in, out);
+    } else if constexpr (detail::has_f_expr<P, S>) {
+      out.array() = pair.f_expr(in.array());
+    } else {
+      out = in.unaryExpr([&pair](S x) { return S(pair.f(x)); });
+    }
+  }, a);
 }
 
 /// out = J_f(a)^T v per column (elementwise pairs: f'(a) .* v).
 template <class S, ActivationPair<S> P>
 void vjp(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& v, MatrixRef<S> out) {
+  detail::by_columns<S>(out, [&pair](MatrixRef<S> o, const MatrixCRef<S>& in, const MatrixCRef<S>& w) {
+    if constexpr (ColumnwisePair<P, S>) {
+      pair.vjp(in, w, o);
+    } else if constexpr (detail::has_df_expr<P, S>) {
+      o.array() = pair.df_expr(in.array()) * w.array();
+    } else {
+      o = in.binaryExpr(w, [&pair](S x, S u) { return S(pair.df(x)) * u; });
+    }
+  }, a, v);
+}
+
+/// G(a) per sample (column), into `out` (resized to 1 x B; no allocation after the first batch
+/// for elementwise pairs, whose column sums are taken without a temporary).
+template <class S, ActivationPair<S> P>
+void potential(const P& pair, const MatrixCRef<S>& a, RowVector<S>& out) {
   if constexpr (ColumnwisePair<P, S>) {
-    pair.vjp(a, v, out);
-  } else if constexpr (detail::has_df_expr<P, S>) {
-    out.array() = pair.df_expr(a.array()) * v.array();
+    out = pair.G(a);
   } else {
-    out = a.binaryExpr(v, [&pair](S x, S w) { return S(pair.df(x)) * w; });
+    out.resize(a.cols());
+    out.noalias() = a.unaryExpr([&pair](S x) { return S(pair.G(x)); }).colwise().sum();
   }
 }
 
 /// G(a) per sample (column).
 template <class S, ActivationPair<S> P>
 RowVector<S> potential(const P& pair, const MatrixCRef<S>& a) {
+  RowVector<S> out;
+  potential<S>(pair, a, out);
+  return out;
+}
+
+/// G*(z) per sample (column), into `out` as potential(); +inf for a column outside the domain.
+template <class S, ActivationPair<S> P>
+void conjugate(const P& pair, const MatrixCRef<S>& z, RowVector<S>& out) {
   if constexpr (ColumnwisePair<P, S>) {
-    return pair.G(a);
+    out = pair.G_conj(z);
   } else {
-    return a.unaryExpr([&pair](S x) { return S(pair.G(x)); }).colwise().sum();
+    out.resize(z.cols());
+    out.noalias() = z.unaryExpr([&pair](S x) { return S(pair.G_conj(x)); }).colwise().sum();
   }
 }
 
 /// G*(z) per sample (column); +inf for a column outside the domain.
 template <class S, ActivationPair<S> P>
 RowVector<S> conjugate(const P& pair, const MatrixCRef<S>& z) {
-  if constexpr (ColumnwisePair<P, S>) {
-    return pair.G_conj(z);
-  } else {
-    return z.unaryExpr([&pair](S x) { return S(pair.G_conj(x)); }).colwise().sum();
-  }
+  RowVector<S> out;
+  conjugate<S>(pair, z, out);
+  return out;
 }
 
 /// out = an element of dG*(z): pre-activations a with f(a) = z (the inverse map).
@@ -194,18 +227,22 @@ void prox_conj(const P& pair, const MatrixCRef<S>& v, S t, MatrixRef<S> out) {
 template <class S, ActivationPair<S> P>
 void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& z,
                     const MatrixCRef<S>& g, S beta, MatrixRef<S> delta) {
-  if constexpr (detail::linear_pair<P>) {
-    delta = g;
-  } else if constexpr (ColumnwisePair<P, S>) {
-    const Matrix<S> perturbed = a - beta * g;
-    pair.f(MatrixCRef<S>(perturbed), delta);
-    delta = (z - delta) / beta;
-  } else if constexpr (detail::has_f_expr<P, S>) {
-    delta.array() = (z.array() - pair.f_expr(a.array() - beta * g.array())) / beta;
-  } else {
-    delta = z - (a - beta * g).unaryExpr([&pair](S x) { return S(pair.f(x)); });
-    delta /= beta;
-  }
+  const auto signal = [&pair, beta](MatrixRef<S> out, const MatrixCRef<S>& a_block,
+                                    const MatrixCRef<S>& z_block, const MatrixCRef<S>& g_block) {
+    if constexpr (detail::linear_pair<P>) {
+      out = g_block;
+    } else if constexpr (ColumnwisePair<P, S>) {
+      const Matrix<S> perturbed = a_block - beta * g_block;
+      pair.f(MatrixCRef<S>(perturbed), out);
+      out = (z_block - out) / beta;
+    } else if constexpr (detail::has_f_expr<P, S>) {
+      out.array() = (z_block.array() - pair.f_expr(a_block.array() - beta * g_block.array())) / beta;
+    } else {
+      out = z_block - (a_block - beta * g_block).unaryExpr([&pair](S x) { return S(pair.f(x)); });
+      out /= beta;
+    }
+  };
+  detail::by_columns<S>(delta, signal, a, z, g);
 }
 
 }  // namespace bilevel

@@ -11,7 +11,19 @@ namespace bilevel {
 struct fenchel_coupling {
   template <class S, class P>
   static RowVector<S> value(const P& pair, const MatrixCRef<S>& z, const MatrixCRef<S>& a) {
-    return conjugate<S>(pair, z) + potential<S>(pair, a) - z.cwiseProduct(a).colwise().sum();
+    RowVector<S> out, scratch;
+    value<S>(pair, z, a, out, scratch);
+    return out;
+  }
+  /// The same into `out` (1 x B), with `scratch` for the potential's row: no allocation after
+  /// the first batch for elementwise pairs.
+  template <class S, class P>
+  static void value(const P& pair, const MatrixCRef<S>& z, const MatrixCRef<S>& a,
+                    RowVector<S>& out, RowVector<S>& scratch) {
+    conjugate<S>(pair, z, out);
+    potential<S>(pair, a, scratch);
+    out += scratch;
+    out -= z.cwiseProduct(a).colwise().sum();
   }
   /// A subgradient in z: dG*(z) - a, with dG*(z) taken from the pair's inverse map.
   template <class S, class P>

@@ -233,7 +233,7 @@ class altmin {
     net.affine(L - 1, input(std::size_t(L - 1)), top_a_);
     net.layer(L - 1).visit([&](const auto& pair) { activate<S>(pair, top_a_, out_); });
     step_report report;
-    report.loss = double(net.loss_values(out_, y).mean());
+    report.loss = detail::mean_loss<Program, S>(net, out_, y, losses_);
     report.correct = count_correct<S>(out_, y);
 
     // (2) Codes, top-down.
@@ -287,10 +287,11 @@ class altmin {
   struct code_work {
     Matrix<S> start, best, velocity, displacement, gradient, activation, next_a, loss_gradient,
         signal, back;
-    RowVector<S> value, squared, best_value, best_squared;
+    RowVector<S> value, squared, best_value, best_squared, losses;
   };
   struct layer_work {
     Matrix<S> a, value, residual, signal;
+    RowVector<S> losses;  ///< per-sample losses of the top layer
   };
 
   const Matrix<S>& input(std::size_t layer) const { return layer == 0 ? x_ : h_[layer - 1]; }
@@ -339,7 +340,8 @@ class altmin {
       // l(y, f_L(a)), a = W_L f(c) + b_L: signal J_{f_L}(a)^T dl/dz at a.
       net.layer(i + 1).visit([&](const auto& pair) {
         activate<S>(pair, work.next_a, out_);
-        work.value += net.loss().template value<S>(out_, y);
+        net.loss_values(out_, y, work.losses);
+        work.value += work.losses;
         net.loss().template gradient<S>(out_, y, work.loss_gradient);
         vjp<S>(pair, work.next_a, work.loss_gradient, work.signal);
       });
@@ -420,7 +422,8 @@ class altmin {
       work.signal.resize(work.a.rows(), B);
       net.layer(i).visit([&](const auto& pair) {
         activate<S>(pair, work.a, work.value);
-        value = net.loss().template value<S>(work.value, y).mean();
+        net.loss_values(work.value, y, work.losses);
+        value = work.losses.mean();
         if (with_gradient) {
           net.loss().template gradient<S>(work.value, y, work.residual);
           vjp<S>(pair, work.a, work.residual, work.signal);
@@ -492,7 +495,7 @@ class altmin {
   std::vector<code_work> work_;
   std::vector<layer_work> layers_;
   std::vector<RowVector<S>> before_, after_;
-  RowVector<S> squared_residual_;
+  RowVector<S> squared_residual_, losses_;
   Vector<S> grad_;
   std::vector<adam<S>> weight_optimizers_, bias_optimizers_;
 };

@@ -64,7 +64,7 @@ class chl {
     const Index L = net.depth();
     objective_.start_from_forward(net, x);
     step_report report;
-    report.loss = double(net.loss_values(objective_.z().back(), y).mean());
+    report.loss = detail::mean_loss<Program, S>(net, objective_.z().back(), y, losses_);
     report.correct = count_correct<S>(objective_.z().back(), y);
 
     weights_.lambda.resize(std::size_t(L));
@@ -96,6 +96,7 @@ class chl {
   detail::lifted_objective<S> objective_;
   detail::lifted_weights<S> weights_;
   std::vector<S> scale_;
+  RowVector<S> losses_;  ///< per-sample losses of the forward pass
 };
 
 }  // namespace bilevel

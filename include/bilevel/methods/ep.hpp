@@ -162,7 +162,7 @@ class ep {
     cost_values_into(free_.back(), y, cost_row_);
     report.loss = double(cost_row_.mean());
     report.correct = count_correct<S>(free_.back(), y);
-    energy_terms(net, input_drive_, free_, scratch_, energy_row_);
+    energy_terms(net, input_drive_, free_, next_, energy_row_);
     report.inner_energy = double(energy_row_.mean());
 
     if (settings_.symmetric) {
@@ -210,9 +210,9 @@ class ep {
     std::vector<Matrix<S>> rho(s.size());
     for (std::size_t k = 0; k < s.size(); ++k) rho[k] = s[k].cwiseMax(S(0)).cwiseMin(S(1));
     // E uses 1/2 ||s||^2 of the raw state and rho everywhere else.
-    Matrix<S> scratch;
+    std::vector<Matrix<S>> drives(s.size());
     RowVector<S> out;
-    energy_terms(net, drive, rho, scratch, out);
+    energy_terms(net, drive, rho, drives, out);
     for (std::size_t k = 0; k < s.size(); ++k)
       out += (s[k].colwise().squaredNorm() - rho[k].colwise().squaredNorm()) / S(2);
     return out;
@@ -309,24 +309,27 @@ class ep {
 
   void cost_values_into(const MatrixCRef<S>& output, const MatrixCRef<S>& y,
                         RowVector<S>& out) const {
+    out.resize(output.cols());
     if (settings_.cost == settings::cost::mse)
-      out = mse{}.value<S>(output, y);
+      mse{}.value<S>(output, y, out);
     else
-      out = softmax_cross_entropy{}.value<S>(output, y);
+      softmax_cross_entropy{}.value<S>(output, y, out);
   }
 
   /// Per-sample E for states already in [0, 1] (rho(s) = s), given drive = W_1 x + b_1:
-  /// sum_k 1/2 ||s_k||^2 - s_k . (W_k s_{k-1} + b_k).
+  /// sum_k 1/2 ||s_k||^2 - s_k . (W_k s_{k-1} + b_k); the drives of layers k >= 2 go into
+  /// `drives[k-1]`, one buffer per layer so that none changes size.
   template <class Program>
   static void energy_terms(const Program& net, const Matrix<S>& drive,
-                           const std::vector<Matrix<S>>& s, Matrix<S>& scratch,
+                           const std::vector<Matrix<S>>& s, std::vector<Matrix<S>>& drives,
                            RowVector<S>& out) {
     out = s[0].colwise().squaredNorm() / S(2) - s[0].cwiseProduct(drive).colwise().sum();
     for (Index k = 1; k < net.depth(); ++k) {
       const auto i = std::size_t(k);
-      scratch.noalias() = net.weights(k) * s[i - 1];
-      scratch.colwise() += net.bias(k);
-      out += s[i].colwise().squaredNorm() / S(2) - s[i].cwiseProduct(scratch).colwise().sum();
+      Matrix<S>& drive_k = drives[i];
+      drive_k.noalias() = net.weights(k) * s[i - 1];
+      drive_k.colwise() += net.bias(k);
+      out += s[i].colwise().squaredNorm() / S(2) - s[i].cwiseProduct(drive_k).colwise().sum();
     }
   }
 
@@ -361,7 +364,6 @@ class ep {
   std::vector<Matrix<S>> next_;         ///< the next iterate / drive, per layer
   std::vector<Matrix<S>> delta_;        ///< phase differences, per layer
   Matrix<S> cost_gradient_;
-  Matrix<S> scratch_;
   RowVector<S> cost_row_, energy_row_;
 };
 

@@ -21,6 +21,7 @@
 /// Papers: LPOM (Li, Fang & Lin, AAAI 2019, arXiv:1811.01501); FLN (Gu, Askari & El Ghaoui,
 /// AISTATS 2020, arXiv:1811.08039); CHL's clamped energy as in Zach 2021 (arXiv:2105.07231).
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <span>
@@ -57,26 +58,32 @@ class lifted_objective {
     net.forward(x, forward_);
     z_ = forward_.z;
     a_ = forward_.a;
+    blocks_.resize(a_.size());
+    layers_.resize(a_.size());
   }
 
-  std::vector<Matrix<S>>& z() { return z_; }
   const std::vector<Matrix<S>>& z() const { return z_; }
-  /// a_k = W_k z_{k-1} + b_k for the current z (index k - 1).
+  /// a_k = W_k z_{k-1} + b_k for the current z (index k - 1). Every update below keeps it
+  /// current, so the solvers read a_{m+1} at z_m from here instead of recomputing it.
   const std::vector<Matrix<S>>& a() const { return a_; }
   /// The forward pass J started from.
   const forward_state<S>& forward() const { return forward_; }
 
-  /// Per-sample J(z).
+  /// Per-sample J(z), in a buffer of this object (valid until the next call).
   template <class Program>
-  RowVector<S> value(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights) {
+  const RowVector<S>& value(const Program& net, const MatrixCRef<S>& y,
+                            const lifted_weights<S>& weights) {
     const std::size_t L = z_.size() - 1;
-    RowVector<S> total = weights.loss_weight * net.loss_values(z_[L], y);
+    net.loss_values(z_[L], y, total_);
+    total_ *= weights.loss_weight;
     for (std::size_t k = 0; k < L; ++k) {
+      block_work& work = blocks_[k];
       net.layer(Index(k)).visit([&](const auto& pair) {
-        total += weights.lambda[k] * fenchel_coupling::value<S>(pair, z_[k + 1], a_[k]);
+        fenchel_coupling::value<S>(pair, z_[k + 1], a_[k], work.row, work.scratch);
       });
+      total_ += weights.lambda[k] * work.row;
     }
-    return total;
+    return total_;
   }
 
   /// Proximal-gradient steps on block m (1..L) until the gradient mapping's RMS is below
@@ -85,73 +92,53 @@ class lifted_objective {
   block_result solve_block(const Program& net, const MatrixCRef<S>& y,
                            const lifted_weights<S>& weights, Index m, Index iterations,
                            S tolerance) {
-    block_result result;
-    const auto layer = std::size_t(m - 1);
-    const S lambda = weights.lambda[layer];
-    S& step = step_size(m, weights);
-    Matrix<S>& zm = z_[std::size_t(m)];
-    candidate_.resize(zm.rows(), zm.cols());
-    net.layer(m - 1).visit([&](const auto& pair) {
-      smooth_gradient(net, y, weights, m, zm, gradient_);
-      for (; result.iterations < iterations; ++result.iterations) {
-        // Backtrack until the step is below 1/L along the move: for convex h,
-        // <grad h(z+) - grad h(z), d> <= |d|^2 / t implies the quadratic upper model
-        // h(z+) <= h(z) + <grad h(z), d> + |d|^2 / (2t), hence no increase of the block
-        // objective; unlike comparing values of h it stays exact near the minimiser.
-        bool accepted = false;
-        for (int halving = 0; halving < 60 && !accepted; ++halving) {
-          trial_ = zm - step * gradient_;
-          prox_conj<S>(pair, trial_, step * lambda, candidate_);
-          difference_ = candidate_ - zm;
-          smooth_gradient(net, y, weights, m, candidate_, candidate_gradient_);
-          const S curvature = (candidate_gradient_ - gradient_).cwiseProduct(difference_).sum();
-          accepted = curvature <= difference_.squaredNorm() / step;
-          if (!accepted) step /= 2;
-        }
-        if (!accepted) break;  // rounding dominates the move: at a minimiser
-        zm.swap(candidate_);
-        gradient_.swap(candidate_gradient_);
-        result.residual = double(difference_.norm() / step) / std::sqrt(double(zm.cols()));
-        step *= S(1.5);  // let the step grow back where the curvature allows
-        if (result.residual <= double(tolerance)) {
-          ++result.iterations;
-          break;
-        }
-      }
-    });
-    refresh_pre_activation(net, m);
-    return result;
+    smooth_gradient(net, y, weights, m, z_[std::size_t(m)], above(m),
+                    blocks_[std::size_t(m - 1)].gradient);
+    return proximal_steps(net, y, weights, m, iterations, tolerance);
   }
 
   /// LPOM's update of block m from its optimality condition (METHODS.md §5.5):
   ///   z_m = f_m(a_m - (lambda_{m+1}/lambda_m) W_{m+1}^T (f_{m+1}(a_{m+1}) - z_{m+1}))  (m < L)
   ///   z_L = f_L(a_L - (w/lambda_L) grad l(z_L))                                        (m = L)
   /// iterated `iterations` times. Where an update would increase J it is replaced by a
-  /// proximal-gradient step, so the block objective never increases.
+  /// proximal-gradient step, so the block objective never increases. An accepted update's
+  /// value and a_{m+1}, and the gradient a proximal-gradient step leaves behind, are reused at
+  /// the next iteration instead of being computed again.
   template <class Program>
   block_result fixed_point_block(const Program& net, const MatrixCRef<S>& y,
                                  const lifted_weights<S>& weights, Index m, Index iterations) {
     block_result result;
-    const auto layer = std::size_t(m - 1);
-    const S lambda = weights.lambda[layer];
+    const bool top = m == Index(z_.size()) - 1;
+    const S lambda = weights.lambda[std::size_t(m - 1)];
     Matrix<S>& zm = z_[std::size_t(m)];
+    block_work& work = blocks_[std::size_t(m - 1)];
+    // Whether `before` holds the block objective and work.gradient grad h_m at the current z_m.
+    bool value_known = false, gradient_known = false;
+    S before = 0;
     for (; result.iterations < iterations; ++result.iterations) {
-      candidate_.resize(zm.rows(), zm.cols());
-      const S before = block_value(net, y, weights, m, zm);
-      smooth_gradient(net, y, weights, m, zm, gradient_);
+      work.candidate.resize(zm.rows(), zm.cols());
+      if (!value_known) before = block_value(net, y, weights, m, zm, above(m));
+      if (!gradient_known) smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
+      value_known = gradient_known = true;
       // grad h_m = lambda_{m+1} W^T(...) - lambda_m a_m, so a_m - (grad h_m + lambda_m a_m)/lambda_m
       // is the argument of f in LPOM's update.
-      trial_ = -gradient_ / lambda;
-      net.layer(m - 1).visit([&](const auto& pair) { activate<S>(pair, trial_, candidate_); });
-      if (block_value(net, y, weights, m, candidate_) > before) {
-        solve_block(net, y, weights, m, 1, S(0));
+      work.trial = -work.gradient / lambda;
+      net.layer(m - 1).visit([&](const auto& pair) { activate<S>(pair, work.trial, work.candidate); });
+      if (!top) net.affine(m, work.candidate, work.candidate_above);
+      const S after = block_value(net, y, weights, m, work.candidate,
+                                  top ? work.candidate : work.candidate_above);
+      if (after > before) {
+        proximal_steps(net, y, weights, m, 1, S(0));
+        value_known = false;
         continue;
       }
-      difference_ = candidate_ - zm;
-      zm.swap(candidate_);
-      result.residual = double(difference_.norm()) / std::sqrt(double(zm.cols()));
+      work.difference = work.candidate - zm;
+      zm.swap(work.candidate);
+      if (!top) a_[std::size_t(m)].swap(work.candidate_above);
+      before = after;
+      gradient_known = false;
+      result.residual = double(work.difference.norm()) / std::sqrt(double(zm.cols()));
     }
-    refresh_pre_activation(net, m);
     return result;
   }
 
@@ -163,13 +150,14 @@ class lifted_objective {
     const Index L = Index(z_.size()) - 1;
     for (Index m = 1; m <= L; ++m) {
       const Matrix<S>& zm = z_[std::size_t(m)];
-      smooth_gradient(net, y, weights, m, zm, gradient_);
-      trial_ = zm - gradient_;
-      candidate_.resize(zm.rows(), zm.cols());
+      block_work& work = blocks_[std::size_t(m - 1)];
+      smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
+      work.trial = zm - work.gradient;
+      work.candidate.resize(zm.rows(), zm.cols());
       net.layer(m - 1).visit([&](const auto& pair) {
-        prox_conj<S>(pair, trial_, weights.lambda[std::size_t(m - 1)], candidate_);
+        prox_conj<S>(pair, work.trial, weights.lambda[std::size_t(m - 1)], work.candidate);
       });
-      squares += double((zm - candidate_).squaredNorm());
+      squares += double((zm - work.candidate).squaredNorm());
     }
     return std::sqrt(squares / double(z_.front().cols()));
   }
@@ -182,7 +170,7 @@ class lifted_objective {
     const Index L = Index(z_.size()) - 1, B = z_.front().cols();
     for (Index k = 0; k < L; ++k) {
       const auto index = std::size_t(k);
-      Matrix<S>& residual = gradient_;
+      Matrix<S>& residual = layers_[index].residual;
       residual.resize(a_[index].rows(), B);
       net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], residual); });
       residual -= z_[index + 1];
@@ -194,10 +182,11 @@ class lifted_objective {
 
   /// Gradient steps with backtracking on layer k's (0-based) parameters for the current z:
   /// lambda_k mean_B [G_k(W_k z_{k-1} + b_k) - <z_k, W_k z_{k-1} + b_k>], J's W-block, which is
-  /// convex and independent of the other layers' parameters. Stops when the gradient's norm is
-  /// below `tolerance`; never increases J. Returns the steps taken. `shards` averages the
-  /// gradient and the objective values over a batch split over several processes
-  /// (methods/batch_reduction.hpp), so that every process takes the same steps.
+  /// convex and independent of the other layers' parameters (each layer has its own buffers).
+  /// Stops when the gradient's norm is below `tolerance`; never increases J. Returns the steps
+  /// taken. `shards` averages the gradient and the objective values over a batch split over
+  /// several processes (methods/batch_reduction.hpp), so that every process takes the same
+  /// steps.
   template <class Program, BatchReduction<S> Reduction>
   Index descend_weights(Program& net, const lifted_weights<S>& weights, Index k, Index iterations,
                         S tolerance, const Reduction& shards) {
@@ -205,62 +194,57 @@ class lifted_objective {
     const S lambda = weights.lambda[index], inverse_batch = S(1) / S(z_.front().cols());
     auto W = net.weights(k);
     auto b = net.bias(k);
+    weight_work& work = layers_[index];
     auto objective = [&](const Matrix<S>& a) {
       S value = 0;
       net.layer(k).visit([&](const auto& pair) {
-        value = potential<S>(pair, a).sum() - z_[index + 1].cwiseProduct(a).sum();
+        potential<S>(pair, a, work.row);
+        value = work.row.sum() - z_[index + 1].cwiseProduct(a).sum();
       });
       return lambda * inverse_batch * value;
     };
     // [dW (column-major) | db | objective], averaged by one call of the reduction.
     const Index rows = W.rows(), cols = W.cols(), count = rows * cols + rows;
-    weight_means_.resize(count + 1);
-    const ConstMatrixMap<S> weight_gradient(weight_means_.data(), rows, cols);
-    const ConstVectorMap<S> bias_gradient(weight_means_.data() + rows * cols, rows);
+    work.means.resize(count + 1);
+    const ConstMatrixMap<S> weight_gradient(work.means.data(), rows, cols);
+    const ConstVectorMap<S> bias_gradient(work.means.data() + rows * cols, rows);
     if (weight_steps_.size() != a_.size()) weight_steps_.assign(a_.size(), S(1));
     S& step = weight_steps_[index];
     Index taken = 0;
     for (; taken < iterations; ++taken) {
-      net.affine(k, z_[index], a_[index]);
-      gradient_.resize(a_[index].rows(), a_[index].cols());
-      net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], gradient_); });
-      gradient_ -= z_[index + 1];
-      MatrixMap<S>(weight_means_.data(), rows, cols).noalias() =
-          (lambda * inverse_batch) * gradient_ * z_[index].transpose();
-      VectorMap<S>(weight_means_.data() + rows * cols, rows) =
-          (lambda * inverse_batch) * gradient_.rowwise().sum();
-      weight_means_(count) = objective(a_[index]);
-      shards.mean(std::span<S>(weight_means_.data(), std::size_t(weight_means_.size())));
-      const S before = weight_means_(count);
-      const S squared = weight_means_.head(count).squaredNorm();
+      work.residual.resize(a_[index].rows(), a_[index].cols());
+      net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], work.residual); });
+      work.residual -= z_[index + 1];
+      MatrixMap<S>(work.means.data(), rows, cols).noalias() =
+          (lambda * inverse_batch) * work.residual * z_[index].transpose();
+      VectorMap<S>(work.means.data() + rows * cols, rows) =
+          (lambda * inverse_batch) * work.residual.rowwise().sum();
+      work.means(count) = objective(a_[index]);
+      shards.mean(std::span<S>(work.means.data(), std::size_t(work.means.size())));
+      const S before = work.means(count);
+      const S squared = work.means.head(count).squaredNorm();
       if (std::sqrt(squared) <= tolerance) break;
-      saved_weights_ = W;
-      saved_bias_ = b;
+      work.saved_weights = W;
+      work.saved_bias = b;
       bool accepted = false;
       for (int halving = 0; halving < 60 && !accepted; ++halving) {
-        W = saved_weights_ - step * weight_gradient;
-        b = saved_bias_ - step * bias_gradient;
-        net.affine(k, z_[index], next_);
-        S trial = objective(next_);
+        W = work.saved_weights - step * weight_gradient;
+        b = work.saved_bias - step * bias_gradient;
+        net.affine(k, z_[index], work.next);
+        S trial = objective(work.next);
         shards.mean(std::span<S>(&trial, 1));
         accepted = trial <= before - step * squared / 2;  // Armijo
         if (!accepted) step /= 2;
       }
       if (!accepted) {  // rounding dominates: keep the parameters
-        W = saved_weights_;
-        b = saved_bias_;
+        W = work.saved_weights;
+        b = work.saved_bias;
         break;
       }
+      a_[index].swap(work.next);  // a_k at the accepted parameters
       step *= S(1.5);
     }
-    net.affine(k, z_[index], a_[index]);
     return taken;
-  }
-
-  /// Recomputes a_{m+1} = W_{m+1} z_m + b_{m+1} after block m changed (index m).
-  template <class Program>
-  void refresh_pre_activation(const Program& net, Index m) {
-    if (m < Index(z_.size()) - 1) net.affine(m, z_[std::size_t(m)], a_[std::size_t(m)]);
   }
 
   /// The step sizes kept across batches (per z-block and per W-block), for checkpoints.
@@ -278,32 +262,102 @@ class lifted_objective {
     weight_steps_.assign(weight_steps.begin(), weight_steps.end());
   }
 
-  /// Recomputes every a_k from the current z (after the parameters changed).
+ private:
+  /// Work buffers of z-block m (index m - 1) and of W-block k (index k): every block has its
+  /// own, so no buffer changes size from one block to the next and nothing is allocated after
+  /// the first batch; W-blocks share nothing.
+  struct block_work {
+    Matrix<S> gradient, candidate_gradient, trial, candidate, difference;
+    Matrix<S> candidate_above;   ///< W_{m+1} candidate + b_{m+1} (m < L)
+    Matrix<S> above_residual;    ///< f_{m+1}(W_{m+1} z + b_{m+1}) - z_{m+1}
+    RowVector<S> row, scratch;   ///< per-sample terms before they are summed
+  };
+  struct weight_work {
+    Matrix<S> residual, saved_weights, next;
+    /// [dW (column-major) | db | objective]: one buffer, which a batch reduction averages in
+    /// one call.
+    Vector<S> means, saved_bias;
+    RowVector<S> row;
+  };
+
+  /// solve_block's steps, from work.gradient = grad h_m(z_m), which they keep current.
   template <class Program>
-  void refresh_all(const Program& net) {
-    for (Index k = 0; k < Index(a_.size()); ++k) net.affine(k, z_[std::size_t(k)], a_[std::size_t(k)]);
+  block_result proximal_steps(const Program& net, const MatrixCRef<S>& y,
+                              const lifted_weights<S>& weights, Index m, Index iterations,
+                              S tolerance) {
+    block_result result;
+    const bool top = m == Index(z_.size()) - 1;
+    const S lambda = weights.lambda[std::size_t(m - 1)];
+    S& step = step_size(m, weights);
+    Matrix<S>& zm = z_[std::size_t(m)];
+    block_work& work = blocks_[std::size_t(m - 1)];
+    work.candidate.resize(zm.rows(), zm.cols());
+    net.layer(m - 1).visit([&](const auto& pair) {
+      for (; result.iterations < iterations; ++result.iterations) {
+        // Backtrack until the step is below 1/L along the move: for convex h,
+        // <grad h(z+) - grad h(z), d> <= |d|^2 / t implies the quadratic upper model
+        // h(z+) <= h(z) + <grad h(z), d> + |d|^2 / (2t), hence no increase of the block
+        // objective; unlike comparing values of h it stays exact near the minimiser.
+        bool accepted = false;
+        for (int halving = 0; halving < 60 && !accepted; ++halving) {
+          work.trial = zm - step * work.gradient;
+          prox_conj<S>(pair, work.trial, step * lambda, work.candidate);
+          work.difference = work.candidate - zm;
+          if (!top) net.affine(m, work.candidate, work.candidate_above);
+          smooth_gradient(net, y, weights, m, work.candidate,
+                          top ? work.candidate : work.candidate_above, work.candidate_gradient);
+          const S curvature =
+              (work.candidate_gradient - work.gradient).cwiseProduct(work.difference).sum();
+          accepted = curvature <= work.difference.squaredNorm() / step;
+          if (!accepted) step /= 2;
+        }
+        if (!accepted) break;  // rounding dominates the move: at a minimiser
+        zm.swap(work.candidate);
+        work.gradient.swap(work.candidate_gradient);
+        if (!top) a_[std::size_t(m)].swap(work.candidate_above);  // a_{m+1} at the new z_m
+        result.residual = double(work.difference.norm() / step) / std::sqrt(double(zm.cols()));
+        step *= S(1.5);  // let the step grow back where the curvature allows
+        if (result.residual <= double(tolerance)) {
+          ++result.iterations;
+          break;
+        }
+      }
+    });
+    return result;
   }
 
- private:
-  /// h_m(candidate) summed over the batch.
+
+  /// W_{m+1} z_m + b_{m+1} at the current z_m (block m < L); the top block has no layer above,
+  /// and what this returns for it is never read.
+  const Matrix<S>& above(Index m) const {
+    return a_[std::size_t(std::min(m, Index(a_.size()) - 1))];
+  }
+
+  /// h_m(candidate) summed over the batch, given `above` = W_{m+1} candidate + b_{m+1}.
   template <class Program>
   S smooth_value(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                 Index m, const Matrix<S>& candidate) {
+                 Index m, const Matrix<S>& candidate, const Matrix<S>& above) {
     const Index L = Index(z_.size()) - 1;
     const auto index = std::size_t(m);
+    block_work& work = blocks_[index - 1];
     S value = -weights.lambda[index - 1] * candidate.cwiseProduct(a_[index - 1]).sum();
-    if (m == L) return value + weights.loss_weight * net.loss_values(candidate, y).sum();
-    net.affine(m, candidate, next_);
+    if (m == L) {
+      net.loss_values(candidate, y, work.row);
+      return value + weights.loss_weight * work.row.sum();
+    }
     net.layer(m).visit([&](const auto& pair) {
+      potential<S>(pair, above, work.row);
       value += weights.lambda[index] *
-               (potential<S>(pair, next_).sum() - z_[index + 1].cwiseProduct(next_).sum());
+               (work.row.sum() - z_[index + 1].cwiseProduct(above).sum());
     });
     return value;
   }
 
+  /// grad h_m at `candidate`, given `above` = W_{m+1} candidate + b_{m+1} (read for m < L).
   template <class Program>
   void smooth_gradient(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                       Index m, const Matrix<S>& candidate, Matrix<S>& gradient) {
+                       Index m, const Matrix<S>& candidate, const Matrix<S>& above,
+                       Matrix<S>& gradient) {
     const Index L = Index(z_.size()) - 1;
     const auto index = std::size_t(m);
     gradient.resize(candidate.rows(), candidate.cols());
@@ -311,11 +365,11 @@ class lifted_objective {
       net.loss().template gradient<S>(candidate, y, gradient);
       gradient *= weights.loss_weight;
     } else {
-      net.affine(m, candidate, next_);
-      next_activation_.resize(next_.rows(), next_.cols());
-      net.layer(m).visit([&](const auto& pair) { activate<S>(pair, next_, next_activation_); });
-      next_activation_ -= z_[index + 1];
-      gradient.noalias() = weights.lambda[index] * net.weights(m).transpose() * next_activation_;
+      Matrix<S>& residual = blocks_[index - 1].above_residual;
+      residual.resize(above.rows(), above.cols());
+      net.layer(m).visit([&](const auto& pair) { activate<S>(pair, above, residual); });
+      residual -= z_[index + 1];
+      gradient.noalias() = weights.lambda[index] * net.weights(m).transpose() * residual;
     }
     gradient -= weights.lambda[index - 1] * a_[index - 1];
   }
@@ -323,10 +377,15 @@ class lifted_objective {
   /// The whole objective of block m: h_m plus lambda_m G*_m (summed over the batch).
   template <class Program>
   S block_value(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                Index m, const Matrix<S>& candidate) {
+                Index m, const Matrix<S>& candidate, const Matrix<S>& above) {
     S conj = 0;
-    net.layer(m - 1).visit([&](const auto& pair) { conj = conjugate<S>(pair, candidate).sum(); });
-    return smooth_value(net, y, weights, m, candidate) + weights.lambda[std::size_t(m - 1)] * conj;
+    RowVector<S>& row = blocks_[std::size_t(m - 1)].row;
+    net.layer(m - 1).visit([&](const auto& pair) {
+      conjugate<S>(pair, candidate, row);
+      conj = row.sum();
+    });
+    return smooth_value(net, y, weights, m, candidate, above) +
+           weights.lambda[std::size_t(m - 1)] * conj;
   }
 
   /// A per-block step size, kept across calls (starts at 1 / lambda of the block's coupling).
@@ -340,10 +399,9 @@ class lifted_objective {
   forward_state<S> forward_;
   std::vector<Matrix<S>> z_, a_;
   std::vector<S> steps_, weight_steps_;
-  Matrix<S> gradient_, candidate_gradient_, trial_, candidate_, difference_, next_,
-      next_activation_;
-  Matrix<S> saved_weights_;
-  Vector<S> weight_means_, saved_bias_;
+  std::vector<block_work> blocks_;
+  std::vector<weight_work> layers_;
+  RowVector<S> total_;
 };
 
 }  // namespace bilevel::detail

@@ -120,7 +120,7 @@ class lifted_method {
 
     objective_.start_from_forward(net, x);
     step_report report;
-    report.loss = double(net.loss_values(objective_.z().back(), y).mean());
+    report.loss = mean_loss<Program, S>(net, objective_.z().back(), y, losses_);
     report.correct = count_correct<S>(objective_.z().back(), y);
     for (Index sweep = 0; sweep < config_.sweeps; ++sweep)
       for (Index m = L; m >= 1; --m)
@@ -139,6 +139,7 @@ class lifted_method {
   std::string entry_point_;  ///< "lpom::gradient" or "fln::gradient", for error messages
   lifted_objective<S> objective_;
   lifted_weights<S> weights_;
+  RowVector<S> losses_;  ///< per-sample losses of the forward pass
 };
 
 }  // namespace detail

@@ -228,7 +228,7 @@ class mac {
     // The forward pass, for the report and as the cold start.
     net.forward(x, forward_);
     step_report report;
-    report.loss = double(net.loss_values(forward_.z.back(), y).mean());
+    report.loss = detail::mean_loss<Program, S>(net, forward_.z.back(), y, losses_);
     report.correct = count_correct<S>(forward_.z.back(), y);
     const Index L = net.depth();
     if (!warm)
@@ -263,6 +263,7 @@ class mac {
     detail::require(fits(net, y.cols()), "mac::energies", "the state",
                     "a Z-step on a batch of this size and program first", "none");
     RowVector<S> values;
+    net.affine(0, z_[0], a_[0]);
     evaluate(net, y, z_, values, false);
     return values;
   }
@@ -289,6 +290,7 @@ class mac {
   struct layer_work {
     Matrix<S> a, value, residual, signal, saved_weights;
     Vector<S> saved_bias;
+    RowVector<S> losses;  ///< per-sample losses of the top layer
     /// [dW (column-major) | db | objective]: one buffer, which a batch reduction averages in
     /// one call.
     Vector<S> means;
@@ -341,8 +343,9 @@ class mac {
     out_.resize(net.output_size(), B);
   }
 
-  /// F per sample at coordinates `z` (z[0..L-1] are read), with the signals s_k and dF/dz of
-  /// every hidden layer when `with_gradient`.
+  /// F per sample at coordinates `z` (z[1..L-1] are read; z[0] is x), with the signals s_k and
+  /// dF/dz of every hidden layer when `with_gradient`. a_1 = W_1 x + b_1 does not depend on the
+  /// coordinates: the caller computes it into a_[0] once for the current theta.
   template <class Program>
   void evaluate(const Program& net, const MatrixCRef<S>& y, const std::vector<Matrix<S>>& z,
                 RowVector<S>& energy, bool with_gradient) {
@@ -352,7 +355,7 @@ class mac {
     for (Index i = 0; i < L; ++i) {
       const auto u = std::size_t(i);
       Matrix<S>& a = a_[u];
-      net.affine(i, z[u], a);
+      if (i > 0) net.affine(i, z[u], a);
       net.layer(i).visit([&](const auto& pair) {
         if (i + 1 < L) {
           Matrix<S>& e = eps_[u];
@@ -366,7 +369,8 @@ class mac {
           }
         } else {
           activate<S>(pair, a, out_);
-          energy += net.loss().template value<S>(out_, y);
+          net.loss_values(out_, y, losses_);
+          energy += losses_;
           if (with_gradient) {
             net.loss().template gradient<S>(out_, y, scratch_[u]);
             vjp<S>(pair, a, scratch_[u], sig_[u]);
@@ -395,6 +399,8 @@ class mac {
   void descend(const Program& net, const MatrixCRef<S>& y, step_report& report) {
     const Index L = net.depth(), B = z_[0].cols();
     history_.clear();
+    history_.reserve(std::size_t(settings_.z_iterations) + 1);
+    net.affine(0, z_[0], a_[0]);
     evaluate(net, y, z_, energy_, true);
     gradient_norms(net);
     history_.push_back(double(energy_.mean()));
@@ -488,7 +494,8 @@ class mac {
     net.layer(i).visit([&](const auto& pair) {
       activate<S>(pair, work.a, work.value);
       if (top) {
-        value = net.loss().template value<S>(work.value, y).mean();
+        net.loss_values(work.value, y, work.losses);
+        value = work.losses.mean();
         if (with_gradient) net.loss().template gradient<S>(work.value, y, work.residual);
       } else {
         work.residual = work.value - z_[u + 1];  // f(a) - z
@@ -557,7 +564,7 @@ class mac {
   std::vector<Matrix<S>> z_, trial_, a_, eps_, sig_, scratch_, grad_;
   Matrix<S> out_;
   std::vector<Matrix<S>> previous_grad_;
-  RowVector<S> energy_, trial_energy_, squared_norm_, step_, accepted_, previous_norm_, inner_;
+  RowVector<S> losses_, energy_, trial_energy_, squared_norm_, step_, accepted_, previous_norm_, inner_;
   std::vector<char> pending_, moved_;
   std::vector<double> history_;
   std::vector<layer_work> layers_;

@@ -76,6 +76,15 @@ inline void require_per_layer(std::size_t count, Index depth, std::string_view f
     require(false, function, what, concat("1 or one per layer (", depth, ")"), count);
 }
 
+/// The batch-mean loss of `output` against y, through `values` (the per-sample losses, a buffer
+/// reused across batches, so that reporting the loss allocates nothing).
+template <class Program, class S>
+double mean_loss(const Program& net, const MatrixCRef<S>& output, const MatrixCRef<S>& y,
+                 RowVector<S>& values) {
+  net.loss_values(output, y, values);
+  return double(values.mean());
+}
+
 }  // namespace detail
 
 /// Samples whose largest output coincides with the largest target entry.

@@ -95,7 +95,7 @@ class pcn {
     // Inference starts from the forward pass: every eps_k = 0 there.
     evaluate(net, y, true);
     step_report report;
-    report.loss = double(net.loss_values(z_.back(), y).mean());
+    report.loss = detail::mean_loss<Program, S>(net, z_.back(), y, losses_);
     report.correct = count_correct<S>(z_.back(), y);
 
     // Z-IL needs L - 1 steps: the first layer's gradient is taken at t = L - 1. Without hidden
@@ -153,6 +153,7 @@ class pcn {
 
   /// Errors, signals and the per-sample energy at the current z. With `from_forward` the hidden
   /// z are first set to the forward pass (layer by layer, so each a_k sees the new z_{k-1}).
+  /// a_1 = W_1 x + b_1 does not move during inference: it is computed in that first call only.
   template <class Program>
   void evaluate(const Program& net, const MatrixCRef<S>& y, bool from_forward) {
     const Index L = net.depth();
@@ -162,7 +163,7 @@ class pcn {
       Matrix<S>& a = a_[i - 1];
       Matrix<S>& e = error_[i - 1];
       Matrix<S>& s = signal_[i - 1];
-      net.affine(k - 1, z_[i - 1], a);
+      if (k > 1 || from_forward) net.affine(k - 1, z_[i - 1], a);
       net.layer(k - 1).visit([&](const auto& pair) {
         if (k < L) {
           activate<S>(pair, a, e);  // f(a_k), turned into eps_k below
@@ -179,7 +180,8 @@ class pcn {
       });
       if (k < L) energy_ += e.colwise().squaredNorm() / S(2);
     }
-    energy_ += net.loss_values(z_.back(), y);
+    net.loss_values(z_.back(), y, losses_);
+    energy_ += losses_;
   }
 
   /// dF/dz_k = eps_k + W_{k+1}^T s_{k+1} for the hidden k (into descent_[k-1]).
@@ -210,6 +212,7 @@ class pcn {
   std::vector<Matrix<S>> descent_;  ///< dF/dz_k at index k-1 (hidden k only; last unused)
   RowVector<S> energy_;
   RowVector<S> residual_;
+  RowVector<S> losses_;  ///< per-sample losses at the current output
 };
 
 }  // namespace bilevel

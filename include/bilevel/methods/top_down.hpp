@@ -44,13 +44,12 @@ step_report top_down_gradient(const Program& net, const MatrixCRef<typename Prog
   buffers.delta.resize(std::size_t(L));
 
   step_report report;
-  net.loss_values(z.back(), y, buffers.loss);
-  report.loss = double(buffers.loss.mean());
+  report.loss = mean_loss<Program, S>(net, z.back(), y, buffers.loss);
   report.correct = count_correct<S>(z.back(), y);
 
   Matrix<S>& top_error = buffers.error.back();
   top_error.resize(net.output_size(), B);
-  net.loss().template gradient<S>(z.back(), y, top_error);
+  net.loss_gradient(z.back(), y, top_error);
 
   const S inverse_batch = S(1) / S(B);
   for (Index k = L - 1; k >= 0; --k) {

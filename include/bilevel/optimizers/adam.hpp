@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "../core/parallel.hpp"
 #include "../core/state_stream.hpp"
 #include "../core/types.hpp"
 
@@ -154,6 +155,7 @@ class adam {
  private:
   // Elements per block: the slices of params, grad, m and v stay in L1 between the three
   // expressions of one block, so every buffer is streamed through memory once per step.
+  // Threads take contiguous runs of whole blocks (every element is independent).
   static constexpr Index block = 512;
 
   // `coupled` is the L2 coefficient added to the gradient, `shrink` the AdamW factor on the
@@ -163,16 +165,18 @@ class adam {
     const S b1 = config_.beta1;
     const S b2 = config_.beta2;
     const S eps = config_.epsilon;
-    for (Index start = begin; start < end; start += block) {
-      const Index len = std::min(block, end - start);
-      auto p = params.segment(start, len).array();
-      auto m = m_.segment(start, len).array();
-      auto v = v_.segment(start, len).array();
-      const auto g = grad.segment(start, len).array() + coupled * p;
-      m = b1 * m + (S(1) - b1) * g;
-      v = b2 * v + (S(1) - b2) * g.square();
-      p = shrink * p - step_size * m / (v.sqrt() * root_correction + eps);
-    }
+    detail::parallel_ranges(end - begin, 1, block, [&](Index first, Index last) {
+      for (Index start = begin + first; start < begin + last; start += block) {
+        const Index len = std::min(block, begin + last - start);
+        auto p = params.segment(start, len).array();
+        auto m = m_.segment(start, len).array();
+        auto v = v_.segment(start, len).array();
+        const auto g = grad.segment(start, len).array() + coupled * p;
+        m = b1 * m + (S(1) - b1) * g;
+        v = b2 * v + (S(1) - b2) * g.square();
+        p = shrink * p - step_size * m / (v.sqrt() * root_correction + eps);
+      }
+    });
   }
 
   settings config_;

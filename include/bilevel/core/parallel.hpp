@@ -1,0 +1,59 @@
+#pragma once
+/// \file
+/// Parallel loops over independent ranges of elements or columns, on Eigen's thread count
+/// (Eigen::setNbThreads; the trainer's --threads) when the program is built with OpenMP. With
+/// one thread, without OpenMP, inside another parallel region, or for work too small to pay
+/// for waking a second thread, the body runs once over the whole range as a plain call.
+/// Ranges are contiguous and static, so results do not depend on the thread count.
+
+#include <Eigen/Core>
+#include <algorithm>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "types.hpp"
+
+namespace bilevel::detail {
+
+/// Elements below which a range stays on one thread: about a microsecond of elementwise work,
+/// the cost of starting a parallel region whose threads are already awake.
+inline constexpr Index parallel_grain = 16384;
+
+/// Calls body(begin, end) on consecutive ranges covering [0, count), one per thread; each range
+/// but the last is a multiple of `align` long and holds at least `grain` units of `cost`
+/// elements each (so a column of r rows is align 1, cost r).
+template <class Body>
+void parallel_ranges(Index count, Index cost, Index align, const Body& body) {
+  const Index units = std::max<Index>(1, parallel_grain / std::max<Index>(cost, 1));
+  Index threads = std::min<Index>(Eigen::nbThreads(), count / std::max(units, align));
+#ifdef _OPENMP
+  if (omp_in_parallel()) threads = 1;
+#else
+  threads = 1;
+#endif
+  if (threads <= 1) {
+    body(Index(0), count);
+    return;
+  }
+#ifdef _OPENMP
+  const Index per_thread = (count + threads - 1) / threads;
+  const Index aligned = (per_thread + align - 1) / align * align;
+#pragma omp parallel for num_threads(int(threads)) schedule(static, 1)
+  for (Index t = 0; t < threads; ++t) {
+    const Index begin = std::min(count, t * aligned);
+    const Index end = t + 1 == threads ? count : std::min(count, begin + aligned);
+    if (begin < end) body(begin, end);
+  }
+#endif
+}
+
+/// Calls body(first, columns) on blocks of consecutive columns of a batch with `rows` rows and
+/// `cols` columns: every column (sample) is independent.
+template <class Body>
+void parallel_columns(Index rows, Index cols, const Body& body) {
+  parallel_ranges(cols, rows, 1, [&](Index begin, Index end) { body(begin, end - begin); });
+}
+
+}  // namespace bilevel::detail
