@@ -95,14 +95,20 @@ void step(benchmark::State& state, Method method, std::vector<Index> sizes, bool
         take_step(parallel, f, native);
     };
     for (int warm_up = 0; warm_up < 3; ++warm_up) run();
+    // Every step starts from the same parameters (put back untimed): fitted to one batch for
+    // thousands of steps, the net's errors would become denormal floats, many times slower.
+    const bilevel::Vector<S> start = f.net.parameters();
     const double communicated = parallel.communication_seconds();
-    const auto start = std::chrono::steady_clock::now();
+    double seconds = 0;
     for (auto _ : state) {
+      state.PauseTiming();
+      f.net.parameters() = start;
+      state.ResumeTiming();
+      const auto begin = std::chrono::steady_clock::now();
       run();
       benchmark::ClobberMemory();
+      seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
     }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     state.counters["communication_share"] =
         (parallel.communication_seconds() - communicated) / seconds;
     state.counters["parameters"] = double(f.net.parameter_count());
