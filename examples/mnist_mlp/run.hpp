@@ -320,15 +320,15 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     group.share(net, optimizer, method, trainer.progress(), record);
     if (opts.resume.empty()) record.initial_test_error = group.error(net, test_set, method);
     save();  // at once: an unwritable --save path fails now, not after the first epoch
-    csv_log csv(speak ? opts.csv : std::string(), {"epoch", "method", "lr", "train_error", "validation_error",
-                           "test_error", "loss", "seconds", "samples_per_s", "inner_residual",
-                           "inner_energy"});
+    csv_log csv(speak ? opts.csv : std::string(),
+                {"epoch", "method", "lr", "train_error", "validation_error", "test_error", "loss",
+                 "seconds", "samples_per_s", "inner_residual", "inner_energy"});
     if (!opts.resume.empty()) csv.keep_rows_until(trainer.epoch());
     const bool talk = speak && !opts.quiet;
     progress_bar bar(talk);
     if (talk)
-      std::cerr << "mnist_mlp: " << method.name() << (trainer.native_steps() ? " (native steps)" : "")
-              << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
+      std::cerr << "mnist_mlp: " << method.name()
+              << (trainer.native_steps() ? " (native steps)" : "") << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
               << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
               << ", " << train_set.size() << " training / " << validation_set.size()
               << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
@@ -346,8 +346,10 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
       method.set_learning_rate(S(schedule.at(epoch - 1)));
       bar.start_epoch(epoch, opts.epochs);
-      const bilevel::epoch_report report = trainer.run_epoch(
-          train_set, [&](Index done, Index total, Index samples) { bar.batch(done, total, samples); });
+      const bilevel::epoch_report report =
+          trainer.run_epoch(train_set, [&](Index done, Index total, Index samples) {
+            bar.batch(done, total, samples);
+          });
       bar.clear();
       record.total_seconds += report.seconds;
       const double train_error = group.error(net, train_set, method);

@@ -72,8 +72,9 @@ double mean_loss(const test_net<S>& net, const std::vector<batch<S>>& batches) {
 
 template <class S>
 std::uint32_t checksum(const Vector<S>& values) {
-  return detail::crc32_of(std::span<const std::uint8_t>(
-      reinterpret_cast<const std::uint8_t*>(values.data()), std::size_t(values.size()) * sizeof(S)));
+  return detail::crc32_of(
+      std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(values.data()),
+                                    std::size_t(values.size()) * sizeof(S)));
 }
 
 template <class S>
@@ -159,7 +160,8 @@ TEST_CASE("the communicator sums, compares and broadcasts across the processes",
       rank == 0 ? std::vector<std::uint8_t>{1, 2, 3, 250} : std::vector<std::uint8_t>{9};
   CHECK(world().broadcast(sent) == std::vector<std::uint8_t>{1, 2, 3, 250});
   CHECK_THROWS_WITH(world().require_same(std::uint64_t(rank), "setup", "the flags"),
-                    Catch::Contains("setup: the ") && Catch::Contains(" processes disagree on the flags"));
+                    Catch::Contains("setup: the ") &&
+                        Catch::Contains(" processes disagree on the flags"));
 }
 
 TEST_CASE("data-parallel BP, Fenchel BP, PCN and EP equal one process on the global batches",

@@ -88,7 +88,8 @@ TEST_CASE("a process that fails ends the whole job with its message", "[mpi][tra
   data_directory data("mpi-fail");
   const std::string good = "--data " + data.path.string() + small_run + " --epochs 2";
   // Rank 1 cannot read its data while rank 0 goes on to wait for it.
-  const raw_result missing = run_two_different(good, good + " --data " + (data.path / "nowhere").string());
+  const raw_result missing =
+      run_two_different(good, good + " --data " + (data.path / "nowhere").string());
   CHECK(missing.status != 0);
   CHECK_THAT(missing.error, Catch::Contains("mnist_mlp (rank 1 of 2): ") &&
                                 Catch::Contains("nowhere"));

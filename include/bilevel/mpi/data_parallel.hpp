@@ -91,7 +91,9 @@ class shard_mean {
 /// batch (see the file comment). It is a GradientMethod where the method is one, a StepMethod
 /// where the method's step takes a batch reduction (ShardableStepMethod), and predicts as the
 /// method does. Use it wherever the method would go (bilevel::trainer, for instance), with the
-/// same seed on every process so that every process draws the same global batches.
+/// same seed on every process so that every process draws the same global batches. An
+/// exception on one process leaves the others waiting in the next collective operation: end
+/// the job then (communicator::abort), as the mnist_mlp trainer does.
 template <Scalar S, class Method>
 class data_parallel {
  public:
@@ -192,7 +194,9 @@ class data_parallel {
     return report;
   }
 
-  void reduce(std::span<S> values) { detail::timed_sum(processes_, values, &communication_seconds_); }
+  void reduce(std::span<S> values) {
+    detail::timed_sum(processes_, values, &communication_seconds_);
+  }
 
   /// Every check_every steps (and at the first): the processes' parameters must be bitwise
   /// equal, compared by their CRC-32.
