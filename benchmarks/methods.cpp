@@ -100,7 +100,10 @@ void idx_loading(benchmark::State& state) {
       ->Args({50, 1})                                                                  \
       ->Unit(benchmark::kMicrosecond)
 METHOD_STEP(bp, bilevel::bp<S>{}, false)->Args({512, 1})->Args({50, 2})->Args({512, 2});
-METHOD_STEP(fenbp, bilevel::fenchel_bp<S>(0.01f), false)->Args({512, 1})->Args({50, 2})->Args({512, 2});
+METHOD_STEP(fenbp, bilevel::fenchel_bp<S>(0.01f), false)
+    ->Args({512, 1})
+    ->Args({50, 2})
+    ->Args({512, 2});
 METHOD_STEP(chl, bilevel::chl<S>{}, false);
 METHOD_STEP(ep, bilevel::ep<S>{}, false);
 METHOD_STEP(pcn, bilevel::pcn<S>{}, false);

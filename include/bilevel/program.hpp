@@ -178,8 +178,9 @@ class program {
     a.resize(layer(index).outputs(), z_prev.cols());
     a.noalias() = weights(index) * z_prev;
     const auto b = bias(index);
-    detail::parallel_columns(a.rows(), a.cols(),
-                             [&](Index first, Index count) { a.middleCols(first, count).colwise() += b; });
+    detail::parallel_columns(a.rows(), a.cols(), [&](Index first, Index count) {
+      a.middleCols(first, count).colwise() += b;
+    });
   }
 
   /// Per-sample outer loss l(z_L, y).

@@ -126,7 +126,7 @@ void by_columns(MatrixRef<S> out, const Op& op, const Inputs&... in) {
 /// z = f(a), column by column.
 template <class S, ActivationPair<S> P>
 void activate(const P& pair, const MatrixCRef<S>& a, MatrixRef<S> z) {
-  detail::by_columns<S>(z, [&pair](MatrixRef<S> out, const MatrixCRef<S>& in) {
+  const auto on_block = [&pair](MatrixRef<S> out, const MatrixCRef<S>& in) {
     if constexpr (ColumnwisePair<P, S>) {
       pair.f(in, out);
     } else if constexpr (detail::has_f_expr<P, S>) {
@@ -134,13 +134,14 @@ void activate(const P& pair, const MatrixCRef<S>& a, MatrixRef<S> z) {
     } else {
       out = in.unaryExpr([&pair](S x) { return S(pair.f(x)); });
     }
-  }, a);
+  };
+  detail::by_columns<S>(z, on_block, a);
 }
 
 /// out = J_f(a)^T v per column (elementwise pairs: f'(a) .* v).
 template <class S, ActivationPair<S> P>
 void vjp(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& v, MatrixRef<S> out) {
-  detail::by_columns<S>(out, [&pair](MatrixRef<S> o, const MatrixCRef<S>& in, const MatrixCRef<S>& w) {
+  const auto on_block = [&pair](MatrixRef<S> o, const MatrixCRef<S>& in, const MatrixCRef<S>& w) {
     if constexpr (ColumnwisePair<P, S>) {
       pair.vjp(in, w, o);
     } else if constexpr (detail::has_df_expr<P, S>) {
@@ -148,7 +149,8 @@ void vjp(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& v, MatrixRe
     } else {
       o = in.binaryExpr(w, [&pair](S x, S u) { return S(pair.df(x)) * u; });
     }
-  }, a, v);
+  };
+  detail::by_columns<S>(out, on_block, a, v);
 }
 
 /// G(a) per sample (column), into `out` (resized to 1 x B; no allocation after the first batch
@@ -227,8 +229,8 @@ void prox_conj(const P& pair, const MatrixCRef<S>& v, S t, MatrixRef<S> out) {
 template <class S, ActivationPair<S> P>
 void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& z,
                     const MatrixCRef<S>& g, S beta, MatrixRef<S> delta) {
-  const auto signal = [&pair, beta](MatrixRef<S> out, const MatrixCRef<S>& a_block,
-                                    const MatrixCRef<S>& z_block, const MatrixCRef<S>& g_block) {
+  const auto on_block = [&pair, beta](MatrixRef<S> out, const MatrixCRef<S>& a_block,
+                                      const MatrixCRef<S>& z_block, const MatrixCRef<S>& g_block) {
     if constexpr (detail::linear_pair<P>) {
       out = g_block;
     } else if constexpr (ColumnwisePair<P, S>) {
@@ -236,13 +238,14 @@ void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& 
       pair.f(MatrixCRef<S>(perturbed), out);
       out = (z_block - out) / beta;
     } else if constexpr (detail::has_f_expr<P, S>) {
-      out.array() = (z_block.array() - pair.f_expr(a_block.array() - beta * g_block.array())) / beta;
+      out.array() =
+          (z_block.array() - pair.f_expr(a_block.array() - beta * g_block.array())) / beta;
     } else {
       out = z_block - (a_block - beta * g_block).unaryExpr([&pair](S x) { return S(pair.f(x)); });
       out /= beta;
     }
   };
-  detail::by_columns<S>(delta, signal, a, z, g);
+  detail::by_columns<S>(delta, on_block, a, z, g);
 }
 
 }  // namespace bilevel

@@ -21,9 +21,9 @@ namespace bilevel::detail {
 /// the cost of starting a parallel region whose threads are already awake.
 inline constexpr Index parallel_grain = 16384;
 
-/// Calls body(begin, end) on consecutive ranges covering [0, count), one per thread; each range
-/// but the last is a multiple of `align` long and holds at least `grain` units of `cost`
-/// elements each (so a column of r rows is align 1, cost r).
+/// Calls body(begin, end) on consecutive ranges covering [0, count), one per thread. A unit of
+/// the range is `cost` elements of work (a column of r rows: cost r); every range holds at least
+/// parallel_grain elements, and every range but the last is a multiple of `align` units.
 template <class Body>
 void parallel_ranges(Index count, Index cost, Index align, const Body& body) {
   const Index units = std::max<Index>(1, parallel_grain / std::max<Index>(cost, 1));

@@ -123,7 +123,8 @@ class lifted_objective {
       // grad h_m = lambda_{m+1} W^T(...) - lambda_m a_m, so a_m - (grad h_m + lambda_m a_m)/lambda_m
       // is the argument of f in LPOM's update.
       work.trial = -work.gradient / lambda;
-      net.layer(m - 1).visit([&](const auto& pair) { activate<S>(pair, work.trial, work.candidate); });
+      net.layer(m - 1).visit(
+          [&](const auto& pair) { activate<S>(pair, work.trial, work.candidate); });
       if (!top) net.affine(m, work.candidate, work.candidate_above);
       const S after = block_value(net, y, weights, m, work.candidate,
                                   top ? work.candidate : work.candidate_above);

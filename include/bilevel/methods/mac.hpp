@@ -564,7 +564,8 @@ class mac {
   std::vector<Matrix<S>> z_, trial_, a_, eps_, sig_, scratch_, grad_;
   Matrix<S> out_;
   std::vector<Matrix<S>> previous_grad_;
-  RowVector<S> losses_, energy_, trial_energy_, squared_norm_, step_, accepted_, previous_norm_, inner_;
+  RowVector<S> losses_, energy_, trial_energy_, squared_norm_, step_, accepted_, previous_norm_,
+      inner_;
   std::vector<char> pending_, moved_;
   std::vector<double> history_;
   std::vector<layer_work> layers_;
