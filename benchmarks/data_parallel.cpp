@@ -13,6 +13,7 @@
 #include <Eigen/Core>
 #include <chrono>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "bilevel/bilevel.hpp"
@@ -61,6 +62,15 @@ struct fixture {
   }
 };
 
+/// MPI_Barrier without spinning: a process left out of a benchmark must not take CPU time
+/// (nor, on hyperthreads, the core) from the one being timed.
+void sleeping_barrier() {
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Ibarrier(MPI_COMM_WORLD, &request);
+  for (int done = 0; MPI_Test(&request, &done, MPI_STATUS_IGNORE), !done;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
 /// One training step per iteration: gradient and Adam, or the method's native step.
 template <class Stepper>
 void take_step(Stepper& stepper, fixture& f, bool native) {
@@ -95,14 +105,19 @@ void step(benchmark::State& state, Method method, std::vector<Index> sizes, bool
         take_step(parallel, f, native);
     };
     for (int warm_up = 0; warm_up < 3; ++warm_up) run();
-    // Every step starts from the same parameters (put back untimed): fitted to one batch for
-    // thousands of steps, the net's errors would become denormal floats, many times slower.
+    // Every step starts from the same parameters, optimizer and method state (put back
+    // untimed), as in benchmarks/methods.cpp: fitted to one batch for thousands of steps, the
+    // net's errors and Adam's moments of dead units would become slow denormal floats.
     const bilevel::Vector<S> start = f.net.parameters();
+    const bilevel::adam<S> optimizer_start = f.optimizer;
+    const Method method_start = method;
     const double communicated = parallel.communication_seconds();
     double seconds = 0;
     for (auto _ : state) {
       state.PauseTiming();
       f.net.parameters() = start;
+      f.optimizer = optimizer_start;
+      method = method_start;
       state.ResumeTiming();
       const auto begin = std::chrono::steady_clock::now();
       run();
@@ -113,7 +128,7 @@ void step(benchmark::State& state, Method method, std::vector<Index> sizes, bool
         (parallel.communication_seconds() - communicated) / seconds;
     state.counters["parameters"] = double(f.net.parameter_count());
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  sleeping_barrier();
 }
 
 const std::vector<Index> paper_mlp = {784, 256, 128, 64, 10};

@@ -37,19 +37,18 @@ struct fixture {
 };
 
 /// One step per iteration: the method's gradient and Adam, or its native step. Every step starts
-/// from the same parameters (put back untimed): training on one batch would otherwise drive the
-/// net towards zero loss, where the iterative methods stop their inner solvers early, and the
-/// work per step would depend on how many steps the benchmark happens to run.
+/// from the same parameters, optimizer and method state (put back untimed): training on one
+/// batch would otherwise drive the net towards zero loss, where the iterative methods stop their
+/// inner solvers early, and Adam's first moments of weights without gradient (dead ReLUs) would
+/// decay into slow denormal floats, so the work per step would depend on how many steps the
+/// benchmark happens to run. The state to return to is the one after a first, untimed step, so
+/// that the method's buffers are already sized (putting back a fresh method would make every
+/// step allocate them again).
 template <class Method>
 void step(benchmark::State& state, Method method, bool native) {
   fixture f(state.range(0));
-  const bilevel::Vector<S> start = f.net.parameters();
   Eigen::setNbThreads(int(state.range(1)));
-  double iterations = 0;
-  for (auto _ : state) {
-    state.PauseTiming();
-    f.net.parameters() = start;
-    state.ResumeTiming();
+  const auto take_step = [&] {
     bilevel::step_report report;
     if constexpr (bilevel::StepMethod<Method, decltype(f.net)>) {
       if (native) report = method.train_step(f.net, f.x, f.y);
@@ -58,7 +57,20 @@ void step(benchmark::State& state, Method method, bool native) {
       report = method.gradient(f.net, f.x, f.y, f.gradient);
       f.optimizer.step(f.net.parameters(), f.gradient);
     }
-    iterations += double(report.inner_iterations);
+    return report;
+  };
+  take_step();
+  const bilevel::Vector<S> start = f.net.parameters();
+  const bilevel::adam<S> optimizer_start = f.optimizer;
+  const Method method_start = method;
+  double iterations = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    f.net.parameters() = start;
+    f.optimizer = optimizer_start;
+    method = method_start;
+    state.ResumeTiming();
+    iterations += double(take_step().inner_iterations);
     benchmark::ClobberMemory();
   }
   Eigen::setNbThreads(1);
