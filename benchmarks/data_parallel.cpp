@@ -18,6 +18,7 @@
 
 #include "bilevel/bilevel.hpp"
 #include "bilevel/mpi/mpi.hpp"
+#include "same_start.hpp"
 
 namespace {
 
@@ -105,20 +106,11 @@ void step(benchmark::State& state, Method method, std::vector<Index> sizes, bool
         take_step(parallel, f, native);
     };
     for (int warm_up = 0; warm_up < 3; ++warm_up) run();
-    // Every step starts from the same parameters, optimizer and method state (put back
-    // untimed), as in benchmarks/methods.cpp: fitted to one batch for thousands of steps, the
-    // net's errors and Adam's moments of dead units would become slow denormal floats.
-    const bilevel::Vector<S> start = f.net.parameters();
-    const bilevel::adam<S> optimizer_start = f.optimizer;
-    const Method method_start = method;
+    same_start start(f.net.parameters(), f.optimizer, method);
     const double communicated = parallel.communication_seconds();
     double seconds = 0;
     for (auto _ : state) {
-      state.PauseTiming();
-      f.net.parameters() = start;
-      f.optimizer = optimizer_start;
-      method = method_start;
-      state.ResumeTiming();
+      start.restore(state);
       const auto begin = std::chrono::steady_clock::now();
       run();
       benchmark::ClobberMemory();

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bilevel/bilevel.hpp"
+#include "same_start.hpp"
 
 namespace {
 
@@ -36,14 +37,8 @@ struct fixture {
   }
 };
 
-/// One step per iteration: the method's gradient and Adam, or its native step. Every step starts
-/// from the same parameters, optimizer and method state (put back untimed): training on one
-/// batch would otherwise drive the net towards zero loss, where the iterative methods stop their
-/// inner solvers early, and Adam's first moments of weights without gradient (dead ReLUs) would
-/// decay into slow denormal floats, so the work per step would depend on how many steps the
-/// benchmark happens to run. The state to return to is the one after a first, untimed step, so
-/// that the method's buffers are already sized (putting back a fresh method would make every
-/// step allocate them again).
+/// One step per iteration: the method's gradient and Adam, or its native step, each from the
+/// state after a first, untimed step (same_start.hpp).
 template <class Method>
 void step(benchmark::State& state, Method method, bool native) {
   fixture f(state.range(0));
@@ -60,16 +55,10 @@ void step(benchmark::State& state, Method method, bool native) {
     return report;
   };
   take_step();
-  const bilevel::Vector<S> start = f.net.parameters();
-  const bilevel::adam<S> optimizer_start = f.optimizer;
-  const Method method_start = method;
+  same_start start(f.net.parameters(), f.optimizer, method);
   double iterations = 0;
   for (auto _ : state) {
-    state.PauseTiming();
-    f.net.parameters() = start;
-    f.optimizer = optimizer_start;
-    method = method_start;
-    state.ResumeTiming();
+    start.restore(state);
     iterations += double(take_step().inner_iterations);
     benchmark::ClobberMemory();
   }

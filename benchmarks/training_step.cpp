@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bilevel/bilevel.hpp"
+#include "same_start.hpp"
 
 namespace {
 
@@ -73,22 +74,19 @@ void run_floor(benchmark::State& state, bool with_adam) {
 void gemm_only(benchmark::State& state) { run_floor(state, false); }
 void gemm_adam(benchmark::State& state) { run_floor(state, true); }
 
-/// Every step starts from the same parameters and optimizer state (put back untimed): trained
-/// on one batch for thousands of steps, the net would fit it until its errors are denormal
-/// floats, and Adam's first moments of the weights that get no gradient (dead ReLUs) would
-/// decay into denormals after some 800 steps; both run many times slower than normal floats.
+/// One step per iteration, each from the state after a first, untimed step (same_start.hpp).
 template <class Method>
 void method_step(benchmark::State& state, Method method) {
   step_fixture f(state.range(0));
-  const bilevel::Vector<S> start = f.net.parameters();
-  const bilevel::adam<S> optimizer_start = f.optimizer;
-  for (auto _ : state) {
-    state.PauseTiming();
-    f.net.parameters() = start;
-    f.optimizer = optimizer_start;
-    state.ResumeTiming();
+  const auto take_step = [&] {
     benchmark::DoNotOptimize(method.gradient(f.net, f.x, f.y, f.gradient));
     f.optimizer.step(f.net.parameters(), f.gradient);
+  };
+  take_step();
+  same_start start(f.net.parameters(), f.optimizer, method);
+  for (auto _ : state) {
+    start.restore(state);
+    take_step();
     benchmark::ClobberMemory();
   }
   state.counters["samples/s"] =
