@@ -58,8 +58,7 @@ class lifted_objective {
     net.forward(x, forward_);
     z_ = forward_.z;
     a_ = forward_.a;
-    blocks_.resize(a_.size());
-    layers_.resize(a_.size());
+    size_work_buffers();
   }
 
   const std::vector<Matrix<S>>& z() const { return z_; }
@@ -280,6 +279,33 @@ class lifted_objective {
     Vector<S> means, saved_bias;
     RowVector<S> row;
   };
+
+  /// Sizes every block's buffers for this batch, so that a path a solver takes for the first
+  /// time late in training (LPOM's proximal fallback, say) allocates nothing; a no-op when
+  /// the batch size is unchanged.
+  void size_work_buffers() {
+    const std::size_t L = a_.size();
+    const Index B = z_.front().cols();
+    blocks_.resize(L);
+    layers_.resize(L);
+    for (std::size_t k = 0; k < L; ++k) {
+      const Index rows = a_[k].rows();
+      block_work& block = blocks_[k];  // z-block k + 1
+      for (Matrix<S>* m : {&block.gradient, &block.candidate_gradient, &block.trial,
+                           &block.candidate, &block.difference})
+        m->resize(rows, B);
+      if (k + 1 < L) {
+        block.candidate_above.resize(a_[k + 1].rows(), B);
+        block.above_residual.resize(a_[k + 1].rows(), B);
+      }
+      block.row.resize(B);
+      block.scratch.resize(B);
+      weight_work& layer = layers_[k];  // W-block k
+      layer.residual.resize(rows, B);
+      layer.next.resize(rows, B);
+      layer.row.resize(B);
+    }
+  }
 
   /// solve_block's steps, from work.gradient = grad h_m(z_m), which they keep current.
   template <class Program>
