@@ -115,7 +115,6 @@ class lifted_objective {
     bool value_known = false, gradient_known = false;
     S before = 0;
     for (; result.iterations < iterations; ++result.iterations) {
-      work.candidate.resize(zm.rows(), zm.cols());
       if (!value_known) before = block_value(net, y, weights, m, zm, above(m));
       if (!gradient_known) smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
       value_known = gradient_known = true;
@@ -153,7 +152,6 @@ class lifted_objective {
       block_work& work = blocks_[std::size_t(m - 1)];
       smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
       work.trial = zm - work.gradient;
-      work.candidate.resize(zm.rows(), zm.cols());
       net.layer(m - 1).visit([&](const auto& pair) {
         prox_conj<S>(pair, work.trial, weights.lambda[std::size_t(m - 1)], work.candidate);
       });
@@ -171,7 +169,6 @@ class lifted_objective {
     for (Index k = 0; k < L; ++k) {
       const auto index = std::size_t(k);
       Matrix<S>& residual = layers_[index].residual;
-      residual.resize(a_[index].rows(), B);
       net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], residual); });
       residual -= z_[index + 1];
       const S factor = scale[index] / S(B);
@@ -212,7 +209,6 @@ class lifted_objective {
     S& step = weight_steps_[index];
     Index taken = 0;
     for (; taken < iterations; ++taken) {
-      work.residual.resize(a_[index].rows(), a_[index].cols());
       net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], work.residual); });
       work.residual -= z_[index + 1];
       MatrixMap<S>(work.means.data(), rows, cols).noalias() =
@@ -264,8 +260,8 @@ class lifted_objective {
 
  private:
   /// Work buffers of z-block m (index m - 1) and of W-block k (index k): every block has its
-  /// own, so no buffer changes size from one block to the next and nothing is allocated after
-  /// the first batch; W-blocks share nothing.
+  /// own, sized by size_work_buffers when a batch starts, so no buffer changes size from one
+  /// block to the next and nothing is allocated after the first batch; W-blocks share nothing.
   struct block_work {
     Matrix<S> gradient, candidate_gradient, trial, candidate, difference;
     Matrix<S> candidate_above;   ///< W_{m+1} candidate + b_{m+1} (m < L)
@@ -318,7 +314,6 @@ class lifted_objective {
     S& step = step_size(m, weights);
     Matrix<S>& zm = z_[std::size_t(m)];
     block_work& work = blocks_[std::size_t(m - 1)];
-    work.candidate.resize(zm.rows(), zm.cols());
     net.layer(m - 1).visit([&](const auto& pair) {
       for (; result.iterations < iterations; ++result.iterations) {
         // Backtrack until the step is below 1/L along the move: for convex h,
@@ -387,13 +382,11 @@ class lifted_objective {
                        Matrix<S>& gradient) {
     const Index L = Index(z_.size()) - 1;
     const auto index = std::size_t(m);
-    gradient.resize(candidate.rows(), candidate.cols());
     if (m == L) {
       net.loss().template gradient<S>(candidate, y, gradient);
       gradient *= weights.loss_weight;
     } else {
       Matrix<S>& residual = blocks_[index - 1].above_residual;
-      residual.resize(above.rows(), above.cols());
       net.layer(m).visit([&](const auto& pair) { activate<S>(pair, above, residual); });
       residual -= z_[index + 1];
       gradient.noalias() = weights.lambda[index] * net.weights(m).transpose() * residual;
