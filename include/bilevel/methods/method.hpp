@@ -29,6 +29,17 @@ struct step_report {
   double inner_residual = std::numeric_limits<double>::quiet_NaN();
   Index inner_iterations = 0;
   double inner_energy = std::numeric_limits<double>::quiet_NaN();
+  /// Samples whose inner problem reached the solver's cap before it met its stopping rule
+  /// (docs/methods.md §5.6b); 0 when every sample converged or there is no inner solver.
+  Index unconverged = 0;
+  /// LPOM: the share of per-sample fixed-point updates that would have raised the objective and
+  /// were replaced by proximal-gradient steps (NaN for every other method).
+  double safeguarded = std::numeric_limits<double>::quiet_NaN();
+  /// AltMin: layers whose local weight gradient is exactly zero because none of their codes
+  /// moved (their targets are the forward pass).
+  Index idle_layers = 0;
+
+  bool converged() const { return unconverged == 0; }
 };
 
 template <class M, class Program>
