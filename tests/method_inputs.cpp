@@ -126,9 +126,13 @@ TEST_CASE("every method rejects settings out of range with a config_error naming
   }
   CHECK_THROWS_WITH(fenchel_bp<double>(std::vector<double>{}),
                     Contains("fenchel_bp: the list of betas must be non-empty"));
-  CHECK_THROWS_WITH(chl<double>({.max_sweeps = 0}), Contains("chl: max_sweeps must be >= 1, got 0"));
+  CHECK_THROWS_WITH(chl<double>({.stopping = {1e-3, 0}}),
+                    Contains("chl: max_iterations must be >= 1, got 0"));
+  CHECK_THROWS_WITH(chl<double>({.stopping = {1.5, 10}}),
+                    Contains("chl: tolerance must be in (0, 1), got 1.5"));
   CHECK_THROWS_WITH(pcn<double>({.iterations = -1}), Contains("pcn: iterations must be >= 0, got -1"));
-  CHECK_THROWS_WITH(lpom<double>({.sweeps = 0}), Contains("lpom: sweeps must be >= 1, got 0"));
+  CHECK_THROWS_WITH(lpom<double>({.stopping = {1e-3, 0}}),
+                    Contains("lpom: max_iterations must be >= 1, got 0"));
   CHECK_THROWS_WITH(mac<double>({.mu = 2, .mu_growth = 0.5}),
                     Contains("mac: mu_growth must be finite and >= 1, got 0.5"));
   // A per-layer list must match the depth, which the method learns at its first batch.

@@ -169,8 +169,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--inner-iterations", opts.inner_iterations,
-                 "Inner solver iterations (0: the method's default): chl sweeps, ep free steps, "
-                 "pcn inference steps, mac Z-steps, lpom/fln steps per block, altmin code steps")
+                 "Inner solver iterations (0: the method's default): chl, lpom, fln: the cap on "
+                 "sweeps; ep free steps, pcn inference steps, mac Z-steps, altmin code steps")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--inner-step", opts.inner_step,
@@ -179,9 +179,15 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--tolerance", opts.tolerance,
-                 "Inner tolerance (0: the method's default): chl, mac, fln")
+                 "Inner tolerance (0: the method's default): chl, lpom, fln: the stopping "
+                 "rule's tolerance relative to the displacement (docs/methods.md §5.6b); mac")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app.add_option("--inner-start", opts.inner_start,
+                 "chl, lpom, fln: where the inner solve starts, forward (the forward pass) or "
+                 "first-order (docs/methods.md §5.6b) (method default: chl forward; lpom, fln "
+                 "first-order)")
+      ->check(CLI::IsMember({"forward", "first-order"}));
   app.add_option("--nudged-iterations", opts.nudged_iterations, "ep: steps of each nudged phase")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -45,6 +45,7 @@ struct options {
   Index inner_iterations = 0;  ///< 0: the method's own default
   double inner_step = 0;       ///< 0: the method's own default
   double tolerance = 0;        ///< 0: the method's own default
+  std::string inner_start;     ///< "forward" or "first-order"; empty: the method's own default
   Index nudged_iterations = 4;
   bool one_sided = false;
   std::string step_mode = "gradient";
@@ -69,7 +70,7 @@ inline std::string training_settings(const options& o) {
        << ' ' << o.activation << ' ' << o.leaky_slope << ' ' << o.seed << ' ' << o.train_samples
        << ' ' << o.validation << ' ' << o.precision << ' ' << o.gamma << ' ' << o.lambda << ' '
        << o.mu << ' ' << o.mu_growth << ' ' << o.inner_iterations << ' ' << o.inner_step << ' '
-       << o.tolerance << ' ' << o.nudged_iterations << ' ' << o.one_sided << ' ' << o.step_mode
+       << o.tolerance << ' ' << o.inner_start << ' ' << o.nudged_iterations << ' ' << o.one_sided << ' ' << o.step_mode
        << ' ' << o.save_every << ' ' << o.resume.empty();
   return text.str();
 }

@@ -43,8 +43,9 @@ class any_method {
       typename bilevel::chl<S>::settings settings;
       settings.beta = S(single_beta(opts));
       settings.gamma = S(opts.gamma);
-      if (opts.inner_iterations > 0) settings.max_sweeps = opts.inner_iterations;
-      if (opts.tolerance > 0) settings.tolerance = S(opts.tolerance);
+      if (opts.inner_iterations > 0) settings.stopping.max_iterations = opts.inner_iterations;
+      if (opts.tolerance > 0) settings.stopping.tolerance = S(opts.tolerance);
+      if (!opts.inner_start.empty()) settings.start = inner_start(opts);
       method_.template emplace<bilevel::chl<S>>(settings);
     } else if (name == "ep") {
       typename bilevel::ep<S>::settings settings;
@@ -82,8 +83,9 @@ class any_method {
                                     : bilevel::lifted_settings<S>{};
       const auto lambdas = parse_list<double>(opts.lambda, "--lambda");
       settings.lambda.assign(lambdas.begin(), lambdas.end());
-      if (opts.inner_iterations > 0) settings.block_iterations = opts.inner_iterations;
-      if (opts.tolerance > 0) settings.block_tolerance = S(opts.tolerance);
+      if (opts.inner_iterations > 0) settings.stopping.max_iterations = opts.inner_iterations;
+      if (opts.tolerance > 0) settings.stopping.tolerance = S(opts.tolerance);
+      if (!opts.inner_start.empty()) settings.start = inner_start(opts);
       if (name == "fln")
         method_.template emplace<bilevel::fln<S>>(settings);
       else
@@ -96,6 +98,19 @@ class any_method {
 
   std::string name() const {
     return std::visit([](const auto& m) { return m.name(); }, method_);
+  }
+
+  /// Where the method's inner solve starts ("forward" or "first-order"), or "" without one.
+  std::string inner_start_name() const {
+    return std::visit(
+        [](const auto& m) -> std::string {
+          if constexpr (requires { m.config().start; })
+            return m.config().start == bilevel::inner_start::first_order ? "first-order"
+                                                                          : "forward";
+          else
+            return "";
+        },
+        method_);
   }
 
   bool has_native_step() const {
@@ -162,6 +177,11 @@ class any_method {
 
  private:
   using dummy_program = bilevel::mlp<S, bilevel::relu>;
+
+  static bilevel::inner_start inner_start(const options& opts) {
+    return opts.inner_start == "first-order" ? bilevel::inner_start::first_order
+                                             : bilevel::inner_start::forward;
+  }
 
   static double single_beta(const options& opts) {
     const auto betas = parse_list<double>(opts.beta, "--beta");
@@ -265,6 +285,21 @@ std::span<const std::uint8_t> as_bytes(const Container& values) {
           std::size_t(values.size()) * sizeof(*values.data())};
 }
 
+/// One stderr line per epoch when the inner solver did not do what the method promises: samples
+/// left unconverged at the solver's cap (docs/methods.md §5.6b), or AltMin layers whose codes
+/// never moved.
+inline void warn_inner_solver(Index epoch, const std::string& method,
+                              const bilevel::epoch_report& report) {
+  if (report.unconverged_share > 0)
+    std::cerr << "mnist_mlp: warning: epoch " << epoch << ": the inner solver of " << method
+              << " stopped at its cap before converging for " << 100 * report.unconverged_share
+              << "% of the samples (raise --inner-iterations or --tolerance)\n";
+  if (report.idle_layer_steps > 0)
+    std::cerr << "mnist_mlp: warning: epoch " << epoch << ": in " << report.idle_layer_steps
+              << " steps some layer of " << method
+              << " got a zero gradient because none of its codes moved\n";
+}
+
 template <class S, class Hidden>
 int train(const options& opts, const Hidden& hidden, const processes& group) {
   const auto sizes = parse_list<Index>(opts.layers, "--layers");
@@ -322,7 +357,8 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     save();  // at once: an unwritable --save path fails now, not after the first epoch
     csv_log csv(speak ? opts.csv : std::string(),
                 {"epoch", "method", "lr", "train_error", "validation_error", "test_error", "loss",
-                 "seconds", "samples_per_s", "inner_residual", "inner_energy"});
+                 "seconds", "samples_per_s", "inner_residual", "inner_energy",
+                 "unconverged_share", "safeguarded_share", "idle_layer_steps"});
     if (!opts.resume.empty()) csv.keep_rows_until(trainer.epoch());
     const bool talk = speak && !opts.quiet;
     progress_bar bar(talk);
@@ -374,7 +410,10 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
               {"seconds", report.seconds},
               {"samples_per_s", report.samples_per_second},
               {"inner_residual", finite_or_null(report.inner_residual)},
-              {"inner_energy", finite_or_null(report.inner_energy)}};
+              {"inner_energy", finite_or_null(report.inner_energy)},
+              {"unconverged_share", report.unconverged_share},
+              {"safeguarded_share", finite_or_null(report.safeguarded_share)},
+              {"idle_layer_steps", report.idle_layer_steps}};
       if (speak) std::cout << last.dump() << std::endl;
       const auto text = [](double value) {
         return std::isfinite(value) ? (std::ostringstream() << std::setprecision(9) << value).str()
@@ -383,7 +422,8 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       csv.add({std::to_string(epoch), method.name(), text(schedule.at(epoch - 1)),
                text(train_error), text(validation_error), text(test_error), text(report.loss),
                text(report.seconds), text(report.samples_per_second), text(report.inner_residual),
-               text(report.inner_energy)});
+               text(report.inner_energy), text(report.unconverged_share),
+               text(report.safeguarded_share), std::to_string(report.idle_layer_steps)});
       if (talk) {
         std::cerr << "epoch " << epoch << "/" << opts.epochs << "  loss " << report.loss
                   << "  train " << 100 * train_error << "%  validation " << 100 * validation_error
@@ -393,6 +433,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
           std::cerr << "  inner residual " << report.inner_residual;
         std::cerr << '\n';
       }
+      if (speak && !opts.quiet) warn_inner_solver(epoch, method.name(), report);
     }
     json summary = {{"summary", true},
                     {"method", method.name()},
@@ -405,6 +446,9 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
                     {"optimizer", opts.optimizer},
                     {"lr", opts.lr},
                     {"step_mode", trainer.native_steps() ? "native" : "gradient"},
+                    {"inner_start", method.inner_start_name().empty()
+                                        ? json()
+                                        : json(method.inner_start_name())},
                     {"seed", opts.seed},
                     {"precision", opts.precision},
                     {"threads", Eigen::nbThreads()},

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Layered contrastive Hebbian learning (METHODS.md §5.3; Xie & Seung 2003, as unravelled
+/// Layered contrastive Hebbian learning (docs/methods.md §5.3; Xie & Seung 2003, as unravelled
 /// bottom-up in Zach 2021, Prop. 4). Free energy E(z) = sum_k c_k E_k(z_k, z_{k-1}) under the
 /// Fenchel coupling with c_k = gamma^(k-1); the clamped energy adds c_{L+1} l(z_L) with
 /// c_{L+1} = gamma^(L-1) beta. The free phase is the forward pass (every E_k is 0 there); the
@@ -17,31 +17,32 @@
 #include "../core/error.hpp"
 #include "lifted.hpp"
 #include "method.hpp"
+#include "stopping_rule.hpp"
 
 namespace bilevel {
 
-/// Layered contrastive Hebbian learning (METHODS.md §5.3); a GradientMethod.
+/// Layered contrastive Hebbian learning (docs/methods.md §5.3); a GradientMethod.
 template <Scalar S>
 class chl {
  public:
   struct settings {
     S beta = S(1);              ///< spacing at the loss (per sample)
     S gamma = S(1);             ///< feedback discount; 1 makes the clamped problem easiest
-    Index max_sweeps = 50;      ///< block coordinate descent sweeps (top layer first)
-    Index block_iterations = 20;  ///< proximal-gradient steps per block and sweep
-    /// The clamped phase stops when the RMS natural residual of all blocks is below this;
-    /// layer k's signal is of order gamma^(L-k) beta, so keep it well below that.
-    S tolerance = S(1e-4);
+    /// The clamped phase: the stopping rule's tolerance (relative to each layer's displacement
+    /// z^beta - z^0, per sample; docs/methods.md §5.6b) and the cap on sweeps.
+    stopping_settings<S> stopping{S(1e-3), 400};
+    Index block_iterations = 1;  ///< proximal-gradient steps per block and sweep
+    /// The forward pass (default: CHL's locality), or the first-order start of §5.6b.
+    inner_start start = inner_start::forward;
   };
 
   chl() : chl(settings{}) {}
   explicit chl(settings config) : config_(config) {
     detail::require_positive_finite("chl", "beta", config.beta);
     detail::require_positive_finite("chl", "gamma", config.gamma);
-    detail::require(config.max_sweeps >= 1, "chl", "max_sweeps", ">= 1", config.max_sweeps);
+    config.stopping.validate("chl");
     detail::require(config.block_iterations >= 1, "chl", "block_iterations", ">= 1",
                     config.block_iterations);
-    detail::require(config.tolerance >= 0, "chl", "tolerance", ">= 0", config.tolerance);
   }
 
   std::string name() const { return "chl"; }
@@ -62,29 +63,25 @@ class chl {
                        Vector<S>& gradient) {
     detail::require_batch<Program, S>(net, x, y, "chl::gradient");
     const Index L = net.depth();
-    objective_.start_from_forward(net, x);
-    step_report report;
-    report.loss = detail::mean_loss<Program, S>(net, objective_.z().back(), y, losses_);
-    report.correct = count_correct<S>(objective_.z().back(), y);
-
     weights_.lambda.resize(std::size_t(L));
-    scale_.resize(std::size_t(L));
     for (Index k = 0; k < L; ++k) weights_.lambda[std::size_t(k)] = std::pow(config_.gamma, S(k));
     weights_.loss_weight = std::pow(config_.gamma, S(L - 1)) * config_.beta;
-    for (Index k = 0; k < L; ++k)
-      scale_[std::size_t(k)] = weights_.lambda[std::size_t(k)] / weights_.loss_weight;
+    weights_.output_lifted = true;
 
-    for (report.inner_iterations = 1; report.inner_iterations <= config_.max_sweeps;
-         ++report.inner_iterations) {
-      for (Index m = L; m >= 1; --m)
-        objective_.solve_block(net, y, weights_, m, config_.block_iterations,
-                               config_.tolerance / 4);
-      report.inner_residual = objective_.residual(net, y, weights_);
-      if (report.inner_residual <= double(config_.tolerance)) break;
-    }
-    report.inner_iterations = std::min(report.inner_iterations, config_.max_sweeps);
+    objective_.start(net, x, y, weights_, config_.start);
+    step_report report;
+    report.loss = detail::mean_loss<Program, S>(net, objective_.forward().z.back(), y, losses_);
+    report.correct = count_correct<S>(objective_.forward().z.back(), y);
+    const detail::lifted_solve solved =
+        objective_.solve(net, y, weights_, config_.stopping,
+                         detail::block_update::proximal_gradient, config_.block_iterations);
+    report.inner_iterations = solved.sweeps;
+    report.unconverged = solved.unconverged;
+    report.inner_residual = objective_.residual(net, y, weights_);
     report.inner_energy = double(objective_.value(net, y, weights_).mean());
-    objective_.parameter_gradient(net, scale_, gradient);
+    // d_theta E_k(z^beta) c_k / c_{L+1}: the lifted objective's gradient divided by its loss
+    // weight.
+    objective_.parameter_gradient(net, y, weights_, gradient);
     return report;
   }
 
@@ -95,7 +92,6 @@ class chl {
   settings config_;
   detail::lifted_objective<S> objective_;
   detail::lifted_weights<S> weights_;
-  std::vector<S> scale_;
   RowVector<S> losses_;  ///< per-sample losses of the forward pass
 };
 

@@ -1,22 +1,49 @@
 #pragma once
 /// \file
-/// The Fenchel-coupled lifted objective shared by CHL, LPOM and FLN (METHODS.md §5.3, §5.5):
-/// per sample,
+/// The Fenchel-coupled lifted objective shared by CHL, LPOM and FLN (docs/methods.md §5.3, §5.5)
+/// and its block coordinate descent. Per sample,
 /// ~~~{.unparsed}
-///   J(z) = w l(z_L, y) + sum_k lambda_k [G*_k(z_k) + G_k(a_k) - <z_k, a_k>],  a_k = W_k z_{k-1} + b_k,
+///   J(z) = w l(z_L, y) + sum_k lambda_k E_k,   E_k = G*_k(z_k) + G_k(a_k) - <z_k, a_k>,
+///   a_k = W_k z_{k-1} + b_k,
 /// ~~~
-/// over the activations z_1..z_L (z_0 = x) for fixed parameters. J is convex in each block z_k
-/// (block-convex), so block coordinate descent over the blocks never increases it.
+/// over z_1..z_L (z_0 = x) for fixed parameters. With the output unlifted (FLN, §5.5),
+/// z_L = f_L(a_L) is no variable, E_L is absent and the loss is the true loss w l(f_L(a_L), y).
+/// J is convex in each block z_m (not jointly: docs/methods.md §3), so block coordinate descent
+/// never increases it; different starts may end at different stationary points, all O(s) from
+/// BP as the spacing s -> 0.
 ///
-/// Block m's objective splits into a smooth part h_m and lambda_m G*_m(z_m) (layer m's pair):
+/// Displacement form (§5.6b). The solver iterates on d_k = z_k - z_k^0 (z^0 the forward pass,
+/// J's minimiser when w = 0) and keeps e_k = W_k d_{k-1} = a_k - a_k^0, so that what an estimate
+/// is made of keeps its digits at small spacings, in float too:
 /// ~~~{.unparsed}
-///   m < L:  h_m(z_m) = lambda_{m+1} [G_{m+1}(W_{m+1} z_m + b_{m+1}) - <z_{m+1}, W_{m+1} z_m + b_{m+1}>]
-///                      - lambda_m <z_m, a_m>
-///   m = L:  h_L(z_L) = w l(z_L, y) - lambda_L <z_L, a_L>
+///   r_k = f(a_k) - z_k = [f(a_k^0 + e_k) - f(a_k^0)] - d_k    (the pair's exact difference).
 /// ~~~
-/// (1-based layers here; the code stores layer k at index k - 1 and z_k at index k). Each block is
-/// solved by proximal gradient steps with backtracking, z <- prox_{t lambda_m G*}(z - t grad h_m),
-/// which never increase the block objective; LPOM's fixed-point update is offered as well.
+/// Block m's objective is lambda_m [G*(z_m) - <z_m, a_m>] + h_m(z_m), h_m the terms of the layers
+/// above, whose gradient is the feedback
+/// ~~~{.unparsed}
+///   q_m = lambda_{m+1} W_{m+1}^T r_{m+1}                  (layer m+1 lifted)
+///   q_m = w W_L^T J_{f_L}(a_L)^T grad l(f_L(a_L))         (m = L-1 under an unlifted output)
+///   q_L = w grad l(z_L)                                    (m = L, lifted output).
+/// ~~~
+/// Two block updates:
+/// * proximal gradient, z_m <- prox_{t lambda_m G*}(z_m - t (q_m - lambda_m a_m)), in
+///   displacement form d_m <- prox_conj_displacement(a_m^0, d_m + t lambda_m e_m - t q_m,
+///   t lambda_m), with t backtracked until <q(z+) - q(z), z+ - z> <= |z+ - z|^2 / t: for convex
+///   h_m this gives h_m(z+) <= h_m(z) + <grad h_m(z), z+ - z> + |z+ - z|^2 / t, which the
+///   prox step's optimality (with its strong convexity) offsets, so the block objective cannot
+///   increase (docs/methods.md §5.5). Under an unlifted output h_{L-1} is convex where l o f_L
+///   is (softmax cross-entropy on identity logits, MSE through an identity output);
+/// * LPOM's fixed point of the block's optimality condition z_m = f(a_m - q_m / lambda_m),
+///   d_m <- f(a_m^0 + v) - f(a_m^0) with v = e_m - q_m / lambda_m. Per sample it changes J by
+///   exactly
+///   ~~~{.unparsed}
+///     J(z+) - J(z) = lambda_{m+1} D_{G_{m+1}}(a_{m+1}^+, a_{m+1}) - lambda_m D_{G_m}(u^+, u),
+///   ~~~
+///   D_G the Bregman divergence of G and u the pre-activation with z_m = f(u) (for the block
+///   under an unlifted output the first term is w D of l(f_L(.)), for a lifted output block w D
+///   of l); a sample whose update would raise J takes a proximal-gradient step instead.
+/// Sweeps run top block first until the stopping rule of methods/stopping_rule.hpp holds for
+/// every sample and block, or to the cap.
 ///
 /// Papers: LPOM (Li, Fang & Lin, AAAI 2019, arXiv:1811.01501); FLN (Gu, Askari & El Ghaoui,
 /// AISTATS 2020, arXiv:1811.08039); CHL's clamped energy as in Zach 2021 (arXiv:2105.07231).
@@ -28,54 +55,110 @@
 #include <vector>
 
 #include "../activations/concept.hpp"
+#include "../activations/displacement.hpp"
 #include "../core/error.hpp"
 #include "../core/state_stream.hpp"
 #include "../couplings/fenchel.hpp"
 #include "../program.hpp"
 #include "batch_reduction.hpp"
+#include "stopping_rule.hpp"
 
 namespace bilevel::detail {
 
-/// The weights of J: lambda_k for k = 1..L (index k - 1) and w on the loss.
+/// The weights of J: lambda_k for k = 1..L (index k - 1), w on the loss, and whether z_L is a
+/// variable (CHL, LPOM) or the output f_L(a_L) of the forward map (FLN).
 template <Scalar S>
 struct lifted_weights {
   std::vector<S> lambda;
   S loss_weight = 1;
+  bool output_lifted = true;
 };
 
-/// How a block solve ended.
-struct block_result {
-  Index iterations = 0;
-  double residual = 0;  ///< RMS over samples of the gradient mapping (z - z+) / t
+/// How the blocks are updated.
+enum class block_update { proximal_gradient, fixed_point };
+
+/// How a solve ended.
+struct lifted_solve {
+  Index sweeps = 0;
+  Index unconverged = 0;  ///< samples that had not met the stopping rule at the cap
+  /// Fixed-point updates only: the share of per-sample updates replaced by a proximal step.
+  double safeguarded = std::numeric_limits<double>::quiet_NaN();
 };
 
 template <Scalar S>
 class lifted_objective {
  public:
-  /// z = the forward pass of x: the minimiser of J when w = 0, every coupling being 0 there.
+  /// The forward pass of x, and the solver's start: z = z^0 (d = 0), or the first-order start
+  /// of §5.6b (bottom up, z_k = f(W_k z_{k-1} + b_k - s_k g_k) with g_k BP's error at z_k and
+  /// s_k = w / lambda_k, the spacing of layer k).
   template <class Program>
-  void start_from_forward(const Program& net, const MatrixCRef<S>& x) {
+  void start(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
+             const lifted_weights<S>& weights, inner_start start) {
     net.forward(x, forward_);
-    z_ = forward_.z;
-    a_ = forward_.a;
-    size_work_buffers();
+    size_work_buffers(net);
+    for (std::size_t k = 0; k < e_.size(); ++k) {
+      d_[k + 1].setZero();
+      v_[k + 1].setZero();
+      e_[k].setZero();
+    }
+    output_lifted_ = weights.output_lifted;
+    if (start == inner_start::first_order) first_order_start(net, y, weights);
+    materialize(net);
   }
 
+  /// Block coordinate descent from the current state, top block first, until the stopping
+  /// rule holds for every sample and block or `stopping.max_iterations` sweeps; each block takes
+  /// up to `block_iterations` updates per sweep (fewer where the rule holds for the block).
+  template <class Program>
+  lifted_solve solve(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
+                     const stopping_settings<S>& stopping, block_update update,
+                     Index block_iterations) {
+    lifted_solve result;
+    const Index top = top_block(weights), B = y.cols();
+    if (top == 0) return result;  // one unlifted layer: nothing to solve
+    safeguarded_ = 0;
+    fixed_point_updates_ = 0;
+    rule_.start(top, B, stopping.tolerance);
+    for (Index m = 1; m <= top; ++m) base_[std::size_t(m)] = forward_.z[std::size_t(m)].colwise().norm();
+    for (result.sweeps = 1; result.sweeps <= stopping.max_iterations; ++result.sweeps) {
+      for (Index m = 1; m <= top; ++m) previous_[std::size_t(m)] = d_[std::size_t(m)];
+      for (Index m = top; m >= 1; --m) {
+        if (update == block_update::fixed_point)
+          fixed_point_block(net, y, weights, m, block_iterations, stopping.tolerance);
+        else
+          proximal_block(net, y, weights, m, block_iterations, stopping.tolerance);
+      }
+      for (Index m = 1; m <= top; ++m) {
+        const auto i = std::size_t(m);
+        step_norm_ = (d_[i] - previous_[i]).colwise().norm();
+        displacement_norm_ = d_[i].colwise().norm();
+        rule_.observe(m - 1, step_norm_, displacement_norm_, base_[i]);
+      }
+      if (rule_.end_iteration()) break;
+    }
+    result.sweeps = std::min(result.sweeps, stopping.max_iterations);
+    result.unconverged = rule_.unconverged();
+    if (update == block_update::fixed_point && fixed_point_updates_ > 0)
+      result.safeguarded = double(safeguarded_) / double(fixed_point_updates_);
+    materialize(net);
+    return result;
+  }
+
+  /// z_0..z_L and a_1..a_L (index k - 1) of the current state (after start or solve).
   const std::vector<Matrix<S>>& z() const { return z_; }
-  /// a_k = W_k z_{k-1} + b_k for the current z (index k - 1). Every update below keeps it
-  /// current, so the solvers read a_{m+1} at z_m from here instead of recomputing it.
   const std::vector<Matrix<S>>& a() const { return a_; }
   /// The forward pass J started from.
   const forward_state<S>& forward() const { return forward_; }
 
-  /// Per-sample J(z), in a buffer of this object (valid until the next call).
+  /// Per-sample J at the current state, in a buffer of this object (valid until the next call).
   template <class Program>
   const RowVector<S>& value(const Program& net, const MatrixCRef<S>& y,
                             const lifted_weights<S>& weights) {
     const std::size_t L = z_.size() - 1;
     net.loss_values(z_[L], y, total_);
     total_ *= weights.loss_weight;
-    for (std::size_t k = 0; k < L; ++k) {
+    const std::size_t lifted = weights.output_lifted ? L : L - 1;
+    for (std::size_t k = 0; k < lifted; ++k) {
       block_work& work = blocks_[k];
       net.layer(Index(k)).visit([&](const auto& pair) {
         fenchel_coupling::value<S>(pair, z_[k + 1], a_[k], work.row, work.scratch);
@@ -85,120 +168,78 @@ class lifted_objective {
     return total_;
   }
 
-  /// Proximal-gradient steps on block m (1..L) until the gradient mapping's RMS is below
-  /// `tolerance` or `iterations` steps are taken. Never increases J.
-  template <class Program>
-  block_result solve_block(const Program& net, const MatrixCRef<S>& y,
-                           const lifted_weights<S>& weights, Index m, Index iterations,
-                           S tolerance) {
-    smooth_gradient(net, y, weights, m, z_[std::size_t(m)], above(m),
-                    blocks_[std::size_t(m - 1)].gradient);
-    return proximal_steps(net, y, weights, m, iterations, tolerance);
-  }
-
-  /// LPOM's update of block m from its optimality condition (METHODS.md §5.5):
-  ///   z_m = f_m(a_m - (lambda_{m+1}/lambda_m) W_{m+1}^T (f_{m+1}(a_{m+1}) - z_{m+1}))  (m < L)
-  ///   z_L = f_L(a_L - (w/lambda_L) grad l(z_L))                                        (m = L)
-  /// iterated `iterations` times. Where an update would increase J it is replaced by a
-  /// proximal-gradient step, so the block objective never increases. An accepted update's
-  /// value and a_{m+1}, and the gradient a proximal-gradient step leaves behind, are reused at
-  /// the next iteration instead of being computed again.
-  template <class Program>
-  block_result fixed_point_block(const Program& net, const MatrixCRef<S>& y,
-                                 const lifted_weights<S>& weights, Index m, Index iterations) {
-    block_result result;
-    const bool top = m == Index(z_.size()) - 1;
-    const S lambda = weights.lambda[std::size_t(m - 1)];
-    Matrix<S>& zm = z_[std::size_t(m)];
-    block_work& work = blocks_[std::size_t(m - 1)];
-    // Whether `before` holds the block objective and work.gradient grad h_m at the current z_m.
-    bool value_known = false, gradient_known = false;
-    S before = 0;
-    for (; result.iterations < iterations; ++result.iterations) {
-      if (!value_known) before = block_value(net, y, weights, m, zm, above(m));
-      if (!gradient_known) smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
-      value_known = gradient_known = true;
-      // grad h_m = lambda_{m+1} W^T(...) - lambda_m a_m, so a_m - (grad h_m + lambda_m a_m)/lambda_m
-      // is the argument of f in LPOM's update.
-      work.trial = -work.gradient / lambda;
-      net.layer(m - 1).visit(
-          [&](const auto& pair) { activate<S>(pair, work.trial, work.candidate); });
-      if (!top) net.affine(m, work.candidate, work.candidate_above);
-      const S after = block_value(net, y, weights, m, work.candidate,
-                                  top ? work.candidate : work.candidate_above);
-      if (after > before) {
-        proximal_steps(net, y, weights, m, 1, S(0));
-        value_known = false;
-        continue;
-      }
-      work.difference = work.candidate - zm;
-      zm.swap(work.candidate);
-      if (!top) a_[std::size_t(m)].swap(work.candidate_above);
-      before = after;
-      gradient_known = false;
-      result.residual = double(work.difference.norm()) / std::sqrt(double(zm.cols()));
-    }
-    return result;
-  }
-
   /// RMS over samples of the natural residual of every block, z_m - prox_{lambda_m G*}(z_m -
-  /// grad h_m(z_m)) (zero exactly at a minimiser of J), summed in squares over the blocks.
+  /// (q_m - lambda_m a_m)), zero exactly at J's minimiser, summed in squares over the blocks.
   template <class Program>
   double residual(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights) {
     double squares = 0;
-    const Index L = Index(z_.size()) - 1;
-    for (Index m = 1; m <= L; ++m) {
-      const Matrix<S>& zm = z_[std::size_t(m)];
-      block_work& work = blocks_[std::size_t(m - 1)];
-      smooth_gradient(net, y, weights, m, zm, above(m), work.gradient);
-      work.trial = zm - work.gradient;
+    for (Index m = 1; m <= top_block(weights); ++m) {
+      const auto i = std::size_t(m);
+      block_work& work = blocks_[i - 1];
+      const S lambda = weights.lambda[i - 1];
+      feedback(net, y, weights, m, d_[i], above(m), work.feedback, false);
+      work.shift = d_[i] + lambda * e_[i - 1] - work.feedback;
       net.layer(m - 1).visit([&](const auto& pair) {
-        prox_conj<S>(pair, work.trial, weights.lambda[std::size_t(m - 1)], work.candidate);
+        prox_conj_displacement<S>(pair, forward_.a[i - 1], work.shift, lambda, work.candidate);
       });
-      squares += double((zm - work.candidate).squaredNorm());
+      squares += double((d_[i] - work.candidate).squaredNorm());
     }
     return std::sqrt(squares / double(z_.front().cols()));
   }
 
-  /// gradient = sum_k scale_k d_theta E_k(z) as batch means: dW_k = scale_k (f(a_k) - z_k)
-  /// z_{k-1}^T / B, db_k = scale_k sum_cols(f(a_k) - z_k) / B (METHODS.md §3).
+  /// gradient = d_theta J / w at the current state, as batch means (§3):
+  /// lifted layer k: dW_k = (lambda_k / w) r_k z_{k-1}^T / B, db_k = (lambda_k / w) sum_cols r_k / B;
+  /// unlifted output: dW_L = delta_L z_{L-1}^T / B with delta_L = J_{f_L}(a_L)^T grad l.
   template <class Program>
-  void parameter_gradient(const Program& net, const std::vector<S>& scale, Vector<S>& gradient) {
+  void parameter_gradient(const Program& net, const MatrixCRef<S>& y,
+                          const lifted_weights<S>& weights, Vector<S>& gradient) {
     if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
-    const Index L = Index(z_.size()) - 1, B = z_.front().cols();
+    const Index L = net.depth(), B = y.cols();
     for (Index k = 0; k < L; ++k) {
-      const auto index = std::size_t(k);
-      Matrix<S>& residual = layers_[index].residual;
-      net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], residual); });
-      residual -= z_[index + 1];
-      const S factor = scale[index] / S(B);
-      net.layer(k).weights(gradient).noalias() = factor * residual * z_[index].transpose();
-      net.layer(k).bias(gradient) = factor * residual.rowwise().sum();
+      const auto i = std::size_t(k);
+      Matrix<S>& signal = layers_[i].residual;
+      S factor = S(1) / S(B);
+      if (k + 1 == L && !weights.output_lifted) {
+        output_signal(net, y, z_[i + 1], signal);
+      } else {
+        coupling_residual(net, k + 1, e_[i], d_[i + 1], signal);
+        factor *= weights.lambda[i] / weights.loss_weight;
+      }
+      net.layer(k).weights(gradient).noalias() = factor * signal * z_[i].transpose();
+      net.layer(k).bias(gradient) = factor * signal.rowwise().sum();
     }
   }
 
-  /// Gradient steps with backtracking on layer k's (0-based) parameters for the current z:
-  /// lambda_k mean_B [G_k(W_k z_{k-1} + b_k) - <z_k, W_k z_{k-1} + b_k>], J's W-block, which is
-  /// convex and independent of the other layers' parameters (each layer has its own buffers).
-  /// Stops when the gradient's norm is below `tolerance`; never increases J. Returns the steps
-  /// taken. `shards` averages the gradient and the objective values over a batch split over
-  /// several processes (methods/batch_reduction.hpp), so that every process takes the same
-  /// steps.
+  /// Gradient steps with backtracking on layer k's (0-based) parameters for the current z, on
+  /// J's W-block, which is convex and independent of the other layers' parameters: a lifted
+  /// layer's lambda_k mean_B [G_k(W_k z_{k-1} + b_k) - <z_k, W_k z_{k-1} + b_k>], an unlifted
+  /// output's w mean_B l(f_L(W_L z_{L-1} + b_L)). Stops when the gradient's norm is below
+  /// `tolerance`; never increases J. Returns the steps taken. `shards` averages the gradient and
+  /// the objective values over a batch split over several processes
+  /// (methods/batch_reduction.hpp), so that every process takes the same steps.
   template <class Program, BatchReduction<S> Reduction>
-  Index descend_weights(Program& net, const lifted_weights<S>& weights, Index k, Index iterations,
-                        S tolerance, const Reduction& shards) {
+  Index descend_weights(Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
+                        Index k, Index iterations, S tolerance, const Reduction& shards) {
     const auto index = std::size_t(k);
-    const S lambda = weights.lambda[index], inverse_batch = S(1) / S(z_.front().cols());
+    const bool loss_layer = k + 1 == net.depth() && !weights.output_lifted;
+    const S scale =
+        (loss_layer ? weights.loss_weight : weights.lambda[index]) / S(z_.front().cols());
     auto W = net.weights(k);
     auto b = net.bias(k);
     weight_work& work = layers_[index];
     auto objective = [&](const Matrix<S>& a) {
       S value = 0;
       net.layer(k).visit([&](const auto& pair) {
-        potential<S>(pair, a, work.row);
-        value = work.row.sum() - z_[index + 1].cwiseProduct(a).sum();
+        if (loss_layer) {
+          activate<S>(pair, a, work.output);
+          net.loss_values(work.output, y, work.row);
+          value = work.row.sum();
+        } else {
+          potential<S>(pair, a, work.row);
+          value = work.row.sum() - z_[index + 1].cwiseProduct(a).sum();
+        }
       });
-      return lambda * inverse_batch * value;
+      return scale * value;
     };
     // [dW (column-major) | db | objective], averaged by one call of the reduction.
     const Index rows = W.rows(), cols = W.cols(), count = rows * cols + rows;
@@ -209,12 +250,15 @@ class lifted_objective {
     S& step = weight_steps_[index];
     Index taken = 0;
     for (; taken < iterations; ++taken) {
-      net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], work.residual); });
-      work.residual -= z_[index + 1];
+      if (loss_layer) {
+        output_signal(net, y, z_[index + 1], work.residual);
+      } else {
+        net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], work.residual); });
+        work.residual -= z_[index + 1];
+      }
       MatrixMap<S>(work.means.data(), rows, cols).noalias() =
-          (lambda * inverse_batch) * work.residual * z_[index].transpose();
-      VectorMap<S>(work.means.data() + rows * cols, rows) =
-          (lambda * inverse_batch) * work.residual.rowwise().sum();
+          scale * work.residual * z_[index].transpose();
+      VectorMap<S>(work.means.data() + rows * cols, rows) = scale * work.residual.rowwise().sum();
       work.means(count) = objective(a_[index]);
       shards.mean(std::span<S>(work.means.data(), std::size_t(work.means.size())));
       const S before = work.means(count);
@@ -238,6 +282,7 @@ class lifted_objective {
         break;
       }
       a_[index].swap(work.next);  // a_k at the accepted parameters
+      if (loss_layer) z_[index + 1] = work.output;
       step *= S(1.5);
     }
     return taken;
@@ -259,169 +304,363 @@ class lifted_objective {
   }
 
  private:
-  /// Work buffers of z-block m (index m - 1) and of W-block k (index k): every block has its
-  /// own, sized by size_work_buffers when a batch starts, so no buffer changes size from one
-  /// block to the next and nothing is allocated after the first batch; W-blocks share nothing.
+  /// Work buffers of z-block m (index m - 1); every block has its own, sized when a batch
+  /// starts, so nothing changes size from one block to the next and nothing is allocated after
+  /// the first batch.
   struct block_work {
-    Matrix<S> gradient, candidate_gradient, trial, candidate, difference;
-    Matrix<S> candidate_above;   ///< W_{m+1} candidate + b_{m+1} (m < L)
-    Matrix<S> above_residual;    ///< f_{m+1}(W_{m+1} z + b_{m+1}) - z_{m+1}
-    RowVector<S> row, scratch;   ///< per-sample terms before they are summed
+    Matrix<S> feedback;             ///< q_m at the current z_m
+    Matrix<S> candidate, candidate_feedback, candidate_above, candidate_preimage;
+    Matrix<S> shift, move, preimage_move, before;
+    Matrix<S> above_move, above_base;  ///< LPOM's divergence of the layer above
+    Matrix<S> fallback, fallback_feedback, fallback_above, fallback_preimage;
+    Matrix<S> above_residual;       ///< r_{m+1}, or a_L under an unlifted output
+    Matrix<S> output_signal;        ///< delta_L = J_{f_L}(a_L)^T grad l under an unlifted output
+    Matrix<S> output, output_gradient;  ///< f_L(a_L) and grad l there (blocks under the output)
+    RowVector<S> loss, candidate_loss, fallback_loss;  ///< per-sample losses (output blocks)
+    RowVector<S> row, scratch, change;
+    std::vector<char> accepted;
   };
   struct weight_work {
-    Matrix<S> residual, saved_weights, next;
+    Matrix<S> residual, saved_weights, next, output;
     /// [dW (column-major) | db | objective]: one buffer, which a batch reduction averages in
     /// one call.
     Vector<S> means, saved_bias;
     RowVector<S> row;
   };
 
-  /// Sizes every block's buffers for this batch, so that a path a solver takes for the first
-  /// time late in training (LPOM's proximal fallback, say) allocates nothing; a no-op when
-  /// the batch size is unchanged.
-  void size_work_buffers() {
-    const std::size_t L = a_.size();
-    const Index B = z_.front().cols();
+  /// The highest block that is a variable: L with a lifted output, L - 1 without.
+  Index top_block(const lifted_weights<S>& weights) const {
+    const Index L = Index(e_.size());
+    return weights.output_lifted ? L : L - 1;
+  }
+
+  /// e_{m+1} = a_{m+1} - a_{m+1}^0 for block m (its "above"); the top block has no layer above,
+  /// and what this returns for it is never read.
+  const Matrix<S>& above(Index m) const { return e_[std::size_t(std::min(m, Index(e_.size()) - 1))]; }
+
+  template <class Program>
+  void size_work_buffers(const Program& net) {
+    const std::size_t L = forward_.a.size();
+    const Index B = forward_.z.front().cols();
+    d_.resize(L + 1);
+    v_.resize(L + 1);
+    previous_.resize(L + 1);
+    base_.resize(L + 1);
+    z_.resize(L + 1);
+    e_.resize(L);
+    a_.resize(L);
     blocks_.resize(L);
     layers_.resize(L);
+    z_[0] = forward_.z[0];
     for (std::size_t k = 0; k < L; ++k) {
-      const Index rows = a_[k].rows();
+      const Index rows = forward_.a[k].rows();
+      for (Matrix<S>* m : {&d_[k + 1], &v_[k + 1], &previous_[k + 1], &z_[k + 1], &e_[k], &a_[k]})
+        m->resize(rows, B);
       block_work& block = blocks_[k];  // z-block k + 1
-      for (Matrix<S>* m : {&block.gradient, &block.candidate_gradient, &block.trial,
-                           &block.candidate, &block.difference})
+      for (Matrix<S>* m : {&block.feedback, &block.candidate, &block.candidate_feedback,
+                           &block.candidate_preimage, &block.shift, &block.move,
+                           &block.preimage_move, &block.before, &block.fallback,
+                           &block.fallback_feedback, &block.fallback_preimage})
         m->resize(rows, B);
       if (k + 1 < L) {
-        block.candidate_above.resize(a_[k + 1].rows(), B);
-        block.above_residual.resize(a_[k + 1].rows(), B);
+        const Index above_rows = forward_.a[k + 1].rows();
+        for (Matrix<S>* m : {&block.candidate_above, &block.fallback_above, &block.above_residual,
+                             &block.output_signal, &block.above_move, &block.above_base})
+          m->resize(above_rows, B);
       }
-      block.row.resize(B);
-      block.scratch.resize(B);
+      block.output.resize(net.output_size(), B);
+      block.output_gradient.resize(net.output_size(), B);
+      for (RowVector<S>* r : {&block.loss, &block.candidate_loss, &block.fallback_loss,
+                              &block.row, &block.scratch, &block.change})
+        r->resize(B);
+      block.accepted.resize(std::size_t(B));
       weight_work& layer = layers_[k];  // W-block k
       layer.residual.resize(rows, B);
       layer.next.resize(rows, B);
+      layer.output.resize(rows, B);
       layer.row.resize(B);
     }
   }
 
-  /// solve_block's steps, from work.gradient = grad h_m(z_m), which they keep current.
+  /// r_k = f_k(a_k^0 + e_k) - f_k(a_k^0) - d_k: layer k's coupling residual f(a_k) - z_k.
   template <class Program>
-  block_result proximal_steps(const Program& net, const MatrixCRef<S>& y,
-                              const lifted_weights<S>& weights, Index m, Index iterations,
-                              S tolerance) {
-    block_result result;
-    const bool top = m == Index(z_.size()) - 1;
-    const S lambda = weights.lambda[std::size_t(m - 1)];
+  void coupling_residual(const Program& net, Index k, const Matrix<S>& e, const Matrix<S>& d,
+                         Matrix<S>& out) const {
+    net.layer(k - 1).visit([&](const auto& pair) {
+      difference<S>(pair, forward_.a[std::size_t(k - 1)], e, out);
+    });
+    out -= d;
+  }
+
+  /// delta_L = J_{f_L}(a_L)^T grad l(f_L(a_L)) for an unlifted output whose activation
+  /// `output` = f_L(a_L) is given (a_L = a_L^0 + e_L read from a_).
+  template <class Program>
+  void output_signal(const Program& net, const MatrixCRef<S>& y, const Matrix<S>& output,
+                     Matrix<S>& out) {
+    const Index L = net.depth();
+    Matrix<S>& gradient = blocks_[std::size_t(L - 1)].output_gradient;
+    net.loss_gradient(output, y, gradient);
+    net.layer(L - 1).visit([&](const auto& pair) {
+      vjp<S>(pair, a_[std::size_t(L - 1)], gradient, out);
+    });
+  }
+
+  /// q_m (see the file comment) with block m at displacement `d` and `e_above` = W_{m+1} d; for
+  /// the blocks next to the loss, also the per-sample losses into `loss` when `with_loss`.
+  template <class Program>
+  void feedback(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
+                Index m, const Matrix<S>& d, const Matrix<S>& e_above, Matrix<S>& out,
+                bool with_loss, RowVector<S>* loss = nullptr) {
+    const Index L = net.depth();
+    const auto i = std::size_t(m);
+    block_work& work = blocks_[i - 1];
+    if (m == L) {  // lifted output: w grad l(z_L)
+      work.output = forward_.z[i] + d;
+      if (with_loss) net.loss_values(work.output, y, *loss);
+      net.loss_gradient(work.output, y, out);
+      out *= weights.loss_weight;
+    } else if (m + 1 == L && !weights.output_lifted) {  // under the true loss of f_L(a_L)
+      Matrix<S>& a = work.above_residual;
+      a = forward_.a[i] + e_above;
+      net.layer(m).visit([&](const auto& pair) {
+        activate<S>(pair, a, work.output);
+        if (with_loss) net.loss_values(work.output, y, *loss);
+        net.loss_gradient(work.output, y, work.output_gradient);
+        vjp<S>(pair, a, work.output_gradient, work.output_signal);
+      });
+      out.noalias() = weights.loss_weight * net.weights(m).transpose() * work.output_signal;
+    } else {
+      coupling_residual(net, m + 1, e_above, d_[i + 1], work.above_residual);
+      out.noalias() = weights.lambda[i] * net.weights(m).transpose() * work.above_residual;
+    }
+  }
+
+  /// Up to `iterations` proximal-gradient steps on block m, stopping early where the stopping
+  /// rule holds for the block (relative to its own displacement). Never increases J.
+  template <class Program>
+  void proximal_block(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
+                      Index m, Index iterations, S tolerance) {
+    const auto i = std::size_t(m);
+    block_work& work = blocks_[i - 1];
+    feedback(net, y, weights, m, d_[i], above(m), work.feedback, false);
+    block_rule_.start(1, d_[i].cols(), tolerance);
+    for (Index t = 0; t < iterations; ++t) {
+      if (!proximal_step(net, y, weights, m, nullptr)) break;  // at a minimiser up to rounding
+      accept(m, work.candidate, work.candidate_above, work.candidate_feedback,
+             work.candidate_preimage, nullptr);
+      step_norm_ = work.move.colwise().norm();
+      displacement_norm_ = d_[i].colwise().norm();
+      block_rule_.observe(0, step_norm_, displacement_norm_, base_[i]);
+      if (block_rule_.end_iteration()) break;
+    }
+  }
+
+  /// One proximal-gradient trial on block m from its current state (work.feedback = q_m):
+  /// backtracks the block's step size until the curvature condition holds over the samples
+  /// `columns` selects (all when null), and leaves the candidate in work.candidate*, or in
+  /// work.fallback* when `columns` is given (LPOM's safeguard). Returns false when no step
+  /// passes (rounding dominates the move).
+  template <class Program>
+  bool proximal_step(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
+                     Index m, const std::vector<char>* columns) {
+    const auto i = std::size_t(m);
+    const bool top = m == Index(e_.size());
+    block_work& work = blocks_[i - 1];
+    Matrix<S>& next = columns ? work.fallback : work.candidate;
+    Matrix<S>& next_above = columns ? work.fallback_above : work.candidate_above;
+    Matrix<S>& next_feedback = columns ? work.fallback_feedback : work.candidate_feedback;
+    Matrix<S>& next_preimage = columns ? work.fallback_preimage : work.candidate_preimage;
+    RowVector<S>* next_loss = columns ? &work.fallback_loss : nullptr;
+    const S lambda = weights.lambda[i - 1];
     S& step = step_size(m, weights);
-    Matrix<S>& zm = z_[std::size_t(m)];
-    block_work& work = blocks_[std::size_t(m - 1)];
-    net.layer(m - 1).visit([&](const auto& pair) {
-      for (; result.iterations < iterations; ++result.iterations) {
-        // Backtrack until the step is below 1/L along the move: for convex h,
-        // <grad h(z+) - grad h(z), d> <= |d|^2 / t implies the quadratic upper model
-        // h(z+) <= h(z) + <grad h(z), d> + |d|^2 / (2t), hence no increase of the block
-        // objective; unlike comparing values of h it stays exact near the minimiser.
-        bool accepted = false;
-        for (int halving = 0; halving < 60 && !accepted; ++halving) {
-          work.trial = zm - step * work.gradient;
-          prox_conj<S>(pair, work.trial, step * lambda, work.candidate);
-          work.difference = work.candidate - zm;
-          if (!top) net.affine(m, work.candidate, work.candidate_above);
-          smooth_gradient(net, y, weights, m, work.candidate,
-                          top ? work.candidate : work.candidate_above, work.candidate_gradient);
-          const S curvature =
-              (work.candidate_gradient - work.gradient).cwiseProduct(work.difference).sum();
-          accepted = curvature <= work.difference.squaredNorm() / step;
-          if (!accepted) step /= 2;
-        }
-        if (!accepted) break;  // rounding dominates the move: at a minimiser
-        zm.swap(work.candidate);
-        work.gradient.swap(work.candidate_gradient);
-        if (!top) a_[std::size_t(m)].swap(work.candidate_above);  // a_{m+1} at the new z_m
-        result.residual = double(work.difference.norm() / step) / std::sqrt(double(zm.cols()));
+    for (int halving = 0; halving < 60; ++halving) {
+      const S c = step * lambda;
+      work.shift = d_[i] + c * e_[i - 1] - step * work.feedback;
+      net.layer(m - 1).visit([&](const auto& pair) {
+        prox_conj_displacement<S>(pair, forward_.a[i - 1], work.shift, c, next);
+      });
+      next_preimage = (work.shift - next) / c;  // c w + f(a + w) - f(a) = rho
+      work.move = next - d_[i];
+      if (!top) next_above.noalias() = net.weights(m) * next;
+      feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, columns != nullptr,
+               next_loss);
+      S curvature = 0, squared = 0;
+      for (Index j = 0; j < next.cols(); ++j) {
+        if (columns && !(*columns)[std::size_t(j)]) continue;
+        curvature += (next_feedback.col(j) - work.feedback.col(j)).dot(work.move.col(j));
+        squared += work.move.col(j).squaredNorm();
+      }
+      if (curvature <= squared / step) {
         step *= S(1.5);  // let the step grow back where the curvature allows
-        if (result.residual <= double(tolerance)) {
-          ++result.iterations;
-          break;
+        return squared > 0;
+      }
+      step /= 2;
+    }
+    return false;
+  }
+
+  /// Takes block m's candidate as its state (all samples, or where `columns` says so).
+  void accept(Index m, Matrix<S>& next, Matrix<S>& next_above, Matrix<S>& next_feedback,
+              Matrix<S>& next_preimage, const std::vector<char>* columns) {
+    const auto i = std::size_t(m);
+    const bool top = m == Index(e_.size());
+    block_work& work = blocks_[i - 1];
+    if (!columns) {
+      d_[i].swap(next);
+      v_[i].swap(next_preimage);
+      work.feedback.swap(next_feedback);
+      if (!top) e_[i].swap(next_above);
+      return;
+    }
+    for (Index j = 0; j < next.cols(); ++j) {
+      if (!(*columns)[std::size_t(j)]) continue;
+      d_[i].col(j) = next.col(j);
+      v_[i].col(j) = next_preimage.col(j);
+      work.feedback.col(j) = next_feedback.col(j);
+      if (!top) e_[i].col(j) = next_above.col(j);
+    }
+  }
+
+  /// Up to `iterations` of LPOM's fixed-point update on block m, per sample safeguarded by the
+  /// exact change of J (file comment); stops early where the stopping rule holds for the block.
+  template <class Program>
+  void fixed_point_block(const Program& net, const MatrixCRef<S>& y,
+                         const lifted_weights<S>& weights, Index m, Index iterations, S tolerance) {
+    const auto i = std::size_t(m);
+    const Index L = net.depth(), B = d_[i].cols();
+    const bool top = m == L;
+    const bool loss_next = top || (m + 1 == L && !weights.output_lifted);
+    block_work& work = blocks_[i - 1];
+    const S lambda = weights.lambda[i - 1];
+    feedback(net, y, weights, m, d_[i], above(m), work.feedback, loss_next, &work.loss);
+    block_rule_.start(1, B, tolerance);
+    for (Index t = 0; t < iterations; ++t) {
+      work.before = d_[i];
+      // The candidate z_m = f(a_m - q_m / lambda_m), u = a_m^0 + v.
+      work.candidate_preimage = e_[i - 1] - work.feedback / lambda;
+      net.layer(m - 1).visit([&](const auto& pair) {
+        difference<S>(pair, forward_.a[i - 1], work.candidate_preimage, work.candidate);
+      });
+      if (!top) work.candidate_above.noalias() = net.weights(m) * work.candidate;
+      feedback(net, y, weights, m, work.candidate, top ? work.candidate : work.candidate_above,
+               work.candidate_feedback, loss_next, &work.candidate_loss);
+      // J(z+) - J(z) per sample: the divergence upstairs minus lambda_m D_{G_m}(u+, u).
+      work.preimage_move = work.candidate_preimage - v_[i];
+      work.shift = forward_.a[i - 1] + v_[i];  // u, with z_m = f(u)
+      net.layer(m - 1).visit([&](const auto& pair) {
+        potential_divergence<S>(pair, work.shift, work.preimage_move, work.row);
+      });
+      work.move = work.candidate - d_[i];
+      if (loss_next) {
+        // w [l(z+) - l(z) - <grad l(z), z+ - z>] for a lifted output (work.feedback = w grad l),
+        // w [L(a+) - L(a) - <delta_L, a+ - a>] with L = l o f_L under an unlifted one, where
+        // <w delta_L, W_L (z+ - z)> = <q_m, z+ - z>.
+        work.change = weights.loss_weight * (work.candidate_loss - work.loss) -
+                      work.feedback.cwiseProduct(work.move).colwise().sum();
+      } else {
+        // lambda_{m+1} D_{G_{m+1}}(a_{m+1}^+, a_{m+1}), about a_{m+1} = a_{m+1}^0 + e_{m+1}.
+        work.above_move = work.candidate_above - e_[i];
+        work.above_base = forward_.a[i] + e_[i];
+        net.layer(m).visit([&](const auto& pair) {
+          potential_divergence<S>(pair, work.above_base, work.above_move, work.change);
+        });
+        work.change *= weights.lambda[i];
+      }
+      work.change -= lambda * work.row;
+      Index rejected = 0;
+      for (Index j = 0; j < B; ++j) {
+        const bool keep = work.change(j) <= 0;
+        work.accepted[std::size_t(j)] = char(keep);
+        rejected += !keep;
+      }
+      fixed_point_updates_ += B;
+      safeguarded_ += rejected;
+      accept(m, work.candidate, work.candidate_above, work.candidate_feedback,
+             work.candidate_preimage, &work.accepted);
+      if (loss_next) copy_columns(work.candidate_loss, work.loss, work.accepted);
+      if (rejected > 0) {
+        for (Index j = 0; j < B; ++j) work.accepted[std::size_t(j)] ^= 1;
+        if (proximal_step(net, y, weights, m, &work.accepted)) {
+          accept(m, work.fallback, work.fallback_above, work.fallback_feedback,
+                 work.fallback_preimage, &work.accepted);
+          if (loss_next) copy_columns(work.fallback_loss, work.loss, work.accepted);
         }
       }
-    });
-    return result;
-  }
-
-
-  /// W_{m+1} z_m + b_{m+1} at the current z_m (block m < L); the top block has no layer above,
-  /// and what this returns for it is never read.
-  const Matrix<S>& above(Index m) const {
-    return a_[std::size_t(std::min(m, Index(a_.size()) - 1))];
-  }
-
-  /// h_m(candidate) summed over the batch, given `above` = W_{m+1} candidate + b_{m+1}.
-  template <class Program>
-  S smooth_value(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                 Index m, const Matrix<S>& candidate, const Matrix<S>& above) {
-    const Index L = Index(z_.size()) - 1;
-    const auto index = std::size_t(m);
-    block_work& work = blocks_[index - 1];
-    S value = -weights.lambda[index - 1] * candidate.cwiseProduct(a_[index - 1]).sum();
-    if (m == L) {
-      net.loss_values(candidate, y, work.row);
-      return value + weights.loss_weight * work.row.sum();
+      step_norm_ = (d_[i] - work.before).colwise().norm();
+      displacement_norm_ = d_[i].colwise().norm();
+      block_rule_.observe(0, step_norm_, displacement_norm_, base_[i]);
+      if (block_rule_.end_iteration()) break;
     }
-    net.layer(m).visit([&](const auto& pair) {
-      potential<S>(pair, above, work.row);
-      value += weights.lambda[index] *
-               (work.row.sum() - z_[index + 1].cwiseProduct(above).sum());
-    });
-    return value;
   }
 
-  /// grad h_m at `candidate`, given `above` = W_{m+1} candidate + b_{m+1} (read for m < L).
+  static void copy_columns(const RowVector<S>& from, RowVector<S>& to,
+                           const std::vector<char>& columns) {
+    for (Index j = 0; j < from.size(); ++j)
+      if (columns[std::size_t(j)]) to(j) = from(j);
+  }
+
+  /// The first-order start of §5.6b, bottom up, from BP's errors g_k at z_k.
   template <class Program>
-  void smooth_gradient(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                       Index m, const Matrix<S>& candidate, const Matrix<S>& above,
-                       Matrix<S>& gradient) {
-    const Index L = Index(z_.size()) - 1;
-    const auto index = std::size_t(m);
-    if (m == L) {
-      net.loss().template gradient<S>(candidate, y, gradient);
-      gradient *= weights.loss_weight;
-    } else {
-      Matrix<S>& residual = blocks_[index - 1].above_residual;
-      net.layer(m).visit([&](const auto& pair) { activate<S>(pair, above, residual); });
-      residual -= z_[index + 1];
-      gradient.noalias() = weights.lambda[index] * net.weights(m).transpose() * residual;
+  void first_order_start(const Program& net, const MatrixCRef<S>& y,
+                         const lifted_weights<S>& weights) {
+    const Index L = net.depth(), top = top_block(weights);
+    // BP's errors, top down: g_L = grad l(z_L), g_{k-1} = W_k^T J_{f_k}(a_k)^T g_k; stored in
+    // each block's candidate buffer (free until the solve starts).
+    Matrix<S>& g_top = blocks_[std::size_t(L - 1)].candidate;
+    net.loss_gradient(forward_.z.back(), y, g_top);
+    for (Index k = L; k > 1; --k) {
+      const auto i = std::size_t(k);
+      Matrix<S>& signal = blocks_[i - 1].shift;
+      net.layer(k - 1).visit([&](const auto& pair) {
+        vjp<S>(pair, forward_.a[i - 1], blocks_[i - 1].candidate, signal);
+      });
+      blocks_[i - 2].candidate.noalias() = net.weights(k - 1).transpose() * signal;
     }
-    gradient -= weights.lambda[index - 1] * a_[index - 1];
+    for (Index k = 1; k <= top; ++k) {
+      const auto i = std::size_t(k);
+      const S spacing = weights.loss_weight / weights.lambda[i - 1];
+      v_[i] = e_[i - 1] - spacing * blocks_[i - 1].candidate;
+      net.layer(k - 1).visit([&](const auto& pair) {
+        difference<S>(pair, forward_.a[i - 1], v_[i], d_[i]);
+      });
+      if (k < L) e_[i].noalias() = net.weights(k) * d_[i];
+    }
   }
 
-  /// The whole objective of block m: h_m plus lambda_m G*_m (summed over the batch).
+  /// z = z^0 + d and a = a^0 + e (the state in the usual form, for values, gradients and
+  /// W-steps); an unlifted output's displacement d_L = f_L(a_L^0 + e_L) - f_L(a_L^0) first.
   template <class Program>
-  S block_value(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                Index m, const Matrix<S>& candidate, const Matrix<S>& above) {
-    S conj = 0;
-    RowVector<S>& row = blocks_[std::size_t(m - 1)].row;
-    net.layer(m - 1).visit([&](const auto& pair) {
-      conjugate<S>(pair, candidate, row);
-      conj = row.sum();
-    });
-    return smooth_value(net, y, weights, m, candidate, above) +
-           weights.lambda[std::size_t(m - 1)] * conj;
+  void materialize(const Program& net) {
+    const std::size_t L = e_.size();
+    if (!output_lifted_) {
+      net.layer(Index(L) - 1).visit([&](const auto& pair) {
+        difference<S>(pair, forward_.a[L - 1], e_[L - 1], d_[L]);
+      });
+    }
+    for (std::size_t k = 0; k < L; ++k) {
+      a_[k] = forward_.a[k] + e_[k];
+      z_[k + 1] = forward_.z[k + 1] + d_[k + 1];
+    }
   }
 
   /// A per-block step size, kept across calls (starts at 1 / lambda of the block's coupling).
   S& step_size(Index m, const lifted_weights<S>& weights) {
-    if (steps_.size() != z_.size()) steps_.assign(z_.size(), S(0));
+    if (steps_.size() != d_.size()) steps_.assign(d_.size(), S(0));
     S& step = steps_[std::size_t(m)];
     if (!(step > 0)) step = S(1) / std::max(weights.lambda[std::size_t(m - 1)], S(1));
     return step;
   }
 
   forward_state<S> forward_;
-  std::vector<Matrix<S>> z_, a_;
+  std::vector<Matrix<S>> d_, v_, e_, previous_, z_, a_;
+  std::vector<RowVector<S>> base_;  ///< per-sample norms of z^0, per block
   std::vector<S> steps_, weight_steps_;
   std::vector<block_work> blocks_;
   std::vector<weight_work> layers_;
-  RowVector<S> total_;
+  RowVector<S> total_, step_norm_, displacement_norm_;
+  displacement_rule<S> rule_, block_rule_;
+  Index safeguarded_ = 0, fixed_point_updates_ = 0;
+  bool output_lifted_ = true;
 };
 
 }  // namespace bilevel::detail

@@ -6,20 +6,23 @@
 /// solvers must be judged against that displacement, per sample and layer, never by an absolute
 /// tolerance or a fixed iteration count.
 ///
-/// The rule, for every sample j and block (layer) k, after iteration t >= 2 of a solver whose
-/// iterates converge linearly: with Delta_t the block's step in iteration t and q the observed
-/// ratio of successive steps (the larger of the last two ratios, for solvers whose steps do not
-/// shrink monotonically), the distance to the limit is about q / (1 - q) ||Delta_t||, and the
-/// block has converged when
+/// The rule, for every sample j and block (layer) k of a solver whose iterates converge linearly:
+/// with s_t = ||Delta_t|| the block's step in iteration t, the distance to the limit is about
+/// the sum of the steps still to come. With r the observed contraction, it is
 /// ~~~{.unparsed}
-///   q / (1 - q) ||Delta_t|| <= tau ||z_t - z^0|| + c u ||z^0||      (q < 1),
+///   remaining = r / (1 - r) P,     converged when   remaining <= tau ||z_t - z^0|| + c u ||z^0||,
 /// ~~~
-/// u the unit roundoff of the scalar type and c = 16: the floor below which a step in z cannot be
-/// told from rounding. A block that does not move beyond that floor (no signal reached it) has
-/// converged by the floor alone. A sample has converged when all its blocks have in the same
-/// iteration; a solver stops when every sample has, or at its cap, which it reports.
+/// u the unit roundoff of the scalar type and c = 64, the floor below which a step in z cannot be
+/// told from rounding. From the fourth iteration on, P = s_t + s_{t-1} and r = P / (s_{t-2} +
+/// s_{t-3}): sums of two steps, so that solvers whose steps alternate (a safeguard that takes
+/// every other update back, Barzilai-Borwein steps) are judged by their contraction over two
+/// iterations; before that, P = s_t and r the larger of the observed step ratios. A block
+/// whose step stays below the floor (no signal reached it, or it sits at rounding) has converged
+/// by the floor alone. A sample has converged when all its blocks have in the same iteration; a
+/// solver stops when every sample has, or at its cap, which it reports.
 
 #include <algorithm>
+#include <array>
 #include <limits>
 #include <vector>
 
@@ -41,6 +44,11 @@ struct stopping_settings {
   }
 };
 
+/// Where an inner solve starts: the forward pass (cold), or the first-order start of
+/// docs/methods.md §5.6b, whose error is O(s^2) of the displacement. A first-order start reads
+/// BP's backward pass, so it takes locality from methods whose point that is (PCN, CHL, EP).
+enum class inner_start { forward, first_order };
+
 namespace detail {
 
 /// Tracks the rule above over the iterations of one solve; one row of per-sample values per
@@ -48,18 +56,15 @@ namespace detail {
 template <Scalar S>
 class displacement_rule {
  public:
-  static constexpr S roundoff_factor = S(16);
+  static constexpr S roundoff_factor = S(64);
 
   /// A new solve over `blocks` blocks and `samples` samples.
   void start(Index blocks, Index samples, S tolerance) {
     tolerance_ = tolerance;
     iteration_ = 0;
-    previous_step_.resize(std::size_t(blocks));
-    last_ratio_.resize(std::size_t(blocks));
-    for (std::size_t k = 0; k < previous_step_.size(); ++k) {
-      previous_step_[k].setZero(samples);
-      last_ratio_[k].setZero(samples);
-    }
+    history_.resize(std::size_t(blocks));
+    for (auto& steps : history_)
+      for (RowVector<S>& step : steps) step.setZero(samples);
     passed_.setOnes(samples);
     converged_.setZero(samples);
   }
@@ -68,20 +73,28 @@ class displacement_rule {
   /// z_t - z^0 and of its start z^0.
   void observe(Index block, const RowVector<S>& step, const RowVector<S>& displacement,
                const RowVector<S>& base) {
-    const auto k = std::size_t(block);
-    RowVector<S>& previous = previous_step_[k];
-    RowVector<S>& last_ratio = last_ratio_[k];
+    // steps[0] = s_{t-1}, steps[1] = s_{t-2}, steps[2] = s_{t-3}
+    std::array<RowVector<S>, 3>& steps = history_[std::size_t(block)];
     const S unit = std::numeric_limits<S>::epsilon() / 2;
     for (Index j = 0; j < step.size(); ++j) {
       const S floor = roundoff_factor * unit * base(j);
-      const S ratio = previous(j) > 0 ? step(j) / previous(j) : std::numeric_limits<S>::infinity();
-      const S q = iteration_ >= 2 ? std::max(ratio, last_ratio(j)) : ratio;
-      const bool still = step(j) <= floor;
+      const S s0 = step(j), s1 = steps[0](j), s2 = steps[1](j), s3 = steps[2](j);
+      S recent = s0, contraction = std::numeric_limits<S>::infinity();
+      if (iteration_ >= 3) {
+        recent = s0 + s1;
+        if (s2 + s3 > 0) contraction = recent / (s2 + s3);
+      } else if (iteration_ >= 1 && s1 > 0) {
+        contraction = s0 / s1;
+        if (iteration_ == 2 && s2 > 0) contraction = std::max(contraction, s1 / s2);
+      }
+      const bool still = s0 <= floor;
       const bool contracting =
-          iteration_ >= 1 && q < 1 && q / (1 - q) * step(j) <= tolerance_ * displacement(j) + floor;
+          contraction < 1 &&
+          contraction / (1 - contraction) * recent <= tolerance_ * displacement(j) + floor;
       if (!(still || contracting)) passed_(j) = 0;
-      last_ratio(j) = ratio;
-      previous(j) = step(j);
+      steps[2](j) = s2;  // the history moves one iteration on
+      steps[1](j) = s1;
+      steps[0](j) = s0;
     }
   }
 
@@ -102,7 +115,7 @@ class displacement_rule {
  private:
   S tolerance_ = S(1e-3);
   Index iteration_ = 0;
-  std::vector<RowVector<S>> previous_step_, last_ratio_;
+  std::vector<std::array<RowVector<S>, 3>> history_;
   RowVector<S> passed_, converged_;
 };
 

@@ -112,7 +112,8 @@ class data_parallel {
   Index steps() const { return steps_; }
 
   /// The global batch's mean gradient estimate, the same on every process, and the report of
-  /// the global batch (loss and inner residual and energy: means; correct: the total).
+  /// the global batch (loss, inner residual, energy and safeguarded share: means; correct and
+  /// unconverged samples: totals; idle layers: the mean over the shards, rounded down).
   template <class Program>
     requires GradientMethod<Method, Program>
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
@@ -179,7 +180,8 @@ class data_parallel {
   /// This shard's part of the global report: shares of the means, the correct count.
   void pack_report(const step_report& report, S share) {
     report_ << share * S(report.loss), S(report.correct), share * S(report.inner_residual),
-        share * S(report.inner_energy);
+        share * S(report.inner_energy), S(report.unconverged), share * S(report.safeguarded),
+        share * S(report.idle_layers);
   }
 
   /// The global batch's report, summed over the processes.
@@ -190,6 +192,10 @@ class data_parallel {
     report.correct = Index(std::llround(double(report_(1))));
     report.inner_residual = double(report_(2));
     report.inner_energy = double(report_(3));
+    report.unconverged = Index(std::llround(double(report_(4))));
+    report.safeguarded = double(report_(5));
+    // A layer is idle only where it is idle on every shard; the mean is its closest bound.
+    report.idle_layers = Index(std::floor(double(report_(6)) + 1e-3));
     report.inner_iterations = inner_iterations;  // this process's
     return report;
   }
@@ -222,8 +228,9 @@ class data_parallel {
   Index check_every_;
   Index steps_ = 0;
   double communication_seconds_ = 0;
-  /// Loss, correct count, inner residual and inner energy.
-  Eigen::Matrix<S, 4, 1> report_;
+  /// Loss, correct count, inner residual, inner energy, unconverged samples, safeguarded share
+  /// and idle layers.
+  Eigen::Matrix<S, 7, 1> report_;
 };
 
 /// Makes every process's `components` (a program, an optimizer, a method, a trainer's

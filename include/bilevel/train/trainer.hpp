@@ -26,6 +26,13 @@ struct epoch_report {
   /// Iterative methods: means over the batches of the inner solver's final residual and energy.
   double inner_residual = std::numeric_limits<double>::quiet_NaN();
   double inner_energy = std::numeric_limits<double>::quiet_NaN();
+  /// The share of the epoch's samples whose inner problem stopped at its cap before converging
+  /// (step_report::unconverged; docs/methods.md §5.6b): 0 when every inner solve converged.
+  double unconverged_share = 0;
+  /// LPOM: the mean over the batches of the share of safeguarded fixed-point updates.
+  double safeguarded_share = std::numeric_limits<double>::quiet_NaN();
+  /// AltMin: steps in which some layer got an exactly zero gradient because no code moved.
+  Index idle_layer_steps = 0;
   Index batches = 0;
 };
 
@@ -142,8 +149,8 @@ class trainer {
 
     epoch_report report;
     const Index batches_total = (train.size() + batch_size_ - 1) / batch_size_;
-    double loss_sum = 0, residual_sum = 0, energy_sum = 0;
-    Index wrong = 0, residual_count = 0, energy_count = 0;
+    double loss_sum = 0, residual_sum = 0, energy_sum = 0, safeguarded_sum = 0;
+    Index wrong = 0, residual_count = 0, energy_count = 0, unconverged = 0, safeguarded_count = 0;
     const auto start = std::chrono::steady_clock::now();
     for (Index begin = 0; begin < train.size(); begin += batch_size_) {
       const Index count = std::min(batch_size_, train.size() - begin);
@@ -170,6 +177,12 @@ class trainer {
         energy_sum += step.inner_energy;
         ++energy_count;
       }
+      if (std::isfinite(step.safeguarded)) {
+        safeguarded_sum += step.safeguarded;
+        ++safeguarded_count;
+      }
+      unconverged += step.unconverged;
+      report.idle_layer_steps += step.idle_layers > 0;
       on_batch(report.batches, batches_total, begin + count);
     }
     report.seconds =
@@ -179,6 +192,8 @@ class trainer {
     report.samples_per_second = double(train.size()) / report.seconds;
     if (residual_count > 0) report.inner_residual = residual_sum / double(residual_count);
     if (energy_count > 0) report.inner_energy = energy_sum / double(energy_count);
+    if (safeguarded_count > 0) report.safeguarded_share = safeguarded_sum / double(safeguarded_count);
+    report.unconverged_share = double(unconverged) / double(train.size());
     return report;
   }
 
