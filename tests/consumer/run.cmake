@@ -57,7 +57,7 @@ file(MAKE_DIRECTORY ${WORK_DIR})
 run("install" ${CMAKE_COMMAND} --install ${BILEVEL_BINARY_DIR} --prefix ${prefix})
 foreach(installed include/bilevel/bilevel.hpp share/cmake/bilevel/bilevelConfig.cmake
         share/cmake/bilevel/bilevelConfigVersion.cmake share/cmake/bilevel/bilevelTargets.cmake
-        share/pkgconfig/bilevel.pc)
+        share/pkgconfig/bilevel.pc share/doc/bilevel/methods.md)
   if(NOT EXISTS ${prefix}/${installed})
     file(GLOB_RECURSE listing RELATIVE ${prefix} ${prefix}/*)
     list(FILTER listing EXCLUDE REGEX "^include/bilevel/.+/")
