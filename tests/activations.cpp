@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "bilevel/activations/activations.hpp"
 
@@ -13,6 +14,7 @@ TEMPLATE_TEST_CASE("every built-in pair satisfies the identities of METHODS.md Â
                    "[activations]", identity, relu, leaky_relu, hard_sigmoid, hard_tanh, sigmoid,
                    tanh_pair, softmax) {
   STATIC_REQUIRE(ActivationPair<TestType, double>);
+  STATIC_REQUIRE(detail::has_exact_difference<TestType, double>);  // so the checker checks it
   const auto report = check_activation_pair<double>(TestType{});
   INFO(report.summary());
   CHECK(report.ok());
@@ -22,6 +24,7 @@ TEMPLATE_TEST_CASE("every built-in pair satisfies the identities in float", "[ac
                    identity, relu, leaky_relu, hard_sigmoid, hard_tanh, sigmoid, tanh_pair,
                    softmax) {
   STATIC_REQUIRE(ActivationPair<TestType, float>);
+  STATIC_REQUIRE(detail::has_exact_difference<TestType, float>);
   pair_check_options options;
   options.tolerance = 2e-3;
   options.step = 1e-2;
@@ -114,4 +117,162 @@ TEST_CASE("the softmax VJP equals the full Jacobian transpose product", "[activa
 TEST_CASE("leaky ReLU rejects a slope outside (0, 1)", "[activations]") {
   CHECK_THROWS_AS(leaky_relu(0.0), config_error);
   CHECK_THROWS_WITH(leaky_relu(1.5), Catch::Contains("leaky_relu") && Catch::Contains("1.5"));
+}
+
+namespace {
+// The relative error of `actual` against a long double reference, in units of roundoff of S.
+template <class S>
+double ulps(S actual, long double expected) {
+  if (actual == expected) return 0;
+  return double(std::abs(actual - expected) / std::abs(expected)) /
+         double(std::numeric_limits<S>::epsilon());
+}
+
+// Independent closed forms in long double: (1 - sigma(a + h)) sigma(a) expm1(h) and
+// sinh h / (cosh a cosh(a + h)).
+long double sigmoid_difference(long double a, long double h) {
+  return std::expm1(h) / ((1 + std::exp(a + h)) * (1 + std::exp(-a)));
+}
+long double tanh_difference(long double a, long double h) {
+  return std::sinh(h) / (std::cosh(a) * std::cosh(a + h));
+}
+
+// sigmoid with the direct, cancelling difference passed off as exact.
+struct cancelling_sigmoid : sigmoid {
+  template <class S> S f_difference(S a, S h) const { return f(a + h) - f(a); }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    return f_expr(a + h) - f_expr(a);
+  }
+};
+// tanh whose difference drops the factor 2 of its closed form.
+struct half_difference_tanh : tanh_pair {
+  template <class S> S f_difference(S a, S h) const { return tanh_pair::f_difference(a, h) / 2; }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    return tanh_pair::f_difference_expr(a, h) / typename A::Scalar(2);
+  }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("smooth differences keep their digits where the direct form cancels, and "
+                   "neither overflow nor lose them at large |a| or |h|",
+                   "[activations][difference]", float, double) {
+  using S = TestType;
+  // (a, h): tiny steps, saturated a (differences down to 1e-34), huge steps, steps across 0.
+  const S points[][2] = {{S(0.3), S(1e-7)}, {-2, S(-3e-6)}, {9, S(1e-4)},   {-25, S(0.5)},
+                         {40, -1},          {-38, 2},       {3, -200},      {-150, 300},
+                         {-500, 1000},      {S(0.5), S(-1.25)}};
+  for (const auto& point : points) {
+    const S a = point[0], h = point[1];
+    INFO("a = " << a << ", h = " << h);
+    // The difference's conditioning is about 1 + |a| + |h| units of roundoff.
+    const double allowed = 4 * (1 + std::abs(double(a)) + std::abs(double(h)));
+    CHECK(ulps<S>(sigmoid{}.f_difference(a, h), sigmoid_difference(a, h)) <= allowed);
+    CHECK(ulps<S>(tanh_pair{}.f_difference(a, h), tanh_difference(a, h)) <= allowed);
+    // The batch forms (vectorised) too.
+    const Matrix<S> a_batch = Matrix<S>::Constant(1, 1, a), h_batch = Matrix<S>::Constant(1, 1, h);
+    Matrix<S> out(1, 1);
+    difference<S>(sigmoid{}, a_batch, h_batch, out);
+    CHECK(ulps<S>(out(0, 0), sigmoid_difference(a, h)) <= allowed);
+    difference<S>(tanh_pair{}, a_batch, h_batch, out);
+    CHECK(ulps<S>(out(0, 0), tanh_difference(a, h)) <= allowed);
+  }
+  // The direct form in S is off by about u / |h| where it cancels (here ~1e7 ulps).
+  const S a = S(0.3), h = S(1e-7);
+  CHECK(ulps<S>(sigmoid{}.f(a + h) - sigmoid{}.f(a), sigmoid_difference(a, h)) > 1000);
+}
+
+TEMPLATE_TEST_CASE("piecewise-linear differences are slope * h on one piece and cancel nowhere",
+                   "[activations][difference]", float, double) {
+  using S = TestType;
+  const S h = S(1e-7) / 3;           // a + h rounds for the a below
+  const S step = S(-0.25) - h;       // 1.25 + step is inside (0, 1)
+  CHECK(relu{}.f_difference(S(0.7), h) == h);
+  CHECK(relu{}.f_difference(S(-0.7), h) == 0);
+  CHECK(relu{}.f_difference(S(1e-9), S(-3e-9)) == S(-1e-9));
+  const leaky_relu leaky(0.25);
+  CHECK(ulps<S>(leaky.f_difference(S(0.7), h), h) <= 1);  // s h + (1 - s) h
+  CHECK(leaky.f_difference(S(-0.7), h) == S(0.25) * h);
+  CHECK(leaky.f_difference(S(-1), S(3)) == S(2.25));  // across the kink: 2 - (-0.25)
+  CHECK(hard_sigmoid{}.f_difference(S(0.4), -h) == -h);
+  CHECK(hard_sigmoid{}.f_difference(S(1.5), -h) == 0);
+  // Clipped a, a + h inside: (a - 1) + h, exact here, where fl(a + h) - 1 would round.
+  CHECK(hard_sigmoid{}.f_difference(S(1.25), step) == S(0.25) + step);
+  CHECK(hard_tanh{}.f_difference(S(-1.25), -step) == S(-0.25) - step);
+  CHECK(hard_tanh{}.f_difference(S(-0.4), h) == h);
+  CHECK(hard_tanh{}.f_difference(S(-3), S(7)) == 2);
+  CHECK(identity{}.f_difference(S(1e8), h) == h);
+  // The batch forms (vectorised) give the same values.
+  Matrix<S> a(1, 4), steps(1, 4), out(1, 4);
+  a << S(0.7), S(-0.7), S(1.25), S(-1);
+  steps << h, h, step, S(3);
+  difference<S>(relu{}, a, steps, out);
+  CHECK(out(0, 0) == h);
+  CHECK(out(0, 1) == 0);
+  difference<S>(leaky, a, steps, out);
+  CHECK(ulps<S>(out(0, 0), h) <= 1);
+  CHECK(out(0, 1) == S(0.25) * h);
+  CHECK(out(0, 3) == S(2.25));
+  difference<S>(hard_sigmoid{}, a, steps, out);
+  CHECK(out(0, 2) == S(0.25) + step);
+  CHECK(out(0, 0) == h);
+  difference<S>(hard_tanh{}, a, steps, out);
+  CHECK(out(0, 1) == h);
+  CHECK(out(0, 3) == 2);
+}
+
+TEMPLATE_TEST_CASE("the softmax difference equals a long double reference for small and huge "
+                   "steps",
+                   "[activations][difference]", float, double) {
+  using S = TestType;
+  // Columns: tiny steps; a constant shift (difference 0); a huge step on a likely entry; a huge
+  // step on an entry with p ~ 1e-18, whose share stays small; huge steps of both signs.
+  Matrix<S> a(3, 5), h(3, 5), out(3, 5);
+  a << S(0.3), 1, 0, 0, 2,  //
+      S(-1.2), 1, -2, -40, -1,  //
+      2, 1, 1, 0, S(0.5);
+  h << S(1e-6), 5, 0, 0, -150,  //
+      S(-2e-6), 5, 60, 30, 80,  //
+      S(3e-7), 5, 0, 0, 10;
+  difference<S>(softmax{}, a, h, out);
+  const Matrix<long double> a_long = a.template cast<long double>();
+  Matrix<long double> shifted(3, 5), base(3, 5);
+  activate<long double>(softmax{}, Matrix<long double>(a_long + h.template cast<long double>()),
+                        shifted);
+  activate<long double>(softmax{}, a_long, base);
+  const Matrix<long double> expected = shifted - base;
+  const long double unit = std::numeric_limits<S>::epsilon();
+  CHECK(out.col(1).cwiseAbs().maxCoeff() <= 16 * unit);  // a constant shift changes nothing
+  for (const Index j : {0, 2, 3, 4}) {
+    INFO("column " << j);
+    const long double error =
+        (out.col(j).template cast<long double>() - expected.col(j)).cwiseAbs().maxCoeff();
+    const long double size = expected.col(j).cwiseAbs().maxCoeff();
+    const long double allowed = 8 * unit * size *
+                                (1 + a_long.col(j).cwiseAbs().maxCoeff() +
+                                 (h.col(j).cwiseAbs().maxCoeff()));
+    // The reference's own error, ~eps_ld max p, must be resolved (not for column 0 in double).
+    if (4 * std::numeric_limits<long double>::epsilon() > allowed / 4) continue;
+    CHECK(error <= allowed);
+  }
+  // In float, the tiny steps of column 0 (~1e-6) keep their digits: the direct form in float
+  // would lose about u / 1e-6 of them.
+  if constexpr (std::is_same_v<S, float>) {
+    Matrix<S> shifted_low(3, 1), base_low(3, 1);
+    activate<S>(softmax{}, Matrix<S>(a.col(0) + h.col(0)), shifted_low);
+    activate<S>(softmax{}, a.col(0), base_low);
+    const long double direct_error =
+        ((shifted_low - base_low).template cast<long double>() - expected.col(0)).cwiseAbs().maxCoeff();
+    CHECK(direct_error > 100 * 8 * unit * 3 * expected.col(0).cwiseAbs().maxCoeff());
+  }
+}
+
+TEST_CASE("the checker rejects a difference that cancels or drops a factor",
+          "[activations][difference]") {
+  const auto cancelling = check_activation_pair<float>(cancelling_sigmoid{});
+  REQUIRE_FALSE(cancelling.ok());
+  CHECK_THAT(cancelling.summary(), Catch::Contains("f(a + h) - f(a)"));
+  const auto halved = check_activation_pair<double>(half_difference_tanh{});
+  REQUIRE_FALSE(halved.ok());
+  CHECK_THAT(halved.summary(), Catch::Contains("f_difference(a, h)") &&
+                                   Catch::Contains("difference()"));
 }

@@ -173,3 +173,127 @@ TEST_CASE("Fenchel BP rejects betas that are not positive or do not match the de
   CHECK_THROWS_WITH(two_betas.gradient(f.net, f.x, f.y, gradient),
                     Catch::Contains("one per layer (3)") && Catch::Contains("got 2"));
 }
+
+namespace {
+// A copy of a pair with its f_difference hidden: the library falls back to the direct form.
+template <class Pair>
+struct without_difference {
+  Pair pair;
+  std::string name() const { return "plain_" + pair.name(); }
+  template <class S> S f(S a) const { return pair.f(a); }
+  template <class S> S df(S a) const { return pair.df(a); }
+  template <class S> S G(S a) const { return pair.G(a); }
+  template <class S> S G_conj(S z) const { return pair.G_conj(z); }
+};
+
+/// One 7-16-12-5 program with softmax cross-entropy in double and in float: the float program
+/// holds the double parameters rounded, and the double one takes those rounded values back, so
+/// both start from the same numbers.
+template <class Pair>
+struct two_precisions {
+  random_source random{3};
+  mlp<double, Pair> high = make_mlp<double, Pair>({7, 16, 12, 5});
+  mlp<float, Pair> low = make_mlp<float, Pair>({7, 16, 12, 5});
+  Matrix<double> x, y;
+  two_precisions() {
+    randomize(high, random, 0.6);
+    x = random_matrix<double>(random, 7, 24);
+    y = random_one_hot<double>(random, 5, 24);
+    low.parameters() = high.parameters().template cast<float>();
+    high.parameters() = low.parameters().template cast<double>();
+  }
+  /// Relative error of a method's gradient in float against the same method's in double.
+  template <class Method>
+  double float_against_double(Method&& method) {
+    Vector<double> high_gradient;
+    Vector<float> low_gradient;
+    method(double{}).gradient(high, x, y, high_gradient);
+    method(float{}).gradient(low, x.cast<float>(), y.cast<float>(), low_gradient);
+    return relative_error(low_gradient.cast<double>(), high_gradient);
+  }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE_SIG("float Fenchel BP equals double Fenchel BP to float rounding at every beta",
+                       "[fenbp][precision]", ((class Pair, int kink_set), Pair, kink_set),
+                       (relu, 0), (leaky_relu, 0), (hard_sigmoid, 1), (hard_tanh, 2),
+                       (sigmoid, 3), (tanh_pair, 3), (softmax, 3)) {
+  two_precisions<Pair> f;
+  if (kink_set < 3) {
+    // A unit whose a - beta g crosses a kink has delta = (kink - a) / beta, which carries the
+    // float error of a times 1 / beta in any implementation: this program has none up to 1e-4.
+    const std::vector<double> kinks = kink_set == 0   ? std::vector<double>{0.0}
+                                      : kink_set == 1 ? std::vector<double>{0.0, 1.0}
+                                                      : std::vector<double>{-1.0, 1.0};
+    REQUIRE(kink_crossing_threshold(f.high, f.x, f.y, kinks) > 1e-4);
+  }
+  // BP's float-against-double error is what float's forward pass and products alone cost.
+  const double bp_error = f.float_against_double([](auto scalar) { return bp<decltype(scalar)>{}; });
+  for (const double beta : {1e-4, 1e-6, 1e-8, 1e-10}) {
+    const double error = f.float_against_double([beta](auto scalar) {
+      using S = decltype(scalar);
+      return fenchel_bp<S>(S(beta));
+    });
+    INFO("beta = " << beta << ": " << error << " (BP's: " << bp_error << ")");
+    CHECK(error < 2 * bp_error);
+  }
+}
+
+TEST_CASE("without an exact difference, float's Fenchel BP signal loses about u / beta",
+          "[fenbp][precision]") {
+  // What the test above guards against: the direct form (z - f(a - beta g)) / beta in float.
+  random_source random(4);
+  const Matrix<double> a = random_matrix<double>(random, 16, 24), g = random_matrix<double>(random, 16, 24);
+  const double beta = 1e-4;
+  Matrix<double> z(16, 24), exact(16, 24);
+  activate<double>(sigmoid{}, a, z);
+  fenchel_signal<double>(sigmoid{}, a, z, g, beta, exact);
+  const Matrix<float> a_low = a.cast<float>(), g_low = g.cast<float>();
+  Matrix<float> z_low(16, 24), direct(16, 24), kept(16, 24);
+  activate<float>(sigmoid{}, a_low, z_low);
+  fenchel_signal<float>(without_difference<sigmoid>{}, a_low, z_low, g_low, 1e-4f, direct);
+  fenchel_signal<float>(sigmoid{}, a_low, z_low, g_low, 1e-4f, kept);
+  const double direct_error = (direct.cast<double>() - exact).norm() / exact.norm();
+  const double kept_error = (kept.cast<double>() - exact).norm() / exact.norm();
+  INFO("direct " << direct_error << ", exact difference " << kept_error);
+  CHECK(direct_error > 1e-4);
+  CHECK(kept_error < 1e-6);
+}
+
+TEST_CASE("Fenchel BP refuses a beta below sqrt(epsilon) only for a pair without an exact "
+          "difference",
+          "[fenbp][precision]") {
+  random_source random(6);
+  const Matrix<float> x = random_matrix<float>(random, 4, 8);
+  const Matrix<float> y = random_one_hot<float>(random, 3, 8);
+  program<float, softmax_cross_entropy, without_difference<relu>, identity> user(
+      {4, 6, 3}, {without_difference<relu>{}, identity{}});
+  user.initialize(init_scheme::glorot_uniform, random);
+  Vector<float> gradient;
+  // sqrt(epsilon of float) = 3.45e-4.
+  CHECK_THROWS_AS(fenchel_bp<float>(1e-4f).gradient(user, x, y, gradient), config_error);
+  CHECK_THROWS_WITH(fenchel_bp<float>(1e-4f).gradient(user, x, y, gradient),
+                    Catch::Contains("fenchel_bp::gradient") && Catch::Contains("layer 1") &&
+                        Catch::Contains("plain_relu") && Catch::Contains("0.0001") &&
+                        Catch::Contains("sqrt(machine epsilon)") &&
+                        Catch::Contains("f_difference"));
+  CHECK_NOTHROW(fenchel_bp<float>(4e-4f).gradient(user, x, y, gradient));
+  // The identity output layer has an exact difference: its beta may be anything.
+  CHECK_NOTHROW(fenchel_bp<float>(std::vector<float>{4e-4f, 1e-12f}).gradient(user, x, y, gradient));
+  CHECK_THROWS_WITH(fenchel_bp<float>(std::vector<float>{1e-5f, 1.0f}).gradient(user, x, y, gradient),
+                    Catch::Contains("1e-05"));
+  // Built-in pairs are never refused.
+  auto built_in = make_mlp<float, relu>({4, 6, 3});
+  built_in.initialize(init_scheme::glorot_uniform, random);
+  CHECK_NOTHROW(fenchel_bp<float>(1e-12f).gradient(built_in, x, y, gradient));
+  // In double the threshold is sqrt(2.2e-16) = 1.49e-8.
+  program<double, softmax_cross_entropy, without_difference<relu>, identity> user_double(
+      {4, 6, 3}, {without_difference<relu>{}, identity{}});
+  user_double.initialize(init_scheme::glorot_uniform, random);
+  Vector<double> gradient_double;
+  CHECK_THROWS_AS(fenchel_bp<double>(1e-8).gradient(user_double, x.cast<double>(),
+                                                    y.cast<double>(), gradient_double),
+                  config_error);
+  CHECK_NOTHROW(fenchel_bp<double>(2e-8).gradient(user_double, x.cast<double>(), y.cast<double>(),
+                                                  gradient_double));
+}

@@ -8,6 +8,9 @@
 ///   VJP                <J_f(a)^T u, v> = <u, d/dh f(a + h v)>, by central differences of f
 ///   inverse map        f(grad_conj(z)) = z on the range of f
 ///   prox               z = prox_{tG*}(v) satisfies z = f((v - z) / t)  (Moreau's identity)
+///   difference         f(a + h) - f(a) from the pair's f_difference (batch and scalar forms)
+///                      equals the direct form evaluated in long double, for h from 1e-4 to 10
+///                      times the sample range
 /// ~~~
 /// Finite differences are skipped where the forward and backward differences disagree (a kink
 /// between the sample points), since f and G are only piecewise smooth.
@@ -32,6 +35,9 @@ struct pair_check_options {
   double scale = 3.0;       ///< pre-activations are drawn uniformly from [-scale, scale]
   double tolerance = 1e-6;  ///< relative tolerance of every identity
   double step = 1e-6;       ///< finite-difference step
+  /// allowed relative error of f(a + h) - f(a), in units of roundoff of S times 1 + |a| + |h|
+  /// (the difference's conditioning); a cancelling direct form misses it by about 1 / |h|
+  double difference_ulps = 8;
   std::uint64_t seed = 7;
 };
 
@@ -155,6 +161,57 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
       for (Index i = 0; i < n; ++i)
         if (!detail::close(image(i, j), p(i, j), 100 * tol))
           fail("prox of t G* violates z = f((v - z)/t)", i, j, p(i, j), image(i, j));
+  }
+
+  // f(a + h) - f(a) against the direct form in long double, whose own error, about
+  // eps_ld (|f(a)| + |f(a + h)|), is resolved where it is below a quarter of the allowance.
+  if constexpr (detail::has_exact_difference<P, S> && ActivationPair<P, long double>) {
+    using L = long double;
+    const L unit = L(options.difference_ulps) * std::numeric_limits<S>::epsilon();
+    const L resolution = 4 * std::numeric_limits<L>::epsilon();
+    for (const double size : {1e-4, 1e-2, 1.0, 10.0}) {
+      Matrix<S> h(n, m), d(n, m);
+      for (Index j = 0; j < m; ++j)
+        for (Index i = 0; i < n; ++i) {
+          const double magnitude = size * options.scale * random.uniform(0.5, 1.0);
+          h(i, j) = S(random.uniform(-1.0, 1.0) < 0 ? -magnitude : magnitude);
+        }
+      difference<S>(pair, a, h, d);
+      const Matrix<L> a_long = a.template cast<L>(), h_long = h.template cast<L>();
+      Matrix<L> shifted(n, m), base(n, m);
+      activate<L>(pair, Matrix<L>(a_long + h_long), shifted);
+      activate<L>(pair, a_long, base);
+      const Matrix<L> expected = shifted - base;
+      if constexpr (ColumnwisePair<P, S>) {
+        for (Index j = 0; j < m; ++j) {
+          const L size_of = expected.col(j).cwiseAbs().maxCoeff();
+          const L allowed = unit * size_of *
+                            (1 + a_long.col(j).cwiseAbs().maxCoeff() +
+                             h_long.col(j).cwiseAbs().maxCoeff());
+          const L reference_error =
+              resolution * (shifted.col(j).cwiseAbs() + base.col(j).cwiseAbs()).maxCoeff();
+          if (reference_error > allowed / 4) continue;
+          Index i = 0;
+          const L error = (d.col(j).template cast<L>() - expected.col(j)).cwiseAbs().maxCoeff(&i);
+          if (error > allowed)
+            fail("f_difference != f(a + h) - f(a) in long double", i, j, d(i, j), S(expected(i, j)));
+        }
+      } else {
+        for (Index j = 0; j < m; ++j)
+          for (Index i = 0; i < n; ++i) {
+            const L want = expected(i, j);
+            const L allowed = unit * std::abs(want) * (1 + std::abs(a_long(i, j)) + std::abs(h_long(i, j)));
+            if (resolution * (std::abs(shifted(i, j)) + std::abs(base(i, j))) > allowed / 4) continue;
+            if (std::abs(L(d(i, j)) - want) > allowed)
+              fail("difference() != f(a + h) - f(a) in long double", i, j, d(i, j), S(want));
+            if constexpr (detail::has_scalar_difference<P, S>) {
+              const S scalar = S(pair.f_difference(a(i, j), h(i, j)));
+              if (std::abs(L(scalar) - want) > allowed)
+                fail("f_difference(a, h) != f(a + h) - f(a) in long double", i, j, scalar, S(want));
+            }
+          }
+      }
+    }
   }
   return report;
 }

@@ -14,7 +14,10 @@
 ///   and optionally, where a closed form exists (otherwise the library solves for them):
 ///       grad_conj(z)      an element of dG*(z), i.e. some a with f(a) = z (the inverse map)
 ///       prox_conj(v, t)   argmin_z t G*(z) + (z - v)^2 / 2
-///   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed.
+///   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed, and
+///       f_difference(a, h)        f(a + h) - f(a) without cancellation (exact per linear piece
+///                                 of a piecewise-linear f, a cancellation-free closed form for a
+///                                 smooth one), optionally vectorised as f_difference_expr(a, h)
 ///   A pair with parameters of its own (leaky ReLU's slope) gives both of
 ///       hyperparameters()         -> std::vector<double>
 ///       set_hyperparameters(v)    from such a vector, validating it
@@ -24,12 +27,13 @@
 /// * columnwise (softmax): members over a batch (one sample per column)
 ///   ~~~{.unparsed}
 ///       name(), f(A, Z), vjp(A, V, Out) = J_f(A)^T V, G(A) and G_conj(Z) per column,
-///       grad_conj(Z, Out), prox_conj(V, t, Out); inputs as MatrixCRef<S>, outputs as
-///       MatrixRef<S>, so blocks of columns pass without copies.
+///       grad_conj(Z, Out), prox_conj(V, t, Out), optionally f_difference(A, H, Out); inputs
+///       as MatrixCRef<S>, outputs as MatrixRef<S>, so blocks of columns pass without copies.
 ///   ~~~
 ///
 /// The free functions below (activate, vjp, potential, conjugate, grad_conj, prox_conj,
-/// fenchel_signal) give both forms one batch interface, so methods never care which it is.
+/// difference, fenchel_signal) give both forms one batch interface, so methods never care which
+/// it is.
 
 #include <cmath>
 #include <concepts>
@@ -92,10 +96,31 @@ concept has_hyperparameters = requires(const P& pair, P& target, const std::vect
   { pair.hyperparameters() } -> std::convertible_to<std::vector<double>>;
   target.set_hyperparameters(values);
 };
-/// Pairs with `static constexpr bool linear = true` (the identity) have f(a - b g) = f(a) - b g
+/// Pairs with `static constexpr bool linear = true` (the identity) have f(a + h) - f(a) = h
 /// exactly, so the Fenchel BP signal is g itself with no rounding from the difference.
 template <class P>
 concept linear_pair = requires { requires P::linear; };
+template <class P, class S>
+concept has_scalar_difference = requires(const P& pair, S a, S h) {
+  { pair.f_difference(a, h) } -> std::convertible_to<S>;
+};
+template <class P, class S>
+concept has_difference_expr =
+    requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a) {
+      pair.f_difference_expr(a, a);
+    };
+template <class P, class S>
+concept has_columnwise_difference =
+    requires(const P& pair, const MatrixCRef<S>& in, MatrixRef<S> out) {
+      pair.f_difference(in, in, out);
+    };
+/// Pairs whose difference f(a + h) - f(a) keeps its digits however small h is: the linear ones
+/// and those with an f_difference member. For the others, difference() subtracts f(a + h) and
+/// f(a), whose relative error is about u |f(a)| / |f(a + h) - f(a)|, ~ u / |h| for slopes of
+/// order 1 (u the unit roundoff of S).
+template <class P, class S>
+concept has_exact_difference = linear_pair<P> || has_scalar_difference<P, S> ||
+                               has_difference_expr<P, S> || has_columnwise_difference<P, S>;
 
 /// Solves `t a + f(a) = v` for a (strictly increasing in a since f is monotone, t > 0) by
 /// bracketing and bisection; used where a pair gives no closed form.
@@ -224,19 +249,63 @@ void prox_conj(const P& pair, const MatrixCRef<S>& v, S t, MatrixRef<S> out) {
   }
 }
 
+/// out = f(a + h) - f(a), column by column, from the pair's f_difference where it has one (no
+/// cancellation: exact per linear piece, cancellation-free for smooth pairs), h itself for linear
+/// pairs, and otherwise by subtracting f(a) from f(a + h), which loses about u / |h| of the
+/// result's relative accuracy (u the unit roundoff of S).
+template <class S, ActivationPair<S> P>
+void difference(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h, MatrixRef<S> out) {
+  const auto on_block = [&pair](MatrixRef<S> o, const MatrixCRef<S>& a_block,
+                                const MatrixCRef<S>& h_block) {
+    if constexpr (detail::linear_pair<P>) {
+      o = h_block;
+    } else if constexpr (detail::has_columnwise_difference<P, S>) {
+      pair.f_difference(a_block, h_block, o);
+    } else if constexpr (ColumnwisePair<P, S>) {
+      const Matrix<S> shifted = a_block + h_block;
+      Matrix<S> base(a_block.rows(), a_block.cols());
+      pair.f(MatrixCRef<S>(shifted), o);
+      pair.f(a_block, MatrixRef<S>(base));
+      o -= base;
+    } else if constexpr (detail::has_difference_expr<P, S>) {
+      o.array() = pair.f_difference_expr(a_block.array(), h_block.array());
+    } else if constexpr (detail::has_scalar_difference<P, S>) {
+      o = a_block.binaryExpr(h_block, [&pair](S x, S y) { return S(pair.f_difference(x, y)); });
+    } else if constexpr (detail::has_f_expr<P, S>) {
+      o.array() = pair.f_expr(a_block.array() + h_block.array()) - pair.f_expr(a_block.array());
+    } else {
+      o = a_block.binaryExpr(h_block, [&pair](S x, S y) { return S(pair.f(x + y)) - S(pair.f(x)); });
+    }
+  };
+  detail::by_columns<S>(out, on_block, a, h);
+}
+
 /// Fenchel BP error signal (METHODS.md §5.2): delta = (f(a) - f(a - beta g)) / beta, given the
-/// forward activation z = f(a). Exactly g for linear pairs.
+/// forward activation z = f(a). Computed as -difference(a, -beta g) / beta where the pair offers
+/// an exact difference, so that on one linear piece it is slope * g to rounding for every beta
+/// and smooth pairs keep their digits; exactly g for linear pairs. Only pairs without one
+/// subtract z - f(a - beta g), whose relative error is about u / beta.
 template <class S, ActivationPair<S> P>
 void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& z,
                     const MatrixCRef<S>& g, S beta, MatrixRef<S> delta) {
   const auto on_block = [&pair, beta](MatrixRef<S> out, const MatrixCRef<S>& a_block,
-                                      const MatrixCRef<S>& z_block, const MatrixCRef<S>& g_block) {
+                                      [[maybe_unused]] const MatrixCRef<S>& z_block,
+                                      const MatrixCRef<S>& g_block) {
     if constexpr (detail::linear_pair<P>) {
       out = g_block;
+    } else if constexpr (detail::has_columnwise_difference<P, S>) {
+      const Matrix<S> step = -beta * g_block;
+      pair.f_difference(a_block, MatrixCRef<S>(step), out);
+      out /= -beta;
     } else if constexpr (ColumnwisePair<P, S>) {
       const Matrix<S> perturbed = a_block - beta * g_block;
       pair.f(MatrixCRef<S>(perturbed), out);
       out = (z_block - out) / beta;
+    } else if constexpr (detail::has_difference_expr<P, S>) {
+      out.array() = pair.f_difference_expr(a_block.array(), -beta * g_block.array()) / -beta;
+    } else if constexpr (detail::has_scalar_difference<P, S>) {
+      out = a_block.binaryExpr(
+          g_block, [&pair, beta](S x, S y) { return S(pair.f_difference(x, -beta * y)) / -beta; });
     } else if constexpr (detail::has_f_expr<P, S>) {
       out.array() =
           (z_block.array() - pair.f_expr(a_block.array() - beta * g_block.array())) / beta;

@@ -24,6 +24,13 @@ struct hard_sigmoid {
   /// At the ends of [0, 1], z itself lies in the normal cone plus z, so it is a valid element.
   template <class S> S grad_conj(S z) const { return z; }
   template <class S> S prox_conj(S v, S t) const { return std::clamp(v / (1 + t), S(0), S(1)); }
+  /// f(a + h) - f(a) = clip(a + h) - f(a) = clip((a - f(a)) + h, 0 - f(a), 1 - f(a)): h where
+  /// a and a + h lie inside [0, 1], 0 where both are clipped to one bound, and no cancellation
+  /// where a is clipped and a + h is not (a - f(a) is exact there, unlike fl(a + h) - bound).
+  template <class S> S f_difference(S a, S h) const {
+    const S base = f(a);
+    return std::clamp((a - base) + h, S(0) - base, S(1) - base);
+  }
 
   template <class A> auto f_expr(const A& a) const {
     using S = typename A::Scalar;
@@ -32,6 +39,10 @@ struct hard_sigmoid {
   template <class A> auto df_expr(const A& a) const {
     using S = typename A::Scalar;
     return ((a > S(0)) && (a < S(1))).template cast<S>();
+  }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    return ((a - f_expr(a)) + h).max(S(0) - f_expr(a)).min(S(1) - f_expr(a));
   }
 };
 

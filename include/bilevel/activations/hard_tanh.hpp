@@ -23,6 +23,13 @@ struct hard_tanh {
   }
   template <class S> S grad_conj(S z) const { return z; }
   template <class S> S prox_conj(S v, S t) const { return std::clamp(v / (1 + t), S(-1), S(1)); }
+  /// f(a + h) - f(a) = clip(a + h) - f(a) = clip((a - f(a)) + h, -1 - f(a), 1 - f(a)): h where
+  /// a and a + h lie inside [-1, 1], 0 where both are clipped to one bound, and no cancellation
+  /// where a is clipped and a + h is not (a - f(a) is exact there, unlike fl(a + h) - bound).
+  template <class S> S f_difference(S a, S h) const {
+    const S base = f(a);
+    return std::clamp((a - base) + h, S(-1) - base, S(1) - base);
+  }
 
   template <class A> auto f_expr(const A& a) const {
     using S = typename A::Scalar;
@@ -31,6 +38,10 @@ struct hard_tanh {
   template <class A> auto df_expr(const A& a) const {
     using S = typename A::Scalar;
     return ((a > S(-1)) && (a < S(1))).template cast<S>();
+  }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    return ((a - f_expr(a)) + h).max(S(-1) - f_expr(a)).min(S(1) - f_expr(a));
   }
 };
 

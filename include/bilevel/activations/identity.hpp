@@ -20,6 +20,7 @@ struct identity {
   template <class S> S G_conj(S z) const { return z * z / 2; }
   template <class S> S grad_conj(S z) const { return z; }
   template <class S> S prox_conj(S v, S t) const { return v / (1 + t); }
+  template <class S> S f_difference(S, S h) const { return h; }
 
   template <class A> auto f_expr(const A& a) const { return a; }
   template <class A> auto df_expr(const A& a) const { return A::Constant(a.rows(), a.cols(), 1); }

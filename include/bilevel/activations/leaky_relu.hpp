@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "relu.hpp"
 
 namespace bilevel {
 
@@ -35,6 +36,12 @@ struct leaky_relu {
   template <class S> S G(S a) const { return (a >= 0 ? S(1) : S(slope)) * a * a / 2; }
   template <class S> S G_conj(S z) const { return (z >= 0 ? S(1) : 1 / S(slope)) * z * z / 2; }
   template <class S> S grad_conj(S z) const { return z >= 0 ? z : z / S(slope); }
+  /// f(a + h) - f(a), from f = s x + (1 - s) relu(x): s h + (1 - s) (relu(a + h) - relu(a)),
+  /// with relu's exact difference. That is h or s h where a and a + h lie on one piece, and a
+  /// sum of two terms of one sign across the kink: no cancellation anywhere.
+  template <class S> S f_difference(S a, S h) const {
+    return S(slope) * h + (1 - S(slope)) * relu{}.f_difference(a, h);
+  }
   /// t G*'(z) + z = v on each branch: z = v/(1+t) for v >= 0, z = s v/(s+t) otherwise.
   template <class S> S prox_conj(S v, S t) const {
     return v >= 0 ? v / (1 + t) : S(slope) * v / (S(slope) + t);
@@ -48,6 +55,10 @@ struct leaky_relu {
     using S = typename A::Scalar;
     return (a > S(0)).select(A::Constant(a.rows(), a.cols(), S(1)),
                              A::Constant(a.rows(), a.cols(), S(slope)));
+  }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    return S(slope) * h + (1 - S(slope)) * relu{}.f_difference_expr(a, h);
   }
 };
 

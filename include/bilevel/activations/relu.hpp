@@ -26,10 +26,21 @@ struct relu {
   template <class S> S grad_conj(S z) const { return z; }
   template <class S> S prox_conj(S v, S t) const { return std::max(v / (1 + t), S(0)); }
 
+  /// f(a + h) - f(a) = max(a + h, 0) - max(a, 0) = max(min(a, 0) + h, -max(a, 0)): h where a and
+  /// a + h are both positive (slope 1), 0 where both are not, and -a or a + h across the kink,
+  /// with no cancellation anywhere.
+  template <class S> S f_difference(S a, S h) const {
+    return std::max(std::min(a, S(0)) + h, -f(a));
+  }
+
   template <class A> auto f_expr(const A& a) const { return a.max(typename A::Scalar(0)); }
   template <class A> auto df_expr(const A& a) const {
     using S = typename A::Scalar;
     return (a > S(0)).template cast<S>();
+  }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    return (a.min(S(0)) + h).max(-a.max(S(0)));
   }
 };
 

@@ -10,6 +10,8 @@
 #include <limits>
 #include <string>
 
+#include "tanh.hpp"
+
 namespace bilevel {
 
 /// The logistic sigmoid pair: G = softplus, G* = z log z + (1 - z) log(1 - z) on [0, 1].
@@ -31,8 +33,18 @@ struct sigmoid {
   }
   /// The logit; +-inf at the ends of [0, 1].
   template <class S> S grad_conj(S z) const { return std::log(z) - std::log1p(-z); }
+  /// sigma(a + h) - sigma(a) = (1 - sigma(a + h)) sigma(a) expm1(h) = sinh(h/2) / (2 cosh(a/2)
+  /// cosh((a + h)/2)); since sigma(x) = (1 + tanh(x/2)) / 2 it is half the tanh difference at
+  /// (a/2, h/2), whose form neither cancels nor overflows (detail::tanh_difference).
+  template <class S> S f_difference(S a, S h) const {
+    return detail::tanh_difference(a / 2, h / 2) / 2;
+  }
 
   template <class A> auto f_expr(const A& a) const { return a.logistic(); }
+  template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    return detail::tanh_difference_expr(S(0.5) * a, S(0.5) * h) * S(0.5);
+  }
 
  private:
   template <class S> static S xlogx(S x) { return x > 0 ? x * std::log(x) : S(0); }

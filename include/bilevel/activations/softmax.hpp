@@ -14,6 +14,17 @@
 #include "../core/types.hpp"
 
 namespace bilevel {
+namespace detail {
+
+/// e^x - 1 over Eigen arrays as tanh(x / 2) (e^x + 1), which has no cancellation and
+/// vectorises: Eigen 3.4's expm1 goes through a logarithm and costs about 8 exps.
+template <class X>
+auto expm1_expr(const X& x) {
+  using S = typename X::Scalar;
+  return (S(0.5) * x).tanh() * (x.exp() + S(1));
+}
+
+}  // namespace detail
 
 /// The softmax pair (columnwise): G = log sum exp, G* = sum z log z on the probability simplex.
 struct softmax {
@@ -45,6 +56,53 @@ struct softmax {
       value(j) = top + std::log((a.col(j).array() - top).exp().sum());
     }
     return value;
+  }
+
+  /// out = softmax(a + h) - softmax(a) per column without cancellation. With p = softmax(a),
+  /// softmax(a + h)_i = p_i e^(h_i - c) where c = log sum_j p_j e^(h_j) = log1p(sum_j p_j
+  /// expm1(h_j)) (the p_j sum to 1), so
+  /// ~~~{.unparsed}
+  ///   softmax(a + h) - softmax(a) = p .* expm1(h - c).
+  /// ~~~
+  /// h is first shifted by its p-weighted mean (softmax ignores a constant shift): then c >= 0
+  /// (Jensen), and every expm1 argument stays below `large` unless some h_i exceeds the mean
+  /// by more; those rare columns take the terms p_i e^(h_i) = e^(log p_i + h_i), which then
+  /// dwarf p_i, in the log domain.
+  template <class S>
+  void f_difference(const MatrixCRef<S>& a, const MatrixCRef<S>& h, MatrixRef<S> out) const {
+    const S large = 20;
+    for (Index j = 0; j < a.cols(); ++j) {
+      auto p = out.col(j).array();
+      const S top = a.col(j).maxCoeff();
+      p = (a.col(j).array() - top).exp();
+      const S total = p.sum();
+      p /= total;
+      const S mean = (p * h.col(j).array()).sum();
+      const auto shifted = h.col(j).array() - mean;
+      if (shifted.maxCoeff() <= large) {
+        const S c = std::log1p((p * detail::expm1_expr(shifted)).sum());
+        p *= detail::expm1_expr(shifted - c);
+        continue;
+      }
+      const S log_total = top + std::log(total);
+      // log p_i + shifted_i - t, and p_i e^(shifted_i - t) - p_i in whichever form keeps digits.
+      const auto log_term = [&](Index i, S t) { return a(i, j) - log_total + shifted(i) - t; };
+      const auto change = [&](Index i, S t) {
+        const S e = shifted(i) - t;
+        return e <= large ? p(i) * std::expm1(e) : std::exp(log_term(i, t)) - p(i);
+      };
+      S highest = log_term(0, 0);
+      for (Index i = 1; i < a.rows(); ++i) highest = std::max(highest, log_term(i, 0));
+      S c = 0;
+      if (highest <= large) {  // every p_i e^(shifted_i) <= e^large: log1p of the changes
+        for (Index i = 0; i < a.rows(); ++i) c += change(i, 0);
+        c = std::log1p(c);
+      } else {  // c >= highest > large: log-sum-exp loses nothing here
+        for (Index i = 0; i < a.rows(); ++i) c += std::exp(log_term(i, highest));
+        c = highest + std::log(c);
+      }
+      for (Index i = 0; i < a.rows(); ++i) p(i) = change(i, c);
+    }
   }
 
   /// sum z log z where z is on the simplex (entries >= 0, sum within a relative tolerance of 1).
