@@ -11,6 +11,8 @@
 ///   difference         f(a + h) - f(a) from the pair's f_difference (batch and scalar forms)
 ///                      equals the direct form evaluated in long double, for h from 1e-4 to 10
 ///                      times the sample range
+///   divergence         G(a + h) - G(a) - f(a) h from the pair's G_divergence is >= 0 and
+///                      equals the direct form in long double
 /// ~~~
 /// Finite differences are skipped where the forward and backward differences disagree (a kink
 /// between the sample points), since f and G are only piecewise smooth.
@@ -211,6 +213,32 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
             }
           }
       }
+    }
+  }
+
+  // The Bregman divergence G(a + h) - G(a) - f(a) h from the pair's G_divergence: >= 0, and
+  // the direct form in long double where that resolves it.
+  if constexpr (detail::has_scalar_divergence<P, S> && ActivationPair<P, long double>) {
+    using L = long double;
+    const L unit = L(options.difference_ulps) * std::numeric_limits<S>::epsilon();
+    const L resolution = 4 * std::numeric_limits<L>::epsilon();
+    const Matrix<S> a = detail::uniform_matrix<S>(random, n, m, options.scale);
+    for (const double size : {1e-4, 1e-2, 1.0, 10.0}) {
+      const Matrix<S> h = detail::uniform_matrix<S>(random, n, m, size * options.scale);
+      for (Index j = 0; j < m; ++j)
+        for (Index i = 0; i < n; ++i) {
+          const S got = S(pair.G_divergence(a(i, j), h(i, j)));
+          const L x = a(i, j), step = h(i, j);
+          const L potential = L(pair.G(x + step)), base = L(pair.G(x));
+          const L want = potential - base - L(pair.f(x)) * step;
+          if (!(got >= 0))
+            fail("G_divergence(a, h) < 0", i, j, got, S(want));
+          const L allowed = unit * (std::abs(want) + std::abs(x * step) * unit);
+          if (resolution * (std::abs(potential) + std::abs(base)) > allowed / 4) continue;
+          if (std::abs(L(got) - want) > allowed)
+            fail("G_divergence(a, h) != G(a + h) - G(a) - f(a) h in long double", i, j, got,
+                 S(want));
+        }
     }
   }
   return report;

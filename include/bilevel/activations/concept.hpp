@@ -18,6 +18,9 @@
 ///       f_difference(a, h)        f(a + h) - f(a) without cancellation (exact per linear piece
 ///                                 of a piecewise-linear f, a cancellation-free closed form for a
 ///                                 smooth one), optionally vectorised as f_difference_expr(a, h)
+///       G_divergence(a, h)        G(a + h) - G(a) - f(a) h >= 0 without cancellation (the
+///                                 Bregman divergence LPOM's safeguard reads; activations/
+///                                 displacement.hpp)
 ///   A pair with parameters of its own (leaky ReLU's slope) gives both of
 ///       hyperparameters()         -> std::vector<double>
 ///       set_hyperparameters(v)    from such a vector, validating it
@@ -103,6 +106,10 @@ concept linear_pair = requires { requires P::linear; };
 template <class P, class S>
 concept has_scalar_difference = requires(const P& pair, S a, S h) {
   { pair.f_difference(a, h) } -> std::convertible_to<S>;
+};
+template <class P, class S>
+concept has_scalar_divergence = requires(const P& pair, S a, S h) {
+  { pair.G_divergence(a, h) } -> std::convertible_to<S>;
 };
 template <class P, class S>
 concept has_difference_expr =

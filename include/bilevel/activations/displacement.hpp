@@ -24,19 +24,12 @@ namespace bilevel {
 
 namespace detail {
 
-template <class P, class S>
-concept has_scalar_difference = requires(const P& pair, S a, S h) {
-  { pair.f_difference(a, h) } -> std::convertible_to<S>;
-};
-template <class P, class S>
-concept has_scalar_divergence = requires(const P& pair, S a, S h) {
-  { pair.G_divergence(a, h) } -> std::convertible_to<S>;
-};
-
 /// f(a + h) - f(a) for one element: the pair's own form where it has one.
 template <class S, class P>
 S scalar_difference(const P& pair, S a, S h) {
-  if constexpr (has_scalar_difference<P, S>)
+  if constexpr (linear_pair<P>)
+    return h;
+  else if constexpr (has_scalar_difference<P, S>)
     return S(pair.f_difference(a, h));
   else
     return S(pair.f(a + h)) - S(pair.f(a));
@@ -73,22 +66,6 @@ S solve_displacement(const P& pair, S a, S rho, S c) {
 
 }  // namespace detail
 
-/// out = f(a + h) - f(a) (TEMPORARY until the pairs' exact differences land in concept.hpp).
-template <class S, ActivationPair<S> P>
-void difference(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h, MatrixRef<S> out) {
-  if constexpr (ColumnwisePair<P, S>) {
-    const Matrix<S> moved = a + h;
-    Matrix<S> base(a.rows(), a.cols());
-    pair.f(MatrixCRef<S>(moved), out);
-    pair.f(a, MatrixRef<S>(base));
-    out -= base;
-  } else {
-    for (Index j = 0; j < a.cols(); ++j)
-      for (Index i = 0; i < a.rows(); ++i)
-        out(i, j) = detail::scalar_difference<S>(pair, a(i, j), h(i, j));
-  }
-}
-
 /// d = prox_{c G*}(f(a) + c a + rho) - f(a) per element or column (c > 0), without forming the
 /// sum: see the file comment. Columnwise pairs without an exact difference take the direct form.
 template <class S, ActivationPair<S> P>
@@ -112,7 +89,8 @@ void prox_conj_displacement(const P& pair, const MatrixCRef<S>& a, const MatrixC
 }
 
 /// Per sample (column): sum over its entries of D_G(a + h, a) = G(a + h) - G(a) - f(a) h,
-/// into `out` (1 x B). Exact per linear piece of f for pairs that give G_divergence.
+/// into `out` (1 x B). Exact per linear piece of f for linear pairs and pairs that give
+/// G_divergence(a, h) (the built-in piecewise-linear ones); the direct form otherwise.
 template <class S, ActivationPair<S> P>
 void potential_divergence(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h,
                           RowVector<S>& out) {
@@ -127,7 +105,9 @@ void potential_divergence(const P& pair, const MatrixCRef<S>& a, const MatrixCRe
       S sum = 0;
       for (Index i = 0; i < a.rows(); ++i) {
         const S x = a(i, j), step = h(i, j);
-        if constexpr (detail::has_scalar_divergence<P, S>)
+        if constexpr (detail::linear_pair<P>)
+          sum += step * step / 2;
+        else if constexpr (detail::has_scalar_divergence<P, S>)
           sum += S(pair.G_divergence(x, step));
         else
           sum += S(pair.G(x + step)) - S(pair.G(x)) - S(pair.f(x)) * step;

@@ -30,6 +30,13 @@ struct hard_tanh {
     const S base = f(a);
     return std::clamp((a - base) + h, S(-1) - base, S(1) - base);
   }
+  /// D_G(a + h, a) = G(a + h) - G(a) - f(a) h, the integral over s in [0, h] of
+  /// f(a + s) - f(a) = clip(t(s), lo - f(a), hi - f(a)) with t(s) = (a - f(a)) + s: t^2 / 2
+  /// between the bounds, linear beyond; exactly h^2 / 2 inside the middle piece, 0 on a flat one.
+  template <class S> S G_divergence(S a, S h) const {
+    const S base = f(a), low = S(-1) - base, high = S(1) - base, t = (a - base) + h;
+    return t <= low ? low * (t - low / 2) : t >= high ? high * (t - high / 2) : t * t / 2;
+  }
 
   template <class A> auto f_expr(const A& a) const {
     using S = typename A::Scalar;

@@ -42,6 +42,10 @@ struct leaky_relu {
   template <class S> S f_difference(S a, S h) const {
     return S(slope) * h + (1 - S(slope)) * relu{}.f_difference(a, h);
   }
+  /// D_G(a + h, a): G = s a^2 / 2 + (1 - s) G_relu, exact per piece as relu's.
+  template <class S> S G_divergence(S a, S h) const {
+    return S(slope) * h * h / 2 + (1 - S(slope)) * relu{}.G_divergence(a, h);
+  }
   /// t G*'(z) + z = v on each branch: z = v/(1+t) for v >= 0, z = s v/(s+t) otherwise.
   template <class S> S prox_conj(S v, S t) const {
     return v >= 0 ? v / (1 + t) : S(slope) * v / (S(slope) + t);

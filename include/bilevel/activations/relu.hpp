@@ -32,6 +32,13 @@ struct relu {
   template <class S> S f_difference(S a, S h) const {
     return std::max(std::min(a, S(0)) + h, -f(a));
   }
+  /// D_G(a + h, a) = G(a + h) - G(a) - f(a) h, the integral over s in [0, h] of
+  /// f(a + s) - f(a) = max(t(s), -f(a)) with t(s) = min(a, 0) + s: t^2 / 2 at t(h) while t stays
+  /// above -f(a), linear below; exactly h^2 / 2 on the positive piece and 0 on the other.
+  template <class S> S G_divergence(S a, S h) const {
+    const S low = -f(a), t = std::min(a, S(0)) + h;
+    return t > low ? t * t / 2 : low * (t - low / 2);
+  }
 
   template <class A> auto f_expr(const A& a) const { return a.max(typename A::Scalar(0)); }
   template <class A> auto df_expr(const A& a) const {

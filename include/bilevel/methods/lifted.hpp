@@ -119,7 +119,6 @@ class lifted_objective {
     safeguarded_ = 0;
     fixed_point_updates_ = 0;
     rule_.start(top, B, stopping.tolerance);
-    for (Index m = 1; m <= top; ++m) base_[std::size_t(m)] = forward_.z[std::size_t(m)].colwise().norm();
     for (result.sweeps = 1; result.sweeps <= stopping.max_iterations; ++result.sweeps) {
       for (Index m = 1; m <= top; ++m) previous_[std::size_t(m)] = d_[std::size_t(m)];
       for (Index m = top; m >= 1; --m) {
@@ -132,7 +131,7 @@ class lifted_objective {
         const auto i = std::size_t(m);
         step_norm_ = (d_[i] - previous_[i]).colwise().norm();
         displacement_norm_ = d_[i].colwise().norm();
-        rule_.observe(m - 1, step_norm_, displacement_norm_, base_[i]);
+        rule_.observe(m - 1, step_norm_, displacement_norm_, displacement_norm_);
       }
       if (rule_.end_iteration()) break;
     }
@@ -345,7 +344,6 @@ class lifted_objective {
     d_.resize(L + 1);
     v_.resize(L + 1);
     previous_.resize(L + 1);
-    base_.resize(L + 1);
     z_.resize(L + 1);
     e_.resize(L);
     a_.resize(L);
@@ -450,7 +448,7 @@ class lifted_objective {
              work.candidate_preimage, nullptr);
       step_norm_ = work.move.colwise().norm();
       displacement_norm_ = d_[i].colwise().norm();
-      block_rule_.observe(0, step_norm_, displacement_norm_, base_[i]);
+      block_rule_.observe(0, step_norm_, displacement_norm_, displacement_norm_);
       if (block_rule_.end_iteration()) break;
     }
   }
@@ -588,7 +586,7 @@ class lifted_objective {
       }
       step_norm_ = (d_[i] - work.before).colwise().norm();
       displacement_norm_ = d_[i].colwise().norm();
-      block_rule_.observe(0, step_norm_, displacement_norm_, base_[i]);
+      block_rule_.observe(0, step_norm_, displacement_norm_, displacement_norm_);
       if (block_rule_.end_iteration()) break;
     }
   }
@@ -653,7 +651,6 @@ class lifted_objective {
 
   forward_state<S> forward_;
   std::vector<Matrix<S>> d_, v_, e_, previous_, z_, a_;
-  std::vector<RowVector<S>> base_;  ///< per-sample norms of z^0, per block
   std::vector<S> steps_, weight_steps_;
   std::vector<block_work> blocks_;
   std::vector<weight_work> layers_;

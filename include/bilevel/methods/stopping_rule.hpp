@@ -10,10 +10,13 @@
 /// with s_t = ||Delta_t|| the block's step in iteration t, the distance to the limit is about
 /// the sum of the steps still to come. With r the observed contraction, it is
 /// ~~~{.unparsed}
-///   remaining = r / (1 - r) P,     converged when   remaining <= tau ||z_t - z^0|| + c u ||z^0||,
+///   remaining = r / (1 - r) P,     converged when   remaining <= tau ||z_t - z^0|| + c u b,
 /// ~~~
-/// u the unit roundoff of the scalar type and c = 64, the floor below which a step in z cannot be
-/// told from rounding. From the fourth iteration on, P = s_t + s_{t-1} and r = P / (s_{t-2} +
+/// u the unit roundoff of the scalar type, c = 64 and b the scale of the iterate's rounding:
+/// c u b is the floor below which a step cannot be told from rounding. A solver that iterates on
+/// z has b = ||z^0||; one that iterates on the displacement d = z - z^0 (forming every difference
+/// f(a + h) - f(a) exactly) rounds relative to d, b = ||z_t - z^0||, and so keeps its digits as
+/// s -> 0. From the fourth iteration on, P = s_t + s_{t-1} and r = P / (s_{t-2} +
 /// s_{t-3}): sums of two steps, so that solvers whose steps alternate (a safeguard that takes
 /// every other update back, Barzilai-Borwein steps) are judged by their contraction over two
 /// iterations; before that, P = s_t and r the larger of the observed step ratios. A block
@@ -70,14 +73,14 @@ class displacement_rule {
   }
 
   /// Block k's per-sample norms after this iteration: of its step Delta_t, of its displacement
-  /// z_t - z^0 and of its start z^0.
+  /// z_t - z^0 and of the scale b its rounding sits at (file comment).
   void observe(Index block, const RowVector<S>& step, const RowVector<S>& displacement,
-               const RowVector<S>& base) {
+               const RowVector<S>& rounding_scale) {
     // steps[0] = s_{t-1}, steps[1] = s_{t-2}, steps[2] = s_{t-3}
     std::array<RowVector<S>, 3>& steps = history_[std::size_t(block)];
     const S unit = std::numeric_limits<S>::epsilon() / 2;
     for (Index j = 0; j < step.size(); ++j) {
-      const S floor = roundoff_factor * unit * base(j);
+      const S floor = roundoff_factor * unit * rounding_scale(j);
       const S s0 = step(j), s1 = steps[0](j), s2 = steps[1](j), s3 = steps[2](j);
       S recent = s0, contraction = std::numeric_limits<S>::infinity();
       if (iteration_ >= 3) {
