@@ -378,6 +378,30 @@ TEST_CASE("PCN's report counts the samples left at the cap", "[pcn]") {
   CHECK(free.inner_iterations < pcn<double>().config().stopping.max_iterations);
 }
 
+TEST_CASE("PCN in float keeps its digits at a small spacing", "[pcn]") {
+  // At s = 1e-6 the states move by about 1e-6 of their size: inference on z would drown in
+  // float's rounding, and a stopping floor relative to |z^0| would stop it at once; on
+  // d = z - z^0 the float estimate matches double's to the tolerance.
+  random_source random(32);
+  auto net = make_mlp<double, tanh_pair>({5, 8, 6, 4});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 5, 7);
+  const Matrix<double> y = random_one_hot<double>(random, 4, 7);
+  auto single = make_mlp<float, tanh_pair>({5, 8, 6, 4});
+  single.parameters() = net.parameters().cast<float>();
+  Vector<double> reference;
+  Vector<float> estimate;
+  pcn<double>({.spacing = 1e-6}).gradient(net, x, y, reference);
+  const step_report report =
+      pcn<float>({.spacing = 1e-6f}).gradient(single, x.cast<float>(), y.cast<float>(), estimate);
+  CHECK(report.converged());
+  const Vector<double> widened = estimate.cast<double>();
+  for (Index i = 0; i < net.depth(); ++i) {
+    CAPTURE(i);
+    CHECK(layer_error(net, i, widened, reference) < 1e-3);
+  }
+}
+
 TEST_CASE("PCN rejects bad settings and batches of the wrong shape", "[pcn]") {
   CHECK_THROWS_AS(make_pcn(0, 0.1), config_error);
   CHECK_THROWS_AS(make_pcn(10, 0.0), config_error);
