@@ -116,6 +116,7 @@ TEST_CASE("every method rejects settings out of range with a config_error naming
     ep_step.step = bad;
     CHECK_THROWS_WITH(ep<double>(ep_step), Contains("ep: step must be"));
     CHECK_THROWS_WITH(pcn<double>({.inference_rate = bad}), Contains("pcn: inference_rate must be"));
+    CHECK_THROWS_WITH(pcn<double>({.spacing = bad}), Contains("pcn: spacing must be"));
     CHECK_THROWS_WITH(mac<double>({.mu = bad}), Contains("mac: mu must be"));
     CHECK_THROWS_WITH(lpom<double>({.lambda = {bad}}), Contains("lpom: lambda must be"));
     CHECK_THROWS_WITH(fln<double>({.lambda = {1.0, bad}}), Contains("fln: lambda must be"));
@@ -130,7 +131,10 @@ TEST_CASE("every method rejects settings out of range with a config_error naming
                     Contains("chl: max_iterations must be >= 1, got 0"));
   CHECK_THROWS_WITH(chl<double>({.stopping = {1.5, 10}}),
                     Contains("chl: tolerance must be in (0, 1), got 1.5"));
-  CHECK_THROWS_WITH(pcn<double>({.iterations = -1}), Contains("pcn: iterations must be >= 0, got -1"));
+  CHECK_THROWS_WITH(pcn<double>({.stopping = {1e-4, 0}}),
+                    Contains("pcn: max_iterations must be >= 1, got 0"));
+  CHECK_THROWS_WITH(mac<double>({.z_stopping = {2, 10}}),
+                    Contains("mac: tolerance must be in (0, 1), got 2"));
   CHECK_THROWS_WITH(lpom<double>({.stopping = {1e-3, 0}}),
                     Contains("lpom: max_iterations must be >= 1, got 0"));
   CHECK_THROWS_WITH(mac<double>({.mu = 2, .mu_growth = 0.5}),

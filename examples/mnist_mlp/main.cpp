@@ -43,10 +43,11 @@ method_defaults defaults_for(const std::string& method) {
     d.lr = 0.05;
     d.beta = "0.5";
   }
-  if (method == "pcn") {  // Whittington & Bogacz: 784-500-500-10 logistic, batch 20, Adam
+  if (method == "pcn") {  // our choice (METHODS.md §5.4): 784-500-500-10 logistic, batch 20, Adam
     d.layers = "784,500,500,10";
     d.activation = "sigmoid";
     d.batch = 20;
+    d.beta = "1";  // the classic PCN: the loss unweighted in the energy
   }
   if (method == "mac") d.mu = 10;
   if (method == "lpom" || method == "fln") d.lambda = "10";
@@ -100,8 +101,9 @@ int main(int argc, char** argv) {
                              "altmin"}))
       ->capture_default_str();
   app.add_option("--beta", opts.beta,
-                 "Spacing per sample: fenbp (one value, or one per layer), chl, ep "
-                 "(method default: fenbp 0.01, chl 0.1, ep 0.5)");
+                 "Spacing per sample: fenbp (one value, or one per layer), chl, ep, pcn (the "
+                 "loss's weight s in F = sum E_k + s l) (method default: fenbp 0.01, chl 0.1, "
+                 "ep 0.5, pcn 1)");
   app.add_option("--init", opts.init, "Weight initialisation: glorot, he, negative")
       ->check(CLI::IsMember({"glorot", "he", "negative"}))
       ->capture_default_str();
@@ -170,7 +172,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--inner-iterations", opts.inner_iterations,
                  "Inner solver iterations (0: the method's default): chl, lpom, fln: the cap on "
-                 "sweeps; ep free steps, pcn inference steps, mac Z-steps, altmin code steps")
+                 "sweeps; pcn, mac: the cap on inference steps, Z-steps; ep free steps, altmin "
+                 "code steps")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--inner-step", opts.inner_step,
@@ -179,14 +182,14 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--tolerance", opts.tolerance,
-                 "Inner tolerance (0: the method's default): chl, lpom, fln: the stopping "
-                 "rule's tolerance relative to the displacement (docs/methods.md §5.6b); mac")
+                 "Inner tolerance (0: the method's default): chl, lpom, fln, pcn, mac: the "
+                 "stopping rule's tolerance relative to the displacement (docs/methods.md §5.6b)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--inner-start", opts.inner_start,
-                 "chl, lpom, fln: where the inner solve starts, forward (the forward pass) or "
-                 "first-order (docs/methods.md §5.6b) (method default: chl forward; lpom, fln "
-                 "first-order)")
+                 "chl, lpom, fln, pcn, mac: where the inner solve starts, forward (the forward "
+                 "pass) or first-order (docs/methods.md §5.6b) (method default: chl, pcn, mac "
+                 "forward; lpom, fln first-order)")
       ->check(CLI::IsMember({"forward", "first-order"}));
   app.add_option("--nudged-iterations", opts.nudged_iterations, "ep: steps of each nudged phase")
       ->check(CLI::PositiveNumber)

@@ -59,8 +59,11 @@ class any_method {
       method_.template emplace<bilevel::ep<S>>(settings);
     } else if (name == "pcn") {
       typename bilevel::pcn<S>::settings settings;
-      if (opts.inner_iterations > 0) settings.iterations = opts.inner_iterations;
+      settings.spacing = S(single_beta(opts));
+      if (opts.inner_iterations > 0) settings.stopping.max_iterations = opts.inner_iterations;
       if (opts.inner_step > 0) settings.inference_rate = S(opts.inner_step);
+      if (opts.tolerance > 0) settings.stopping.tolerance = S(opts.tolerance);
+      if (!opts.inner_start.empty()) settings.start = inner_start(opts);
       method_.template emplace<bilevel::pcn<S>>(settings);
     } else if (name == "zil") {
       method_.template emplace<bilevel::pcn<S>>(bilevel::pcn<S>::zil());
@@ -68,8 +71,9 @@ class any_method {
       typename bilevel::mac<S>::settings settings;
       settings.mu = S(opts.mu);
       settings.mu_growth = S(opts.mu_growth);
-      if (opts.inner_iterations > 0) settings.z_iterations = opts.inner_iterations;
-      if (opts.tolerance > 0) settings.z_tolerance = S(opts.tolerance);
+      if (opts.inner_iterations > 0) settings.z_stopping.max_iterations = opts.inner_iterations;
+      if (opts.tolerance > 0) settings.z_stopping.tolerance = S(opts.tolerance);
+      if (!opts.inner_start.empty()) settings.start = inner_start(opts);
       method_.template emplace<bilevel::mac<S>>(settings);
     } else if (name == "altmin") {
       typename bilevel::altmin<S>::settings settings;
@@ -271,7 +275,9 @@ inline bilevel::lr_schedule<double> make_schedule(const options& opts) {
 }
 
 inline json beta_json(const options& opts) {
-  if (opts.method != "fenbp" && opts.method != "chl" && opts.method != "ep") return nullptr;
+  if (opts.method != "fenbp" && opts.method != "chl" && opts.method != "ep" &&
+      opts.method != "pcn")
+    return nullptr;
   const auto betas = parse_list<double>(opts.beta, "--beta");
   return betas.size() == 1 ? json(betas.front()) : json(betas);
 }

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Method of auxiliary coordinates (MAC; Carreira-Perpinan & Wang 2014), METHODS.md §5.4.
+/// Method of auxiliary coordinates (MAC; Carreira-Perpinan & Wang 2014), docs/methods.md §5.4.
 ///
 /// Objective, per sample (METHODS.md §1: energies are per sample, never divided by the batch):
 /// ~~~{.unparsed}
@@ -15,23 +15,30 @@
 /// ~~~{.unparsed}
 ///   s_k = mu J_f(a_k)^T (f(a_k) - z_k)  (k < L),     s_L = J_{f_L}(a_L)^T dl/dz_L,
 /// ~~~
-/// so that dF/dz_k = mu eps_k + W_{k+1}^T s_{k+1} (hidden k) and dF/dW_k = s_k z_{k-1}^T.
+/// so that dF/dz_k = mu eps_k + W_{k+1}^T s_{k+1} (hidden k) and dF/dW_k = s_k z_{k-1}^T. F is
+/// held in displacement form, d = z - z^0 from the forward pass z^0 (methods/penalizer_energy.hpp,
+/// w = mu and c = 1; docs/methods.md §5.6b).
 ///
 /// One training step (train_step, StepMethod):
 /// ~~~{.unparsed}
-///   Z-step  minimise F over all hidden z for fixed theta, starting from the forward pass, by
-///           gradient descent with a backtracking (Armijo) line search per sample: sample j moves
-///           z^j <- z^j - t_j dF^j/dz only if F^j(new) <= F^j - armijo t_j ||dF^j/dz||^2, otherwise
-///           t_j is halved and tried again (at most max_backtracks times; a sample that never
-///           passes keeps its z). So F never increases, sample by sample. The first trial step
-///           is z_step / max(mu, 1) (the penalties' curvature grows like mu); after an accepted
-///           step the next trial is the sample's Barzilai-Borwein step s's / s'(g_new - g) where
-///           that is positive (otherwise twice the accepted step if it passed at once), which
-///           makes plain descent converge in tens of steps instead of thousands. The Z-step stops
-///           after z_iterations steps, when every sample's ||dF/dz|| <= z_tolerance, when no
-///           sample can descend any more, or after 5 steps in a row that lowered the batch mean
-///           of F by no more than its rounding (in double, ||dF/dz|| then ends around
-///           1e-8 sqrt(mu) in our tests: a line search on F cannot resolve smaller decreases).
+///   Z-step  minimise F over all hidden z for fixed theta, per sample, from the forward pass (or
+///           the first-order start of §5.6b, an option), by Gauss-Newton steps on the penalties:
+///           p = -P^{-1} dF/dz with P = mu (I - N)^T (I - N) the penalties' Hessian on the current
+///           linear pieces of f (one substitution down and one up through the hidden layers, the
+///           cost of about two matrix products per layer; penalizer_energy.hpp). The loss's
+///           curvature is left out of P, so the step is Newton's up to O(1/mu): a few steps at
+///           mu >= 10 on smooth pairs. Sample j moves to d + t_j p only if
+///           F^j(new) <= F^j + armijo t_j <dF^j/dz, p> (Armijo), so F never increases, sample by
+///           sample; t_j starts at 1 and is halved whenever the step is refused, and never grows
+///           again: at the kinks of piecewise-linear pairs (ReLU) a minimiser often sits on a
+///           kink, where full steps bounce from one linear piece to the other and only shrinking
+///           steps converge. A refused sample waits for the next iteration (one evaluation per
+///           iteration for the whole batch); after max_backtracks refusals in a row it is stuck.
+///           Each sample stops when §5.6b's rule holds for every hidden layer (stopping_rule.hpp:
+///           its distance to the minimiser, estimated from the ratio of successive steps, at most
+///           tolerance times its displacement ||z_k - z^0_k||) and then stays where it is; the
+///           Z-step ends when every sample has stopped or at the cap, and the report counts the
+///           samples that did not converge (at the cap, or stuck).
 ///   W-step  every layer is an independent problem (they only read the z of the Z-step, so they
 ///           can run in parallel; each layer has its own buffers):
 ///             layer k < L:  min over (W_k, b_k) of mean_j 1/2 ||z_k^j - f(W_k z_{k-1}^j + b_k)||^2,
@@ -48,25 +55,33 @@
 ///           building blocks below never change mu.
 /// ~~~
 ///
+/// Why Gauss-Newton and not plain gradient steps: the rule of §5.6b reads the distance to the
+/// minimiser off the ratio of successive steps, which is sound only for steps that shrink
+/// geometrically. Gradient descent with Barzilai-Borwein steps (this method's earlier solver)
+/// does not: measured on the paper's MLP (784-256-128-64-10 ReLU, 50 MNIST images), its steps
+/// stopped by the rule left errors of 20-100 times the tolerance in most layers at every
+/// spacing. With Gauss-Newton steps the measured error is within the tolerance at mu >= 100 and
+/// within 3-7 times it in 5-10% of the layers at mu = 1 and 10 (the ReLU kinks).
+///
 /// The MAC paper runs the quadratic-penalty method on the whole training set with coordinates
 /// kept per training sample, increasing mu along a schedule over the MAC iterations; its Z-step
 /// separates into one small problem per training point and its W-step reuses existing
 /// single-layer solvers. Here training is by minibatches, which are reshuffled, so a batch's
 /// coordinates start from its forward pass at every step (no per-sample memory). The defaults are
 /// ours, not the paper's: mu0 = 1, growth 1 (constant; pick growth = (factor per epoch)^(1 /
-/// batches per epoch), or call set_mu once per epoch), 30 Z iterations, tolerance 1e-6, 5 W
-/// iterations per layer, w_step 0.5, Armijo constant 1e-4. Any per-point solver that does not
-/// increase F fits the method; gradient descent with Armijo and Barzilai-Borwein trial steps is
-/// the one used here.
+/// batches per epoch), or call set_mu once per epoch), Z-step tolerance 1e-4 with a cap of 1000
+/// iterations, cold start, 5 W iterations per layer, w_step 0.5, Armijo constant 1e-4. Any
+/// per-point solver that does not increase F fits the method. The first-order start is off by
+/// default because it buys nothing here: from the forward pass, the first Gauss-Newton step is
+/// that start with f linearised.
 ///
 /// As a gradient estimate (gradient(), GradientMethod): after the Z-step, the batch mean of
 /// dF/dW_k at the minimiser z*, i.e. dW_k = s_k `z_{k-1}^{*T}` / B, db_k = sum_cols(s_k) / B:
 /// mu d_W E_k for hidden layers and dl/dW_L at z*_{L-1} for the top layer. By the envelope
 /// theorem it is the gradient of the value function V_mu(theta) = mean_j min_z F^j(z, theta)
 /// (near a nondegenerate local minimiser z*), which lies below the forward-pass loss and tends to
-/// it as mu -> infinity; the estimate tends to BP's gradient with an error O(1/mu) (METHODS.md
-/// §5.4), provided the Z-step is solved well below the BP gradient's size (the error it leaves in
-/// the estimate is about ||dF/dz|| / curvature, independent of mu).
+/// it as mu -> infinity; the estimate tends to BP's gradient with an error O(1/mu) (§5.4) down
+/// to the floor the tolerance leaves (§5.6b).
 ///
 /// Paper: M. Carreira-Perpinan, W. Wang, "Distributed Optimization of Deeply Nested Systems",
 /// AISTATS 2014 (arXiv:1212.5921).
@@ -83,6 +98,8 @@
 #include "../program.hpp"
 #include "batch_reduction.hpp"
 #include "method.hpp"
+#include "penalizer_energy.hpp"
+#include "stopping_rule.hpp"
 
 namespace bilevel {
 
@@ -96,12 +113,11 @@ class mac {
     /// Factor applied to mu after every train_step (1: constant), and its cap.
     S mu_growth = S(1);
     S mu_max = std::numeric_limits<S>::infinity();
-    /// Z-step: at most this many descent steps (0: the coordinates stay at the forward pass).
-    Index z_iterations = 30;
-    /// Z-step: first trial step, in units of 1 / max(mu, 1).
-    S z_step = S(1);
-    /// Z-step: stop once every sample's ||dF/dz|| (all hidden layers stacked) is at most this.
-    S z_tolerance = S(1e-6);
+    /// Z-step: the stopping rule of docs/methods.md §5.6b (tolerance, cap on descent steps).
+    stopping_settings<S> z_stopping = {S(1e-4), 1000};
+    /// Where the Z-step starts: the forward pass, or the first-order start of §5.6b (one
+    /// backward pass of BP).
+    inner_start start = inner_start::forward;
     /// W-step: gradient steps per layer, and the largest (and first) trial step.
     Index w_iterations = 5;
     S w_step = S(0.5);
@@ -110,9 +126,10 @@ class mac {
     Index max_backtracks = 40;
   };
 
-  /// Where a Z-step starts: the forward pass of theta, or the coordinates the previous Z-step
-  /// ended at (same batch; alternating this way makes F monotone at fixed mu).
-  enum class z_start { forward, previous };
+  /// Where a Z-step starts: the forward pass of theta, the first-order start of §5.6b, or the
+  /// coordinates the previous Z-step ended at (same batch; alternating this way makes F
+  /// monotone at fixed mu).
+  enum class z_start { forward, first_order, previous };
 
   mac() : mac(settings{}) {}
   explicit mac(settings config) : settings_(config), mu_(config.mu) {
@@ -123,11 +140,7 @@ class mac {
                     "mu_growth", "finite and >= 1", config.mu_growth);
     detail::require(!std::isnan(config.mu_max) && config.mu_max >= config.mu, function, "mu_max",
                     detail::concat(">= mu (", config.mu, ")"), config.mu_max);
-    detail::require(config.z_iterations >= 0, function, "z_iterations", ">= 0",
-                    config.z_iterations);
-    detail::require(std::isfinite(config.z_step) && config.z_step > 0, function, "z_step",
-                    "finite and > 0", config.z_step);
-    detail::require(config.z_tolerance >= 0, function, "z_tolerance", ">= 0", config.z_tolerance);
+    config.z_stopping.validate(function);
     detail::require(config.w_iterations >= 0, function, "w_iterations", ">= 0",
                     config.w_iterations);
     detail::require(std::isfinite(config.w_step) && config.w_step > 0, function, "w_step",
@@ -170,10 +183,11 @@ class mac {
   /// mu <- min(mu * mu_growth, mu_max); train_step calls this once at its end.
   void advance_mu() { mu_ = std::min(mu_ * settings_.mu_growth, settings_.mu_max); }
 
-  /// One MAC iteration on a batch: Z-step from the forward pass, W-step, then advance_mu().
-  /// The report's loss and correct count are those of the forward pass; inner_iterations counts
-  /// the Z-step's descent steps, inner_energy is the batch mean of F after the Z-step and
-  /// inner_residual the batch mean of the per-sample norm of dF/dz there.
+  /// One MAC iteration on a batch: Z-step (from the start the settings choose), W-step, then
+  /// advance_mu(). The report's loss and correct count are those of the forward pass;
+  /// inner_iterations counts the Z-step's descent steps, inner_energy is the batch mean of F
+  /// after the Z-step, inner_residual the batch mean of the per-sample norm of dF/dz there, and
+  /// unconverged the samples the Z-step left before the stopping rule held.
   template <class Program>
   step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
     return train_step(net, x, y, whole_batch{});
@@ -185,7 +199,7 @@ class mac {
   template <class Program, BatchReduction<S> Reduction>
   step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                          const Reduction& shards) {
-    const step_report report = solve_z(net, x, y, z_start::forward);
+    const step_report report = solve_z(net, x, y);
     w_step(net, y, shards);
     advance_mu();
     return report;
@@ -196,48 +210,57 @@ class mac {
   template <class Program>
   step_report gradient(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                        Vector<S>& gradient) {
-    const step_report report = solve_z(net, x, y, z_start::forward);
+    const step_report report = solve_z(net, x, y);
     if (gradient.size() != net.parameter_count()) gradient.resize(net.parameter_count());
-    const S inverse_batch = S(1) / S(x.cols());
-    for (Index i = 0; i < net.depth(); ++i) {
-      const auto u = std::size_t(i);
-      net.layer(i).weights(gradient).noalias() = inverse_batch * sig_[u] * z_[u].transpose();
-      net.layer(i).bias(gradient) = inverse_batch * sig_[u].rowwise().sum();
-    }
+    for (Index i = 0; i < net.depth(); ++i) energy_.layer_estimate(net, now_, z_, i, gradient);
     return report;
   }
 
-  /// The Z-step alone (for fixed theta). With z_start::previous it continues from the
-  /// coordinates of the previous call, which must have had a batch of the same size (the caller
-  /// passes the same x). Records the batch-mean F before the first and after every step in
+  /// The Z-step alone (for fixed theta), from the start the settings choose.
+  template <class Program>
+  step_report solve_z(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
+    return solve_z(net, x, y,
+                   settings_.start == inner_start::first_order ? z_start::first_order
+                                                               : z_start::forward);
+  }
+
+  /// The Z-step alone from `start`. With z_start::previous it continues from the coordinates of
+  /// the previous call, which must have had a batch of the same size (the caller passes the
+  /// same x). Records the batch-mean F before the first and after every step in
   /// energy_history().
   template <class Program>
   step_report solve_z(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
-                      z_start start = z_start::forward) {
+                      z_start start) {
     static_assert(std::is_same_v<typename Program::scalar_type, S>,
                   "mac<S> needs a program over the same scalar type S");
     constexpr const char* function = "mac::solve_z";
     detail::require_batch<Program, S>(net, x, y, function);
-    const bool warm = start == z_start::previous;
-    if (warm) {
+    if (start == z_start::previous) {
       detail::require(fits(net, x.cols()), function, "z_start::previous",
                       "a previous Z-step on a batch of the same size and program", "none");
     }
-    allocate(net, x.cols());
-
-    // The forward pass, for the report and as the cold start.
-    net.forward(x, forward_);
+    const auto L = std::size_t(net.depth());
+    if (layers_.size() != L) layers_.assign(L, layer_work{});
+    energy_.start(net, x, mu_, S(1));
+    energy_.size(net, now_, true);
+    energy_.size(net, trial_, true);
+    const auto& forward = energy_.forward();
     step_report report;
-    report.loss = detail::mean_loss<Program, S>(net, forward_.z.back(), y, losses_);
-    report.correct = count_correct<S>(forward_.z.back(), y);
-    const Index L = net.depth();
-    if (!warm)
-      for (Index k = 1; k < L; ++k) z_[std::size_t(k)] = forward_.z[std::size_t(k)];
-    z_[0] = x;
-    trial_[0] = x;
+    report.loss = detail::mean_loss<Program, S>(net, forward.z.back(), y, losses_);
+    report.correct = count_correct<S>(forward.z.back(), y);
 
+    if (start == z_start::previous) {
+      for (std::size_t k = 1; k < L; ++k) now_.d[k] = z_[k] - forward.z[k];
+    } else if (start == z_start::first_order) {
+      energy_.first_order_start(net, y, now_);
+    } else {
+      energy_.cold_start(now_);
+    }
     descend(net, y, report);
-    z_.back() = out_;
+
+    const auto& z = energy_.states(now_);
+    z_.resize(L + 1);
+    for (std::size_t k = 0; k <= L; ++k) z_[k] = z[k];
     return report;
   }
 
@@ -257,14 +280,25 @@ class mac {
   double energy(const Program& net, const MatrixCRef<S>& y) {
     return double(energies(net, y).mean());
   }
-  /// Per-sample F at the stored coordinates and the current theta.
+  /// Per-sample F at the stored coordinates and the current theta, evaluated directly on the
+  /// coordinates z (not on their displacements, as the Z-step does).
   template <class Program>
-  RowVector<S> energies(const Program& net, const MatrixCRef<S>& y) {
+  RowVector<S> energies(const Program& net, const MatrixCRef<S>& y) const {
     detail::require(fits(net, y.cols()), "mac::energies", "the state",
                     "a Z-step on a batch of this size and program first", "none");
-    RowVector<S> values;
-    net.affine(0, z_[0], a_[0]);
-    evaluate(net, y, z_, values, false);
+    const Index L = net.depth();
+    RowVector<S> values = RowVector<S>::Zero(y.cols());
+    Matrix<S> a, activation;
+    for (Index i = 0; i < L; ++i) {
+      const auto u = std::size_t(i);
+      net.affine(i, z_[u], a);
+      activation.resize(a.rows(), a.cols());
+      net.layer(i).visit([&](const auto& pair) { activate<S>(pair, a, activation); });
+      if (i + 1 < L)
+        values += (mu_ / S(2)) * (z_[u + 1] - activation).colwise().squaredNorm();
+      else
+        values += net.loss_values(activation, y);
+    }
     return values;
   }
 
@@ -308,6 +342,9 @@ class mac {
     S objective() const { return means(means.size() - 1); }
   };
 
+  /// Where a sample stands in the Z-step.
+  enum class progress : char { moving, converged, stuck };
+
   template <class Program>
   bool fits(const Program& net, Index B) const {
     const auto L = std::size_t(net.depth());
@@ -317,166 +354,96 @@ class mac {
     return true;
   }
 
-  template <class Program>
-  void allocate(const Program& net, Index B) {
-    const auto L = std::size_t(net.depth());
-    if (layers_.size() != L) layers_.assign(L, layer_work{});
-    z_.resize(L + 1);
-    trial_.resize(L + 1);
-    a_.resize(L);
-    eps_.resize(L);
-    sig_.resize(L);
-    scratch_.resize(L);
-    grad_.resize(L);
-    previous_grad_.resize(L);
-    z_[0].resize(net.input_size(), B);
-    for (std::size_t k = 1; k <= L; ++k) {
-      const Index n = net.layer(Index(k - 1)).outputs();
-      z_[k].resize(n, B);
-      trial_[k].resize(n, B);
-      a_[k - 1].resize(n, B);
-      eps_[k - 1].resize(n, B);
-      sig_[k - 1].resize(n, B);
-      scratch_[k - 1].resize(n, B);
-      grad_[k - 1].resize(n, B);
-    }
-    out_.resize(net.output_size(), B);
-  }
-
-  /// F per sample at coordinates `z` (z[1..L-1] are read; z[0] is x), with the signals s_k and
-  /// dF/dz of every hidden layer when `with_gradient`. a_1 = W_1 x + b_1 does not depend on the
-  /// coordinates: the caller computes it into a_[0] once for the current theta.
-  template <class Program>
-  void evaluate(const Program& net, const MatrixCRef<S>& y, const std::vector<Matrix<S>>& z,
-                RowVector<S>& energy, bool with_gradient) {
-    const Index L = net.depth();
-    energy.setZero(z[0].cols());
-    const S half_mu = mu_ / S(2);
-    for (Index i = 0; i < L; ++i) {
-      const auto u = std::size_t(i);
-      Matrix<S>& a = a_[u];
-      if (i > 0) net.affine(i, z[u], a);
-      net.layer(i).visit([&](const auto& pair) {
-        if (i + 1 < L) {
-          Matrix<S>& e = eps_[u];
-          activate<S>(pair, a, e);
-          e = z[u + 1] - e;  // eps = z - f(a)
-          energy += half_mu * e.colwise().squaredNorm();
-          if (with_gradient) {
-            scratch_[u] = -e;  // f(a) - z
-            vjp<S>(pair, a, scratch_[u], sig_[u]);
-            sig_[u] *= mu_;
-          }
-        } else {
-          activate<S>(pair, a, out_);
-          net.loss_values(out_, y, losses_);
-          energy += losses_;
-          if (with_gradient) {
-            net.loss().template gradient<S>(out_, y, scratch_[u]);
-            vjp<S>(pair, a, scratch_[u], sig_[u]);
-          }
-        }
-      });
-    }
-    if (with_gradient) {
-      for (Index i = 0; i + 1 < L; ++i) {
-        const auto u = std::size_t(i);
-        grad_[u].noalias() = net.weights(i + 1).transpose() * sig_[u + 1];
-        grad_[u] += mu_ * eps_[u];
-      }
-    }
-  }
-
-  template <class Program>
-  void gradient_norms(const Program& net) {
-    squared_norm_.setZero(z_[0].cols());
-    for (Index i = 0; i + 1 < net.depth(); ++i)
-      squared_norm_ += grad_[std::size_t(i)].colwise().squaredNorm();
-  }
-
-  /// The Z-step from the current z_ (see the header comment).
+  /// The Z-step from now_.d (see the header comment).
   template <class Program>
   void descend(const Program& net, const MatrixCRef<S>& y, step_report& report) {
-    const Index L = net.depth(), B = z_[0].cols();
+    const Index L = net.depth(), B = now_.energy.size();
+    const std::size_t cap = std::size_t(settings_.z_stopping.max_iterations);
+    if (history_.capacity() < cap + 1) history_.reserve(cap + 1);
     history_.clear();
-    history_.reserve(std::size_t(settings_.z_iterations) + 1);
-    net.affine(0, z_[0], a_[0]);
-    evaluate(net, y, z_, energy_, true);
-    gradient_norms(net);
-    history_.push_back(double(energy_.mean()));
+    energy_.evaluate(net, y, now_, true);
+    energy_.gauss_newton_direction(net, now_);
+    history_.push_back(double(now_.energy.mean()));
 
     Index iterations = 0;
     if (L > 1) {
-      const S first_step = settings_.z_step / std::max(mu_, S(1));
-      const S largest_step = first_step * S(1e6);
-      const S tolerance2 = settings_.z_tolerance * settings_.z_tolerance;
-      const double rounding = 4 * double(std::numeric_limits<S>::epsilon());
-      int stalled = 0;
-      step_.setConstant(B, first_step);
-      pending_.resize(std::size_t(B));
-      moved_.resize(std::size_t(B));
-      accepted_.setZero(B);
-      while (iterations < settings_.z_iterations && squared_norm_.maxCoeff() > tolerance2) {
-        std::fill(pending_.begin(), pending_.end(), char(1));
-        std::fill(moved_.begin(), moved_.end(), char(0));
-        Index moved = 0, waiting = B;
-        for (Index attempt = 0; attempt <= settings_.max_backtracks && waiting > 0; ++attempt) {
-          for (Index j = 0; j < B; ++j) {
-            if (!pending_[std::size_t(j)]) continue;
-            for (Index k = 1; k < L; ++k) {
-              const auto u = std::size_t(k);
-              trial_[u].col(j) = z_[u].col(j) - step_(j) * grad_[u - 1].col(j);
-            }
-          }
-          evaluate(net, y, trial_, trial_energy_, false);
-          for (Index j = 0; j < B; ++j) {
-            if (!pending_[std::size_t(j)]) continue;
-            const S bound = energy_(j) - settings_.armijo * step_(j) * squared_norm_(j);
-            if (trial_energy_(j) <= bound) {
-              for (Index k = 1; k < L; ++k)
-                z_[std::size_t(k)].col(j) = trial_[std::size_t(k)].col(j);
-              pending_[std::size_t(j)] = 0;
-              moved_[std::size_t(j)] = 1;
-              accepted_(j) = step_(j);
-              --waiting;
-              ++moved;
-              if (attempt == 0) step_(j) = std::min(S(2) * step_(j), largest_step);
-            } else {
-              step_(j) /= S(2);
-            }
-          }
-        }
-        if (moved == 0) break;  // no sample can descend: stationary up to rounding
-        for (Index k = 1; k < L; ++k)
-          previous_grad_[std::size_t(k - 1)] = grad_[std::size_t(k - 1)];
-        previous_norm_ = squared_norm_;
-        evaluate(net, y, z_, energy_, true);
-        gradient_norms(net);
-        // Barzilai-Borwein: the next trial step of a sample that moved by s = -t g is
-        // s's / s'(g_new - g) = t |g|^2 / (|g|^2 - g'g_new) where that is positive.
-        inner_.setZero(B);
-        for (Index k = 1; k < L; ++k) {
-          const auto u = std::size_t(k - 1);
-          inner_ += previous_grad_[u].cwiseProduct(grad_[u]).colwise().sum();
-        }
-        for (Index j = 0; j < B; ++j) {
-          if (!moved_[std::size_t(j)]) continue;
-          const S curvature = previous_norm_(j) - inner_(j);
-          if (curvature > 0) {
-            step_(j) = std::min(accepted_(j) * previous_norm_(j) / curvature, largest_step);
-          }
-        }
-        history_.push_back(double(energy_.mean()));
+      rule_.start(L - 1, B, settings_.z_stopping.tolerance);
+      progress_.assign(std::size_t(B), progress::moving);
+      failures_.assign(std::size_t(B), 0);
+      step_.setOnes(B);
+      step_norms_.resize(std::size_t(L));
+      for (Index k = 1; k < L; ++k)
+        step_norms_[std::size_t(k)] = now_.direction[std::size_t(k)].colwise().norm();
+      while (iterations < settings_.z_stopping.max_iterations) {
+        try_steps(net, y);
         ++iterations;
-        // F stationary up to its rounding for several steps: more would only chase noise.
-        const double previous = history_[history_.size() - 2], current = history_.back();
-        stalled = previous - current <= rounding * (1 + std::abs(current)) ? stalled + 1 : 0;
-        if (stalled == 5) break;
+        history_.push_back(double(now_.energy.mean()));
+        for (Index k = 1; k < L; ++k) {
+          const auto u = std::size_t(k);
+          displacement_ = now_.d[u].colwise().norm();
+          rule_.observe(k - 1, step_norms_[u], displacement_, displacement_);
+        }
+        if (rule_.end_iteration()) break;
+        bool any_moving = false;
+        for (Index j = 0; j < B; ++j) {
+          auto& state = progress_[std::size_t(j)];
+          if (state == progress::moving && rule_.converged(j)) state = progress::converged;
+          any_moving = any_moving || state == progress::moving;
+        }
+        if (!any_moving) break;
       }
+      report.unconverged = rule_.unconverged();
     }
     report.inner_iterations = iterations;
-    report.inner_energy = double(energy_.mean());
-    report.inner_residual = double(squared_norm_.cwiseSqrt().mean());
+    report.inner_energy = double(now_.energy.mean());
+    report.inner_residual = double(now_.squared_gradient.cwiseSqrt().mean());
+  }
+
+  /// One Z-step iteration: every moving sample j tries d + t_j p along its Gauss-Newton
+  /// direction p, t_j = step_(j), and takes it if F^j(trial) <= F^j + armijo t_j <dF/dz, p>
+  /// (Armijo). A taken step sets the next t_j to min(1, 2 t_j): the full step where the
+  /// Gauss-Newton model holds, not far from the last one where it does not (across the kinks of
+  /// piecewise-linear pairs). A refused one halves t_j for the next iteration, and the sample
+  /// waits (one evaluation per iteration for the whole batch, rather than a batch-wide
+  /// evaluation per halving for the few samples that need them); after max_backtracks refusals
+  /// in a row it is stuck. step_norms_ gets each layer's last step taken, which the stopping
+  /// rule sees again (ratio 1) while a sample waits, 0 once it has converged, and infinity
+  /// once it is stuck.
+  template <class Program>
+  void try_steps(const Program& net, const MatrixCRef<S>& y) {
+    const Index L = Index(now_.d.size()), B = now_.energy.size();
+    for (Index j = 0; j < B; ++j) {
+      if (progress_[std::size_t(j)] != progress::moving) continue;
+      for (Index k = 1; k < L; ++k) {
+        const auto u = std::size_t(k);
+        trial_.d[u].col(j) = now_.d[u].col(j) + step_(j) * now_.direction[u].col(j);
+      }
+    }
+    energy_.evaluate(net, y, trial_, true);
+    energy_.gauss_newton_direction(net, trial_);
+    for (Index j = 0; j < B; ++j) {
+      auto& state = progress_[std::size_t(j)];
+      if (state == progress::converged) {
+        for (Index k = 1; k < L; ++k) step_norms_[std::size_t(k)](j) = S(0);
+        continue;
+      }
+      if (state == progress::stuck) continue;
+      if (trial_.energy(j) <= now_.energy(j) + settings_.armijo * step_(j) * now_.slope(j)) {
+        for (Index k = 1; k < L; ++k) {
+          const auto u = std::size_t(k);
+          step_norms_[u](j) = step_(j) * now_.direction[u].col(j).norm();
+        }
+        now_.take_sample(trial_, j);
+        failures_[std::size_t(j)] = 0;
+      } else {
+        step_(j) /= S(2);
+        if (++failures_[std::size_t(j)] > settings_.max_backtracks) {
+          state = progress::stuck;
+          for (Index k = 1; k < L; ++k)
+            step_norms_[std::size_t(k)](j) = std::numeric_limits<S>::infinity();
+        }
+      }
+    }
   }
 
   /// Layer index i's W-step objective (mean over the samples here) at the current parameters,
@@ -560,13 +527,14 @@ class mac {
 
   settings settings_;
   S mu_;
-  forward_state<S> forward_;
-  std::vector<Matrix<S>> z_, trial_, a_, eps_, sig_, scratch_, grad_;
-  Matrix<S> out_;
-  std::vector<Matrix<S>> previous_grad_;
-  RowVector<S> losses_, energy_, trial_energy_, squared_norm_, step_, accepted_, previous_norm_,
-      inner_;
-  std::vector<char> pending_, moved_;
+  detail::penalizer_energy<S> energy_;
+  typename detail::penalizer_energy<S>::point now_, trial_;
+  detail::displacement_rule<S> rule_;
+  std::vector<Matrix<S>> z_;
+  RowVector<S> losses_, step_, displacement_;
+  std::vector<RowVector<S>> step_norms_;
+  std::vector<progress> progress_;
+  std::vector<Index> failures_;
   std::vector<double> history_;
   std::vector<layer_work> layers_;
 };

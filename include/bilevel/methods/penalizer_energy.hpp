@@ -1,0 +1,282 @@
+#pragma once
+/// \file
+/// The energy MAC and PCN minimise over the hidden states (docs/methods.md §3, §5.4), held in
+/// displacement form (§5.6b). Per sample, with z_0 = x,
+/// ~~~{.unparsed}
+///   F(z) = sum_{k<L} w/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2 + c l(f_L(W_L z_{L-1} + b_L), y),
+/// ~~~
+/// a penalty weight w and a loss weight c: MAC takes w = mu, c = 1; PCN w = 1, c = s. Only the
+/// ratio matters for the minimiser, the spacing s = c / w: the minimiser moves the hidden states
+/// by O(s) from the forward pass z^0. The output z_L = f_L(a_L) is not a free variable: the loss
+/// is the program's own, on the output layer's activation, as in the forward pass.
+///
+/// The states are held as displacements d_k = z_k - z^0_k, and every error is formed as
+/// ~~~{.unparsed}
+///   eps_k = z_k - f(a_k) = d_k - (f(a^0_k + e_k) - f(a^0_k)),     e_k = W_k d_{k-1}  (e_1 = 0),
+/// ~~~
+/// with the difference of f taken without cancellation (difference(), activations/concept.hpp),
+/// so eps keeps its digits relative to ||d|| = O(s), which in float falls below the rounding of
+/// z itself at s around 1e-3.
+/// Signals, one per layer:
+/// ~~~{.unparsed}
+///   sig_k = w J_f(a_k)^T (f(a_k) - z_k)  (k < L),     sig_L = c J_{f_L}(a_L)^T dl/dz_L,
+/// ~~~
+/// so that dF/dz_k = w eps_k + W_{k+1}^T sig_{k+1} (hidden k) and dF/dW_k = sig_k z_{k-1}^T,
+/// dF/db_k = sig_k. Both methods estimate the gradient as (1/c) dF/dtheta at the minimiser, the
+/// batch mean over samples: by the envelope theorem the gradient of
+/// V(theta) = mean_j min_z F^j(z, theta) / c, which tends to BP's as s -> 0.
+///
+/// First-order start (§5.6b, penalizer coupling): the minimiser satisfies eps_k = -s g_k + O(s^2)
+/// with g_k = dl/dz_k BP's error at the forward pass, so
+/// ~~~{.unparsed}
+///   z~_k = f(W_k z~_{k-1} + b_k) - s g_k,   i.e.  d~_k = (f(a^0_k + W_k d~_{k-1}) - f(a^0_k)) - s g_k,
+/// ~~~
+/// bottom-up, is within O(s^2) of it. It needs BP's backward pass (non-local).
+
+#include <vector>
+
+#include "../activations/concept.hpp"
+#include "../core/types.hpp"
+#include "../program.hpp"
+
+namespace bilevel::detail {
+
+/// The energy above for one batch: the forward pass z^0, and evaluations at points d.
+template <Scalar S>
+class penalizer_energy {
+ public:
+  /// One point of the hidden states with what an evaluation gives there. Index k is layer k
+  /// (1-based, as in the formulas); unused indices hold empty matrices.
+  struct point {
+    std::vector<Matrix<S>> d;         ///< d_k = z_k - z^0_k, hidden k = 1..L-1
+    std::vector<Matrix<S>> signal;    ///< sig_k, k = 1..L
+    std::vector<Matrix<S>> gradient;  ///< dF/dz_k, hidden k
+    std::vector<Matrix<S>> direction;  ///< Gauss-Newton direction, hidden k (MAC only)
+    RowVector<S> energy;              ///< F per sample
+    RowVector<S> squared_gradient;    ///< ||dF/dz||^2 per sample, hidden layers stacked
+    RowVector<S> slope;               ///< <dF/dz, direction> per sample (MAC only)
+
+    /// Sample j of every member from `other` (same batch).
+    void take_sample(const point& other, Index j) {
+      for (std::size_t k = 0; k < d.size(); ++k) {
+        if (d[k].size() > 0) d[k].col(j) = other.d[k].col(j);
+        if (gradient[k].size() > 0) gradient[k].col(j) = other.gradient[k].col(j);
+        if (direction[k].size() > 0) direction[k].col(j) = other.direction[k].col(j);
+      }
+      for (std::size_t k = 0; k < signal.size(); ++k)
+        if (signal[k].size() > 0) signal[k].col(j) = other.signal[k].col(j);
+      energy(j) = other.energy(j);
+      squared_gradient(j) = other.squared_gradient(j);
+      if (slope.size() > 0) slope(j) = other.slope(j);
+    }
+  };
+
+  /// A new batch: the forward pass of x, F's weights w (penalty) and c (loss), and the norms
+  /// ||z^0_k|| per sample. Sizes the work buffers (no allocation for a batch of the same size).
+  template <class Program>
+  void start(const Program& net, const MatrixCRef<S>& x, S penalty, S loss_weight) {
+    penalty_ = penalty;
+    loss_weight_ = loss_weight;
+    net.forward(x, forward_);
+    const auto L = std::size_t(net.depth());
+    const Index B = x.cols();
+    a_.resize(L + 1);
+    shift_.resize(L + 1);
+    difference_.resize(L + 1);
+    error_.resize(L + 1);
+    base_norm_.resize(L + 1);
+    z_.resize(L + 1);
+    z_[0] = x;
+    for (std::size_t k = 1; k <= L; ++k) {
+      const Index n = net.layer(Index(k - 1)).outputs();
+      a_[k].resize(n, B);
+      shift_[k].resize(n, B);
+      difference_[k].resize(n, B);
+      if (k == 1) difference_[k].setZero();
+      error_[k].resize(n, B);
+      z_[k].resize(n, B);
+      base_norm_[k] = forward_.z[k].colwise().norm();
+    }
+  }
+
+  /// Sizes a point for the current batch (no allocation when it already fits).
+  /// With `with_direction`, also the Gauss-Newton direction's buffers.
+  template <class Program>
+  void size(const Program& net, point& p, bool with_direction = false) const {
+    const auto L = std::size_t(net.depth());
+    const Index B = forward_.z[0].cols();
+    p.d.resize(L);
+    p.gradient.resize(L);
+    p.direction.resize(L);
+    p.signal.resize(L + 1);
+    for (std::size_t k = 1; k <= L; ++k) {
+      const Index n = net.layer(Index(k - 1)).outputs();
+      if (k < L) {
+        p.d[k].resize(n, B);
+        p.gradient[k].resize(n, B);
+        if (with_direction) p.direction[k].resize(n, B);
+      }
+      p.signal[k].resize(n, B);
+    }
+    p.energy.resize(B);
+    p.squared_gradient.resize(B);
+    if (with_direction) p.slope.resize(B);
+  }
+
+  /// d = 0: the forward pass.
+  void cold_start(point& p) const {
+    for (Matrix<S>& d : p.d) d.setZero();
+  }
+
+  /// d = the first-order start d~ of the header comment (spacing s = c / w).
+  template <class Program>
+  void first_order_start(const Program& net, const MatrixCRef<S>& y, point& p) {
+    const Index L = net.depth();
+    const S spacing = loss_weight_ / penalty_;
+    // BP's errors g_k = dl/dz_k at the forward pass, top-down, kept in p.gradient.
+    Matrix<S>& top = error_[std::size_t(L)];
+    net.loss_gradient(forward_.z.back(), y, top);
+    for (Index k = L; k >= 2; --k) {
+      const auto u = std::size_t(k);
+      net.layer(k - 1).visit([&](const auto& pair) {
+        vjp<S>(pair, forward_.a[u - 1], k == L ? top : p.gradient[u], shift_[u]);
+      });
+      p.gradient[u - 1].noalias() = net.weights(k - 1).transpose() * shift_[u];
+    }
+    // d~ bottom-up.
+    for (Index k = 1; k < L; ++k) {
+      const auto u = std::size_t(k);
+      if (k == 1) {
+        p.d[u] = -spacing * p.gradient[u];
+      } else {
+        shift_[u].noalias() = net.weights(k - 1) * p.d[u - 1];
+        net.layer(k - 1).visit([&](const auto& pair) {
+          difference<S>(pair, forward_.a[u - 1], shift_[u], difference_[u]);
+        });
+        p.d[u] = difference_[u] - spacing * p.gradient[u];
+      }
+    }
+  }
+
+  /// F per sample at p.d, and with `with_gradient` the signals, dF/dz and its squared norm.
+  template <class Program>
+  void evaluate(const Program& net, const MatrixCRef<S>& y, point& p, bool with_gradient) {
+    const Index L = net.depth();
+    p.energy.setZero();
+    for (Index k = 1; k <= L; ++k) {
+      const auto u = std::size_t(k);
+      const Matrix<S>& a0 = forward_.a[u - 1];
+      net.layer(k - 1).visit([&](const auto& pair) {
+        // a_k = a^0_k + e_k and f(a_k) - f(a^0_k); z_0 = x does not move, so e_1 = 0 (and the
+        // difference stays 0 from start()).
+        if (k > 1) {
+          shift_[u].noalias() = net.weights(k - 1) * p.d[u - 1];
+          a_[u] = a0 + shift_[u];
+          difference<S>(pair, a0, shift_[u], difference_[u]);
+        }
+        const Matrix<S>& a = k == 1 ? a0 : a_[u];
+        Matrix<S>& e = error_[u];
+        if (k < L) {
+          e = p.d[u] - difference_[u];  // eps_k
+          p.energy += (penalty_ / S(2)) * e.colwise().squaredNorm();
+          if (with_gradient) {
+            shift_[u] = -penalty_ * e;
+            vjp<S>(pair, a, shift_[u], p.signal[u]);
+          }
+        } else {
+          z_[u] = forward_.z[u] + difference_[u];
+          net.loss_values(z_[u], y, losses_);
+          p.energy += loss_weight_ * losses_;
+          if (with_gradient) {
+            net.loss_gradient(z_[u], y, e);
+            e *= loss_weight_;
+            vjp<S>(pair, a, e, p.signal[u]);
+          }
+        }
+      });
+    }
+    if (!with_gradient) return;
+    p.squared_gradient.setZero();
+    for (Index k = 1; k < L; ++k) {
+      const auto u = std::size_t(k);
+      p.gradient[u].noalias() = net.weights(k).transpose() * p.signal[u + 1];
+      p.gradient[u] += penalty_ * error_[u];
+      p.squared_gradient += p.gradient[u].colwise().squaredNorm();
+    }
+  }
+
+  /// The Gauss-Newton direction -P^{-1} dF/dz at p, into p.direction, and its slope
+  /// <dF/dz, direction> per sample. P = w (I - N)^T (I - N) is the Hessian of the penalties on
+  /// the current linear pieces of f: eps = (I - N) dz to first order, with N's only nonzero
+  /// blocks N_{k,k-1} = J_f(a_k) W_k (z_0 = x is fixed). I - N is unit block lower-triangular,
+  /// so P^{-1} g takes one substitution down and one up:
+  /// ~~~{.unparsed}
+  ///   u_{L-1} = g_{L-1},  u_k = g_k + W_{k+1}^T J_f(a_{k+1}) u_{k+1}    (u = (I - N)^{-T} g)
+  ///   v_1 = u_1,          v_k = u_k + J_f(a_k) W_k v_{k-1}              (v = (I - N)^{-1} u)
+  /// ~~~
+  /// and the direction is -v / w. J_f is symmetric (f = grad G), so vjp applies it. The loss's
+  /// curvature is left out of P: the step is Newton's up to O(s), s = c / w. Reads the a_k of
+  /// the last evaluation, which must have been at p.
+  template <class Program>
+  void gauss_newton_direction(const Program& net, point& p) {
+    const Index L = net.depth();
+    if (L == 1) return;
+    const auto top = std::size_t(L - 1);
+    back_.resize(std::size_t(L));
+    back_[top] = p.gradient[top];
+    for (Index k = L - 2; k >= 1; --k) {
+      const auto u = std::size_t(k);
+      net.layer(k).visit([&](const auto& pair) {
+        vjp<S>(pair, a_[u + 1], back_[u + 1], shift_[u + 1]);
+      });
+      back_[u] = p.gradient[u];
+      back_[u].noalias() += net.weights(k).transpose() * shift_[u + 1];
+    }
+    p.direction[1] = back_[1];
+    for (Index k = 2; k < L; ++k) {
+      const auto u = std::size_t(k);
+      shift_[u].noalias() = net.weights(k - 1) * p.direction[u - 1];
+      net.layer(k - 1).visit([&](const auto& pair) {
+        vjp<S>(pair, a_[u], shift_[u], difference_[u]);
+      });
+      p.direction[u] = back_[u] + difference_[u];
+    }
+    p.slope.setZero();
+    for (Index k = 1; k < L; ++k) {
+      const auto u = std::size_t(k);
+      p.direction[u] *= -S(1) / penalty_;
+      p.slope += p.direction[u].cwiseProduct(p.gradient[u]).colwise().sum();
+    }
+  }
+
+  /// The states z_0 = x, z_k = z^0_k + d_k (hidden) and z_L = f_L(a_L) of p (z_L as of the
+  /// last evaluation, which must have been at p).
+  const std::vector<Matrix<S>>& states(const point& p) {
+    for (std::size_t k = 1; k < p.d.size(); ++k) z_[k] = forward_.z[k] + p.d[k];
+    return z_;
+  }
+
+  /// Layer index i's (0-based) part of the estimate (1/c) dF/dtheta, batch mean, from p's
+  /// signals and the states `z` (from states()).
+  template <class Program>
+  void layer_estimate(const Program& net, const point& p, const std::vector<Matrix<S>>& z,
+                      Index i, Vector<S>& gradient) const {
+    const auto u = std::size_t(i);
+    const S scale = S(1) / (loss_weight_ * S(z[0].cols()));
+    net.layer(i).weights(gradient).noalias() = scale * p.signal[u + 1] * z[u].transpose();
+    net.layer(i).bias(gradient) = scale * p.signal[u + 1].rowwise().sum();
+  }
+
+  const forward_state<S>& forward() const { return forward_; }
+  /// ||z^0_k|| per sample (hidden and output k).
+  const RowVector<S>& base_norm(Index k) const { return base_norm_[std::size_t(k)]; }
+
+ private:
+  S penalty_ = S(1), loss_weight_ = S(1);
+  forward_state<S> forward_;
+  std::vector<Matrix<S>> a_, shift_, difference_, error_, back_, z_;
+  std::vector<RowVector<S>> base_norm_;
+  RowVector<S> losses_;
+};
+
+}  // namespace bilevel::detail
