@@ -15,6 +15,10 @@
 ///       grad_conj(z)      an element of dG*(z), i.e. some a with f(a) = z (the inverse map)
 ///       prox_conj(v, t)   argmin_z t G*(z) + (z - v)^2 / 2
 ///   and optionally vectorised forms f_expr / df_expr over Eigen arrays for speed.
+///   A pair whose slope is bounded by less than 1 may say so (any pair form):
+///       static constexpr double max_slope    sup |f'| (sup ||J_f||_2 for columnwise pairs)
+///   where a method sizes its steps by curvature (AltMin); 1 is assumed otherwise, the bound of
+///   every other built-in pair.
 ///   A pair with parameters of its own (leaky ReLU's slope) gives both of
 ///       hyperparameters()         -> std::vector<double>
 ///       set_hyperparameters(v)    from such a vector, validating it
@@ -96,6 +100,15 @@ concept has_hyperparameters = requires(const P& pair, P& target, const std::vect
 /// exactly, so the Fenchel BP signal is g itself with no rounding from the difference.
 template <class P>
 concept linear_pair = requires { requires P::linear; };
+
+/// sup |f'| of a pair (sup ||J_f||_2 for columnwise pairs): its `max_slope`, or 1.
+template <class P>
+constexpr double max_slope() {
+  if constexpr (requires { P::max_slope; })
+    return P::max_slope;
+  else
+    return 1;
+}
 
 /// Solves `t a + f(a) = v` for a (strictly increasing in a since f is monotone, t > 0) by
 /// bracketing and bisection; used where a pair gives no closed form.
