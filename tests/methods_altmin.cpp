@@ -29,6 +29,25 @@ namespace {
 /// Widths that differ from layer to layer, so that a transposed or shifted index cannot fit.
 const std::vector<Index> distinct_widths = {5, 8, 6, 7, 3};
 
+/// Every pair (a, b) of a in `first` and b in `second`.
+std::vector<std::pair<double, double>> cartesian(const std::vector<double>& first,
+                                                 const std::vector<double>& second) {
+  std::vector<std::pair<double, double>> out;
+  for (const double a : first)
+    for (const double b : second) out.emplace_back(a, b);
+  return out;
+}
+
+/// A linear pair twice as steep as the slope bound 1 it leaves undeclared: f(a) = 2 a,
+/// G(a) = a^2, G*(z) = z^2 / 4. The code steps' curvature bound is 4 times too small for it.
+struct steep_linear {
+  std::string name() const { return "steep_linear"; }
+  template <class S> S f(S a) const { return 2 * a; }
+  template <class S> S df(S) const { return 2; }
+  template <class S> S G(S a) const { return a * a; }
+  template <class S> S G_conj(S z) const { return z * z / 4; }
+};
+
 /// f'(a) of the hidden pairs the checks below use, written out independently of the library.
 Matrix<double> slope(const relu&, const Matrix<double>& a) {
   return (a.array() > 0).cast<double>().matrix();
@@ -233,8 +252,12 @@ TEST_CASE("AltMin weight updates lower every layer's local loss", "[altmin]") {
   const Matrix<double> x = random_matrix<double>(random, 4, 20);
   const Matrix<double> y = random_one_hot<double>(random, 3, 20);
   for (const Index iterations : {Index(1), Index(3)}) {
+    // Adam moves every weight by about its learning rate, whatever the gradient's size; the
+    // default code steps leave targets close to the forward pass, which a step of 0.008 can
+    // overshoot, so a small rate makes this a check of descent.
     altmin<double>::settings config;
     config.weight_iterations = iterations;
+    config.optimizer.learning_rate = 1e-4;
     altmin<double> method(config);
     auto trained = net;
     method.update_codes(trained, x, y);
@@ -257,13 +280,16 @@ TEMPLATE_TEST_CASE("AltMin code steps never raise a code objective, at any mu, a
   net.initialize(init_scheme::glorot_uniform, random);
   const Matrix<double> x = random_matrix<double>(random, 12, 16);
   const Matrix<double> y = random_one_hot<double>(random, 10, 16);
-  for (const double mu : {1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4}) {
+  // The default rate, and the largest allowed, where momentum carries codes past their minima.
+  for (const auto& [mu, rate] : cartesian({1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4},
+                                         {0.05, 1.05})) {
     altmin<double>::settings config;
     config.mu = mu;
+    config.code_rate = rate;
     altmin<double> method(config);
     Vector<double> estimate;
     const step_report report = method.gradient(net, x, y, estimate);
-    CAPTURE(mu);
+    CAPTURE(mu, rate);
     for (Index k = 0; k + 1 < net.depth(); ++k) {
       CAPTURE(k);
       const RowVector<double>& before = method.initial_code_objective(k);
@@ -273,6 +299,47 @@ TEMPLATE_TEST_CASE("AltMin code steps never raise a code objective, at any mu, a
       CHECK(net.layer(k).weights(estimate).norm() > 0);
     }
     CHECK(report.idle_layers == 0);
+  }
+}
+
+TEST_CASE("AltMin code steps recover where the curvature bound fails", "[altmin]") {
+  // With a pair steeper than its stated bound, steps from rest overshoot: each such step is
+  // undone and the sample's step halved until it descends; no objective rises, every code moves,
+  // and the objectives reported are those of the codes kept.
+  random_source random(49);
+  auto net = make_mlp<double, steep_linear, mse>(distinct_widths);
+  randomize(net, random, 0.5);
+  const Matrix<double> x = random_matrix<double>(random, 5, 12);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 12);
+  forward_state<double> forward;
+  net.forward(x, forward);
+  altmin<double>::settings config;
+  config.mu = 1e-3;
+  config.code_rate = 1.05;
+  config.code_iterations = 1;
+  altmin<double> single(config);
+  single.update_codes(net, x, y);
+  // One step: the last code's first step rises for some samples (MSE's curvature is the bound's
+  // exactly, the pair's slope twice the bound's), which keep their forward code.
+  const auto top = std::size_t(net.depth() - 2);
+  const Matrix<double> first = single.codes()[top] - forward.a[top];
+  CHECK((first.colwise().norm().array() == 0).any());
+
+  config.code_iterations = 8;
+  altmin<double> method(config);
+  const step_report report = method.update_codes(net, x, y);
+  CHECK(report.idle_layers == 0);
+  RowVector<double> values;
+  Matrix<double> gradient;
+  for (Index k = 0; k + 1 < net.depth(); ++k) {
+    const auto u = std::size_t(k);
+    CAPTURE(k);
+    const RowVector<double>& before = method.initial_code_objective(k);
+    const RowVector<double>& after = method.code_objective(k);
+    CHECK((after.array() < before.array()).all());
+    CHECK(((method.codes()[u] - forward.a[u]).colwise().norm().array() > 0).all());
+    method.evaluate_code_objective(net, k, y, method.codes()[u], values, gradient);
+    CHECK((values - after).norm() <= 1e-14 * after.norm());
   }
 }
 

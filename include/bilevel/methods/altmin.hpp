@@ -293,8 +293,9 @@ class altmin {
     }
     report.inner_iterations = settings_.code_iterations;
     report.inner_residual = double(squared_residual_.cwiseSqrt().mean());
-    for (std::size_t k = 0; k + 1 < std::size_t(L); ++k)
-      report.idle_layers += !moved_[k] && (k == 0 || !moved_[k - 1]);
+    // A hidden layer is idle when its code c_k stayed: then so did every code below it (their
+    // gradients at c^0 are 0 when the code above stays), its input included.
+    for (std::size_t k = 0; k + 1 < std::size_t(L); ++k) report.idle_layers += !moved_[k];
 
     // The joint objective at the updated codes and current weights.
     double energy = 0;
@@ -366,6 +367,7 @@ class altmin {
     Matrix<S> start, kept, kept_gradient, velocity, displacement, gradient, activation, next_a,
         loss_gradient, signal, back;
     RowVector<S> value, squared, kept_value, kept_squared, losses, step, at_rest;
+    Vector<S> power, power_image;  ///< power iteration on W_{k+1}^T W_{k+1}
   };
   struct layer_work {
     Matrix<S> a, value, residual, signal;
@@ -451,24 +453,26 @@ class altmin {
         outer = S(detail::loss_curvature<typename Program::loss_type>()) * top * top;
       });
     }
-    const S proximity = last ? settings_.mu : S(1);
-    return S(2) * proximity + slope * slope * squared_spectral_norm(net.weights(i + 1)) * outer;
+    const S norm = squared_spectral_norm(net.weights(i + 1), work_[std::size_t(i)]);
+    return S(2) * (last ? settings_.mu : S(1)) + slope * slope * norm * outer;
   }
 
   /// ||W||_2^2 by power iteration on W^T W from a fixed start (the same on every process); an
   /// estimate from below, which the code steps' safeguard tolerates.
-  S squared_spectral_norm(const ConstMatrixMap<S>& weights) {
+  static S squared_spectral_norm(const ConstMatrixMap<S>& weights, code_work& work) {
     constexpr int iterations = 20;
-    power_.setConstant(weights.cols(), S(1) / std::sqrt(S(weights.cols())));
+    Vector<S>& v = work.power;
+    Vector<S>& image = work.power_image;
+    v.setConstant(weights.cols(), S(1) / std::sqrt(S(weights.cols())));
     for (int t = 0; t < iterations; ++t) {
-      power_image_.noalias() = weights * power_;
-      power_.noalias() = weights.transpose() * power_image_;
-      const S norm = power_.norm();
+      image.noalias() = weights * v;
+      v.noalias() = weights.transpose() * image;
+      const S norm = v.norm();
       if (!(norm > 0)) return weights.squaredNorm();  // the start in W's null space: a bound
-      power_ /= norm;
+      v /= norm;
     }
-    power_image_.noalias() = weights * power_;
-    return power_image_.squaredNorm();
+    image.noalias() = weights * v;
+    return image.squaredNorm();
   }
 
   /// Code index i's steps (header comment): momentum steps of code_rate / L_i, a rise undone
@@ -617,7 +621,6 @@ class altmin {
   std::vector<RowVector<S>> before_, after_;
   std::vector<S> curvature_;  ///< L_k of every code in the last code update
   std::vector<char> moved_;   ///< whether any sample's code moved in the last code update
-  Vector<S> power_, power_image_;
   RowVector<S> squared_residual_, losses_;
   Vector<S> grad_;
   std::vector<adam<S>> weight_optimizers_, bias_optimizers_;
