@@ -321,24 +321,49 @@ TEST_CASE("AltMin code steps recover where the curvature bound fails", "[altmin]
   single.update_codes(net, x, y);
   // One step: the last code's first step rises for some samples (MSE's curvature is the bound's
   // exactly, the pair's slope twice the bound's), which keep their forward code.
-  const auto top = std::size_t(net.depth() - 2);
-  const Matrix<double> first = single.codes()[top] - forward.a[top];
+  const Index top = net.depth() - 2;
+  const auto u = std::size_t(top);
+  const Matrix<double> first = single.codes()[u] - forward.a[u];
   CHECK((first.colwise().norm().array() == 0).any());
+
+  // A rise restarts from rest with half the step: after r steps that all rose, a sample's next
+  // step is c^0 - (1 + m) 2^-r h g(c^0), or it rises again and the code stays at c^0.
+  RowVector<double> values;
+  Matrix<double> gradient;
+  single.evaluate_code_objective(net, top, y, forward.a[u], values, gradient);
+  const double step = config.code_rate / single.code_curvature(top);
+  Matrix<double> still = (first.colwise().norm().array() == 0).cast<double>().matrix();
+  Index restarts = 0;
+  for (Index rises = 1; rises <= 4; ++rises) {
+    config.code_iterations = rises + 1;
+    altmin<double> restarted(config);
+    restarted.update_codes(net, x, y);
+    const Matrix<double> moved = restarted.codes()[u] - forward.a[u];
+    const Matrix<double> expected =
+        -(1 + config.code_momentum) * step * std::pow(0.5, double(rises)) * gradient;
+    for (Index j = 0; j < x.cols(); ++j) {
+      if (still(0, j) == 0) continue;
+      CAPTURE(rises, j);
+      if (moved.col(j).norm() == 0) continue;
+      CHECK((moved.col(j) - expected.col(j)).norm() < 1e-12 * expected.col(j).norm());
+      still(0, j) = 0;
+      ++restarts;
+    }
+  }
+  CHECK(restarts > 0);
 
   config.code_iterations = 8;
   altmin<double> method(config);
   const step_report report = method.update_codes(net, x, y);
   CHECK(report.idle_layers == 0);
-  RowVector<double> values;
-  Matrix<double> gradient;
   for (Index k = 0; k + 1 < net.depth(); ++k) {
-    const auto u = std::size_t(k);
+    const auto code = std::size_t(k);
     CAPTURE(k);
     const RowVector<double>& before = method.initial_code_objective(k);
     const RowVector<double>& after = method.code_objective(k);
     CHECK((after.array() < before.array()).all());
-    CHECK(((method.codes()[u] - forward.a[u]).colwise().norm().array() > 0).all());
-    method.evaluate_code_objective(net, k, y, method.codes()[u], values, gradient);
+    CHECK(((method.codes()[code] - forward.a[code]).colwise().norm().array() > 0).all());
+    method.evaluate_code_objective(net, k, y, method.codes()[code], values, gradient);
     CHECK((values - after).norm() <= 1e-14 * after.norm());
   }
 }
