@@ -178,7 +178,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--inner-step", opts.inner_step,
                  "Inner step size (0: the method's default): ep relaxation step, pcn inference "
-                 "rate, altmin code rate")
+                 "rate, altmin code rate (in units of 1 / each code objective's curvature "
+                 "bound; 0.05)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--tolerance", opts.tolerance,

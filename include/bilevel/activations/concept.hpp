@@ -21,6 +21,10 @@
 ///       G_divergence(a, h)        G(a + h) - G(a) - f(a) h >= 0 without cancellation (the
 ///                                 Bregman divergence LPOM's safeguard reads; activations/
 ///                                 displacement.hpp)
+///   A pair whose slope is bounded by less than 1 may say so (any pair form):
+///       static constexpr double max_slope    sup |f'| (sup ||J_f||_2 for columnwise pairs)
+///   where a method sizes its steps by curvature (AltMin); 1 is assumed otherwise, the bound of
+///   every other built-in pair.
 ///   A pair with parameters of its own (leaky ReLU's slope) gives both of
 ///       hyperparameters()         -> std::vector<double>
 ///       set_hyperparameters(v)    from such a vector, validating it
@@ -128,6 +132,15 @@ concept has_columnwise_difference =
 template <class P, class S>
 concept has_exact_difference = linear_pair<P> || has_scalar_difference<P, S> ||
                                has_difference_expr<P, S> || has_columnwise_difference<P, S>;
+
+/// sup |f'| of a pair (sup ||J_f||_2 for columnwise pairs): its `max_slope`, or 1.
+template <class P>
+constexpr double max_slope() {
+  if constexpr (requires { P::max_slope; })
+    return P::max_slope;
+  else
+    return 1;
+}
 
 /// Solves `t a + f(a) = v` for a (strictly increasing in a since f is monotone, t > 0) by
 /// bracketing and bisection; used where a pair gives no closed form.

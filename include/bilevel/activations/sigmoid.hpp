@@ -17,6 +17,8 @@ namespace bilevel {
 /// The logistic sigmoid pair: G = softplus, G* = z log z + (1 - z) log(1 - z) on [0, 1].
 struct sigmoid {
   std::string name() const { return "sigmoid"; }
+  /// f' = f (1 - f) <= 1/4.
+  static constexpr double max_slope = 0.25;
   template <class S> S f(S a) const {
     // Written through e^-|a| so that neither branch overflows.
     const S e = std::exp(-std::abs(a));

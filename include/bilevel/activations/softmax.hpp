@@ -29,6 +29,8 @@ auto expm1_expr(const X& x) {
 /// The softmax pair (columnwise): G = log sum exp, G* = sum z log z on the probability simplex.
 struct softmax {
   std::string name() const { return "softmax"; }
+  /// ||diag(z) - z z^T||_2 <= max_i 2 z_i (1 - z_i) <= 1/2 (Gershgorin).
+  static constexpr double max_slope = 0.5;
 
   template <class S>
   void f(const MatrixCRef<S>& a, MatrixRef<S> z) const {

@@ -17,4 +17,17 @@ concept OuterLoss = Scalar<S> && requires(const L& loss, const Matrix<S>& z, Mat
   loss.template gradient<S>(z, z, g);
 };
 
+namespace detail {
+
+/// A bound on the norm of a loss's Hessian in its input: its `curvature`, or 1 (a loss may
+/// state it as `static constexpr double curvature`; AltMin sizes its code steps by it).
+template <class L>
+constexpr double loss_curvature() {
+  if constexpr (requires { L::curvature; })
+    return L::curvature;
+  else
+    return 1;
+}
+
+}  // namespace detail
 }  // namespace bilevel

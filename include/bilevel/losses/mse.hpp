@@ -9,6 +9,8 @@ namespace bilevel {
 
 struct mse {
   std::string name() const { return "mse"; }
+  /// The norm of its Hessian in z (the identity).
+  static constexpr double curvature = 1;
 
   template <class S>
   RowVector<S> value(const MatrixCRef<S>& z, const MatrixCRef<S>& y) const {

@@ -12,6 +12,9 @@ namespace bilevel {
 
 struct softmax_cross_entropy {
   std::string name() const { return "softmax_cross_entropy"; }
+  /// A bound on the norm of its Hessian in the logits, (sum y) (diag(p) - p p^T), for targets
+  /// summing to 1 (||diag(p) - p p^T||_2 <= 1/2 by Gershgorin).
+  static constexpr double curvature = 0.5;
 
   template <class S>
   RowVector<S> value(const MatrixCRef<S>& logits, const MatrixCRef<S>& y) const {

@@ -11,16 +11,13 @@
 /// identity logits, or MSE through any output pair). One step on a batch (train_step):
 /// ~~~{.unparsed}
 ///   (1) forward: c_k = W_k f(c_{k-1}) + b_k; c_k^0 denotes these values.
-///   (2) codes, top-down, each a few steps of SGD with Nesterov momentum on its own objective:
+///   (2) codes, top-down, each code_iterations steps (official: 5) of gradient descent with
+///       Nesterov momentum on its own objective:
 ///         the last code:  E(c_{L-1}) = l(y, f_L(W_L f(c_{L-1}) + b_L))
 ///                                        + mu ||c_{L-1} - c_{L-1}^0||^2,
 ///         earlier codes:  E(c_k) = ||c_{k+1} - (W_{k+1} f(c_k) + b_{k+1})||^2 + ||c_k - c_k^0||^2,
 ///       with c_{k+1} already updated (weights 1:1: mu cancels); c_k^0 = W_k f(c_{k-1}) + b_k
 ///       because c_{k-1} has not moved yet. Each sample's code is an independent problem.
-///       Momentum in PyTorch's form (the official code): v <- m v + g, c <- c - rate (g + m v),
-///       v starting at 0. With keep_best (default) each sample keeps the iterate of lowest E among
-///       those visited, so a code update never raises its objective; the official code keeps the
-///       last iterate (keep_best = false).
 ///   (3) weights, every layer independently (they only read the codes; parallel over layers),
 ///       weight_iterations Adam steps (official default 1), each layer with its own Adam state
 ///       (one adam<S> over W_k's slice and one over b_k's slice of the flat parameter buffer):
@@ -28,6 +25,42 @@
 ///         layer L:      mean_j l(y^j, f_L(W_L f(c_{L-1}^j) + b_L))
 ///       (batch means of the per-sample terms), with the updated codes on both sides.
 /// ~~~
+///
+/// Code steps sized by curvature. A code's objective has the Hessian
+/// 2 p I + J_f^T W_{k+1}^T H W_{k+1} J_f plus a term in f'' (zero for piecewise-linear pairs away
+/// from their kinks), with p = mu for the last code and 1 for the others, J_f = diag f'(c), and
+/// H the Hessian of the term above in a_{k+1}: 2 I for the squared error, the loss's Hessian
+/// through f_L for the last code. Its Gauss-Newton part is bounded per layer by
+/// ~~~{.unparsed}
+///   L_k = 2 p + s_k^2 ||W_{k+1}||_2^2 kappa_k,
+/// ~~~
+/// s_k = sup |f_k'| (1, or the pair's max_slope: sigmoid 1/4, softmax 1/2), kappa_k = 2 for an
+/// earlier code and, for the last, the loss's curvature times sup |f_L'|^2 (softmax
+/// cross-entropy 1/2 for targets summing to 1, MSE 1); ||W_{k+1}||_2 comes from a few power
+/// iterations on every batch (from a fixed start, so every process finds the same value). Every
+/// sample of code k takes the step h_k = code_rate / L_k, with momentum in PyTorch's form (the
+/// official code's): v <- m v + g, c <- c - h_k (g + m v), v starting at 0.
+/// Why no step can overshoot: a step from rest (v = 0) moves by (1 + m) h_k g, and the descent
+/// lemma E(c - t g) <= E(c) - t (1 - t L/2) ||g||^2 makes it lower E for any t < 2/L wherever L_k
+/// bounds the curvature along the step; the settings require code_rate (1 + m) < 2. Momentum
+/// steps are not monotone (they can carry a code past its minimiser), so after every step each
+/// sample compares its objective with its last value: a step that raises it is undone and the
+/// sample's momentum reset (an adaptive restart), so its next step is again a step from rest; a
+/// step from rest that raises E shows that L_k did not hold along it (a kink of ReLU crossed, the
+/// f'' term, a steeper user pair, the power iteration's estimate from below), and halves that
+/// sample's step. So no code objective ever rises, at any mu, and a code with a nonzero gradient
+/// moves on its first step wherever L_k holds. The step falls like 1/mu for the last code at
+/// large mu, so its displacement, the hidden layers' signal, is O(1/mu) and never cut to 0.
+///
+/// With one code step (code_iterations = 1) every code's displacement is a per-layer multiple of
+/// BP's error delta_k (docs/methods.md §5.1): the last code moves by
+/// -(1 + m) h_{L-1} delta_{L-1}, and an earlier code's gradient at c_k^0, where its residual is
+/// -(c_{k+1} - c_{k+1}^0), is -2 J_f^T W_{k+1}^T (c_{k+1} - c_{k+1}^0): BP's recursion, so
+/// c_k - c_k^0 = 2 (1 + m) h_k J_f^T W_{k+1}^T (c_{k+1} - c_{k+1}^0). Later steps leave BP's
+/// direction: the converged codes do not tend to BP as mu grows (the linearised code update is
+/// (I + J W^T W J)^-1 J W^T Delta, docs/methods.md §5.6b), so BP is no target beyond the first
+/// step.
+///
 /// No BatchNorm: the official code puts BatchNorm after each hidden linear map by default, which
 /// couples the samples of a batch; ours has none (compare against its `--no-batchnorm` runs).
 ///
@@ -46,23 +79,34 @@
 /// mu_from_official(mu_o, width) for other widths. The earlier codes' objectives agree up to a
 /// factor B n when consecutive widths are equal (n_k = n_{k+1} = n); for unequal widths the
 /// official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (METHODS.md §5.6).
-/// Code step sizes: a rate r_o on the official means is a rate r_o / (mu_o B) on our last code's
-/// objective and r_o / (B n) on an earlier one's; our rates act on the per-sample objectives and do
-/// not depend on B. The official numbers (5 steps, rate 0.3, Nesterov momentum 0.9) put its
-/// last-code rate at 0.5 in our units at B = 200, mu_o = 0.003, and its earlier codes at ~1e-5
-/// (they barely move there; Adam's scale invariance still turns the tiny targets into full-size
-/// weight steps). An earlier code's objective has curvature up to 2 (1 + ||W_{k+1} J_f||^2), so
-/// a rate of 0.3 with momentum 0.9 overshoots on every code of ours and ends above where it
-/// started (measured on Glorot-initialised 5-7-6-6-4 nets; on MNIST, 784-100-100-10, 2 epochs of
-/// 10k samples: 32% test error at 0.3, 7.1% at 0.03). Our default is therefore rate 0.03 with the
-/// official 5 steps and momentum 0.9; keep_best (on by default) also returns each sample's best
-/// iterate, so no code objective increases.
+/// Code steps: the official SGD rate r_o on those means is a step r_o / (mu_o B) on our last
+/// code's objective and r_o / (B n) on an earlier one's, i.e. in our units
+/// ~~~{.unparsed}
+///   code_rate = r_o L_{L-1} / (mu_o B)  (last code),   r_o L_k / (B n)  (earlier codes),
+/// ~~~
+/// which change as the weights do. The official r_o = 0.3 at B = 200, mu_o = 0.003, n = 100 is a
+/// step of 0.5 on our last code's objective and 1.5e-5 on the earlier ones'; at a Glorot start of
+/// 784-100-100-10 (||W_3||_2^2 = 2.6 to 2.9, ||W_2||_2^2 = 3.6 to 3.8, so L_2 = 1.3 to 1.4 and
+/// L_1 = 9.1 to 9.5 over three draws) that is code_rate 0.64 to 0.71 for the last code and 1.4e-4
+/// for the first (whose code barely moves; the official BatchNorm rescales this further). Our
+/// rates act on the per-sample objectives and do not depend on B.
+/// Our default: the official 5 steps and momentum 0.9, and code_rate 0.05 for every code. On
+/// MNIST 784-100-100-10 (the trainer's defaults, 2 epochs of 10k images, float, test error
+/// over seeds 1-10) the error is flat for code_rate 0.003 to 0.1 (0.03: 6.38%, 0.05: 6.49%,
+/// 0.1: 6.50%; the former fixed step 0.03 on every code: 6.65%) and rises above it (seeds 1-5:
+/// 7.1% at 0.2, 8.0% at 0.5, 8.2% at 1.0): codes moved further leave BP's direction (see above)
+/// for targets that train worse.
 /// Weight losses: ours are the official ones times n_k (hidden layers) and equal for the last
 /// layer; Adam is invariant to a constant factor on the loss up to its epsilon, so the same Adam
 /// settings (lr 0.008) apply. The official schedule (lr halved every 8 epochs) belongs to the
 /// trainer: call set_learning_rate once per epoch. The official mu is constant by default (its
 /// per-batch increment d_mu is 0), as ours is. Its feed-forward nets have no biases
 /// (bias=False); ours have them.
+///
+/// Idle layers: a hidden layer none of whose codes moved (neither its own c_k nor its input
+/// c_{k-1}) has the forward pass as its target and a local gradient of exactly 0; every step
+/// reports how many there are (step_report::idle_layers), rather than train nothing silently.
+/// The output layer is never idle (its loss gradient is BP's at the updated input).
 ///
 /// As a gradient estimate usable with any optimizer (gradient(), GradientMethod): steps (1) and
 /// (2), then the batch-mean gradients of the local weight losses of step (3) at the current
@@ -102,13 +146,13 @@ class altmin {
   struct settings {
     /// Weight of the last code's proximity term (per-sample sums; see the header comment).
     S mu = S(3e-5);
-    /// Code updates: steps per code, rate and Nesterov momentum (official: 5, 0.3, 0.9 on mean
-    /// losses; 0.03 is the rate on our per-sample objectives that does not overshoot).
+    /// Code updates: steps per code, the step in units of 1 / L_k (each code objective's
+    /// curvature bound, see the header comment; code_rate (1 + code_momentum) < 2) and the
+    /// Nesterov momentum (official: 5 steps, momentum 0.9; its rate 0.3 on mean losses is no
+    /// fixed code_rate, see the header comment).
     Index code_iterations = 5;
-    S code_rate = S(0.03);
+    S code_rate = S(0.05);
     S code_momentum = S(0.9);
-    /// Keep each sample's best visited code (true), or the last iterate as the official code.
-    bool keep_best = true;
     /// Adam steps per layer and weight update (official: 1), and the Adam settings of every
     /// layer (official: lr 0.008 for hidden and output layers alike).
     Index weight_iterations = 1;
@@ -129,11 +173,14 @@ class altmin {
                     config.mu);
     detail::require(config.code_iterations >= 0, function, "code_iterations", ">= 0",
                     config.code_iterations);
-    detail::require(std::isfinite(config.code_rate) && config.code_rate > 0, function,
-                    "code_rate", "finite and > 0", config.code_rate);
     detail::require(std::isfinite(config.code_momentum) && config.code_momentum >= 0 &&
                         config.code_momentum < 1,
                     function, "code_momentum", "in [0, 1)", config.code_momentum);
+    // A step from rest moves by (1 + m) code_rate / L_k: below 2 / L_k it lowers E.
+    const S rate_cap = S(2) / (S(1) + config.code_momentum);
+    detail::require(config.code_rate > 0 && config.code_rate < rate_cap, function, "code_rate",
+                    detail::concat("in (0, 2 / (1 + code_momentum)) = (0, ", rate_cap, ")"),
+                    config.code_rate);
     detail::require(config.weight_iterations >= 0, function, "weight_iterations", ">= 0",
                     config.weight_iterations);
     static_cast<void>(adam<S>(config.optimizer, 0, 0));  // validates the Adam settings now
@@ -186,7 +233,9 @@ class altmin {
   /// correct count are those of the forward pass; inner_iterations is code_iterations,
   /// inner_energy the batch mean of the joint objective at the updated codes (before the
   /// weights move), inner_residual the batch mean of the per-sample norm of the code
-  /// objectives' gradients (all codes stacked) at the codes kept.
+  /// objectives' gradients (all codes stacked) at the codes kept, idle_layers the hidden layers
+  /// none of whose codes moved (their local gradient is 0). A fixed number of code steps is the
+  /// method, not a solver for a target, so nothing is reported unconverged.
   template <class Program>
   step_report train_step(Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y) {
     return train_step(net, x, y, whole_batch{});
@@ -238,9 +287,15 @@ class altmin {
 
     // (2) Codes, top-down.
     squared_residual_.setZero(B);
-    for (Index i = L - 2; i >= 0; --i) update_code(net, i, y);
+    for (Index i = L - 2; i >= 0; --i) {
+      curvature_[std::size_t(i)] = curvature_bound(net, i);
+      update_code(net, i, y);
+    }
     report.inner_iterations = settings_.code_iterations;
     report.inner_residual = double(squared_residual_.cwiseSqrt().mean());
+    // A hidden layer is idle when its code c_k stayed: then so did every code below it (their
+    // gradients at c^0 are 0 when the code above stays), its input included.
+    for (std::size_t k = 0; k + 1 < std::size_t(L); ++k) report.idle_layers += !moved_[k];
 
     // The joint objective at the updated codes and current weights.
     double energy = 0;
@@ -282,12 +337,37 @@ class altmin {
   /// Per-sample objective of code c_{k+1} (index k) at its forward value and after its update.
   const RowVector<S>& initial_code_objective(Index k) const { return before_[std::size_t(k)]; }
   const RowVector<S>& code_objective(Index k) const { return after_[std::size_t(k)]; }
+  /// The curvature bound L of code c_{k+1}'s objective (index k) in the last code update; its
+  /// samples started with the step code_rate / L.
+  S code_curvature(Index k) const { return curvature_[std::size_t(k)]; }
+
+  /// Code c_{k+1}'s objective (index k) per sample, and its gradient, at any `code` (n_{k+1} x B):
+  /// the objective the last code update minimised (its forward codes c^0 and, for an earlier
+  /// code, the updated code above), at the current weights.
+  template <class Program>
+  void evaluate_code_objective(const Program& net, Index k, const MatrixCRef<S>& y,
+                               const MatrixCRef<S>& code, RowVector<S>& values,
+                               Matrix<S>& gradient) {
+    constexpr const char* function = "altmin::evaluate_code_objective";
+    require_state(net, y, function);
+    detail::require(k >= 0 && k + 1 < net.depth(), function, "the code index",
+                    detail::concat("in [0, ", net.depth() - 1, ")"), k);
+    const auto u = std::size_t(k);
+    detail::require_shape(function, "code", c_[u].rows(), c_[u].cols(), code.rows(), code.cols());
+    evaluate_code(net, k, y, code, work_[u]);
+    values = work_[u].value;
+    gradient = work_[u].gradient;
+  }
 
  private:
+  /// One code's iteration: the iterate's value, gradient and squared gradient norm per sample,
+  /// the same of the last code kept (to return to after a rise), each sample's step and whether
+  /// its velocity is 0 (its next step is a step from rest).
   struct code_work {
-    Matrix<S> start, best, velocity, displacement, gradient, activation, next_a, loss_gradient,
-        signal, back;
-    RowVector<S> value, squared, best_value, best_squared, losses;
+    Matrix<S> start, kept, kept_gradient, velocity, displacement, gradient, activation, next_a,
+        loss_gradient, signal, back;
+    RowVector<S> value, squared, kept_value, kept_squared, losses, step, at_rest;
+    Vector<S> power, power_image;  ///< power iteration on W_{k+1}^T W_{k+1}
   };
   struct layer_work {
     Matrix<S> a, value, residual, signal;
@@ -316,6 +396,8 @@ class altmin {
     work_.resize(L - 1);
     before_.resize(L - 1);
     after_.resize(L - 1);
+    curvature_.resize(L - 1);
+    moved_.resize(L - 1);
     layers_.resize(L);
     for (std::size_t k = 0; k + 1 < L; ++k) {
       const Index n = net.layer(Index(k)).outputs();
@@ -327,8 +409,8 @@ class altmin {
 
   /// Values and gradients of code index i's objective at `code` (per sample), in work.
   template <class Program>
-  void code_objective(const Program& net, Index i, const MatrixCRef<S>& y, const Matrix<S>& code,
-                      code_work& work) {
+  void evaluate_code(const Program& net, Index i, const MatrixCRef<S>& y, const MatrixCRef<S>& code,
+                     code_work& work) {
     const bool last = i + 2 == net.depth();
     const auto u = std::size_t(i);
     net.layer(i).visit([&](const auto& pair) { activate<S>(pair, code, work.activation); });
@@ -357,50 +439,92 @@ class altmin {
     work.squared = work.gradient.colwise().squaredNorm();
   }
 
+  /// The curvature bound L_k of code index i's objective (header comment).
+  template <class Program>
+  S curvature_bound(const Program& net, Index i) {
+    const bool last = i + 2 == net.depth();
+    S slope = 0, outer = 2;  // outer: the squared error's 2 I
+    net.layer(i).visit([&](const auto& pair) {
+      slope = S(detail::max_slope<std::decay_t<decltype(pair)>>());
+    });
+    if (last) {
+      net.layer(i + 1).visit([&](const auto& pair) {
+        const S top = S(detail::max_slope<std::decay_t<decltype(pair)>>());
+        outer = S(detail::loss_curvature<typename Program::loss_type>()) * top * top;
+      });
+    }
+    const S norm = squared_spectral_norm(net.weights(i + 1), work_[std::size_t(i)]);
+    return S(2) * (last ? settings_.mu : S(1)) + slope * slope * norm * outer;
+  }
+
+  /// ||W||_2^2 by power iteration on W^T W from a fixed start (the same on every process); an
+  /// estimate from below, which the code steps' safeguard tolerates.
+  static S squared_spectral_norm(const ConstMatrixMap<S>& weights, code_work& work) {
+    constexpr int iterations = 20;
+    Vector<S>& v = work.power;
+    Vector<S>& image = work.power_image;
+    v.setConstant(weights.cols(), S(1) / std::sqrt(S(weights.cols())));
+    for (int t = 0; t < iterations; ++t) {
+      image.noalias() = weights * v;
+      v.noalias() = weights.transpose() * image;
+      const S norm = v.norm();
+      if (!(norm > 0)) return weights.squaredNorm();  // the start in W's null space: a bound
+      v /= norm;
+    }
+    image.noalias() = weights * v;
+    return image.squaredNorm();
+  }
+
+  /// Code index i's steps (header comment): momentum steps of code_rate / L_i, a rise undone
+  /// with the sample's momentum reset, its step halved if it rose from rest.
   template <class Program>
   void update_code(const Program& net, Index i, const MatrixCRef<S>& y) {
     const auto u = std::size_t(i);
     code_work& work = work_[u];
-    const Index B = c_[u].cols(), n = c_[u].rows(), next = net.layer(i + 1).outputs();
-    work.start = c_[u];
+    Matrix<S>& code = c_[u];
+    const Index B = code.cols(), n = code.rows(), next = net.layer(i + 1).outputs();
+    work.start = code;
     work.activation.resize(n, B);
     work.gradient.resize(n, B);
     work.signal.resize(next, B);
     work.loss_gradient.resize(next, B);
     work.velocity.setZero(n, B);
-    const S rate = settings_.code_rate, momentum = settings_.code_momentum;
+    work.step.setConstant(B, settings_.code_rate / curvature_[u]);
+    work.at_rest.setOnes(B);
+    const S momentum = settings_.code_momentum;
 
-    for (Index t = 0;; ++t) {
-      code_objective(net, i, y, c_[u], work);
-      if (t == 0) {
-        before_[u] = work.value;
-        work.best = c_[u];
-        work.best_value = work.value;
-        work.best_squared = work.squared;
-      } else if (settings_.keep_best) {
-        for (Index j = 0; j < B; ++j) {
-          if (work.value(j) < work.best_value(j)) {
-            work.best.col(j) = c_[u].col(j);
-            work.best_value(j) = work.value(j);
-            work.best_squared(j) = work.squared(j);
-          }
-        }
-      }
-      if (t == settings_.code_iterations) {
-        if (!settings_.keep_best) {
-          work.best_value = work.value;
-          work.best_squared = work.squared;
-        }
-        break;
-      }
-      // PyTorch's Nesterov SGD: v <- m v + g, c <- c - rate (g + m v).
+    evaluate_code(net, i, y, code, work);
+    before_[u] = work.value;
+    for (Index t = 0; t < settings_.code_iterations; ++t) {
+      // Every sample's current code is the lowest it has visited: the one to return to.
+      work.kept = code;
+      work.kept_gradient = work.gradient;
+      work.kept_value = work.value;
+      work.kept_squared = work.squared;
+      // PyTorch's Nesterov form: v <- m v + g, c <- c - h (g + m v), h per sample.
       work.velocity = momentum * work.velocity + work.gradient;
-      c_[u] -= rate * (work.gradient + momentum * work.velocity);
+      code.array() -=
+          (work.gradient + momentum * work.velocity).array().rowwise() * work.step.array();
+      evaluate_code(net, i, y, code, work);
+      for (Index j = 0; j < B; ++j) {
+        if (work.value(j) <= work.kept_value(j)) {
+          work.at_rest(j) = 0;
+          continue;
+        }
+        // A rise (or NaN): undo it and restart from rest; from rest, L_i did not hold.
+        if (work.at_rest(j) != 0) work.step(j) /= 2;
+        work.at_rest(j) = 1;
+        work.velocity.col(j).setZero();
+        code.col(j) = work.kept.col(j);
+        work.gradient.col(j) = work.kept_gradient.col(j);
+        work.value(j) = work.kept_value(j);
+        work.squared(j) = work.kept_squared(j);
+      }
     }
-    if (settings_.keep_best) c_[u] = work.best;
-    after_[u] = work.best_value;
-    squared_residual_ += work.best_squared;
-    net.layer(i).visit([&](const auto& pair) { activate<S>(pair, c_[u], h_[u]); });
+    after_[u] = work.value;
+    squared_residual_ += work.squared;
+    moved_[u] = (code.array() != work.start.array()).any();
+    net.layer(i).visit([&](const auto& pair) { activate<S>(pair, code, h_[u]); });
   }
 
   /// Layer index i's local weight loss (batch mean) at the stored codes, and with
@@ -495,6 +619,8 @@ class altmin {
   std::vector<code_work> work_;
   std::vector<layer_work> layers_;
   std::vector<RowVector<S>> before_, after_;
+  std::vector<S> curvature_;  ///< L_k of every code in the last code update
+  std::vector<char> moved_;   ///< whether any sample's code moved in the last code update
   RowVector<S> squared_residual_, losses_;
   Vector<S> grad_;
   std::vector<adam<S>> weight_optimizers_, bias_optimizers_;
