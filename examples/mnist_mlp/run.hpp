@@ -55,6 +55,17 @@ class any_method {
       settings.symmetric = !opts.one_sided;
       settings.random_sign = opts.one_sided;
       settings.seed = opts.seed;
+      if (opts.ep_converged) {
+        settings.mode = bilevel::ep<S>::relaxation::converged;
+        for (auto* phase : {&settings.free_stopping, &settings.nudged_stopping}) {
+          if (opts.tolerance > 0) phase->tolerance = S(opts.tolerance);
+          if (opts.inner_iterations > 0) phase->max_iterations = opts.inner_iterations;
+        }
+      }
+      if (opts.ep_particles) settings.particles = opts.train_samples;
+      if (!opts.layer_scales.empty())
+        for (const double scale : parse_list<double>(opts.layer_scales, "--layer-scales"))
+          settings.layer_scales.push_back(S(scale));
       method_.template emplace<bilevel::ep<S>>(settings);
     } else if (name == "pcn") {
       typename bilevel::pcn<S>::settings settings;

@@ -10,10 +10,15 @@
 #include <limits>
 #include <string>
 
+#include "range.hpp"
+
 namespace bilevel {
 
 /// The logistic sigmoid pair: G = softplus, G* = z log z + (1 - z) log(1 - z) on [0, 1].
 struct sigmoid {
+  /// Values in (0, 1), reached only as a -> -inf / +inf (docs/methods.md §5.3).
+  static constexpr activation_range range{0, 1, false};
+
   std::string name() const { return "sigmoid"; }
   template <class S> S f(S a) const {
     // Written through e^-|a| so that neither branch overflows.
