@@ -126,6 +126,22 @@ class any_method {
     return std::visit([&](auto& m) { return m.gradient(net, x, y, gradient); }, method_);
   }
 
+  /// The same with the batch's sample indices, for methods that keep a state per training
+  /// example (EP's persistent particles); the others ignore them.
+  template <class Program>
+  bilevel::step_report gradient(const Program& net, const bilevel::MatrixCRef<S>& x,
+                                const bilevel::MatrixCRef<S>& y, std::span<const Index> samples,
+                                bilevel::Vector<S>& gradient) {
+    return std::visit(
+        [&](auto& m) {
+          if constexpr (bilevel::SampleIndexedMethod<std::decay_t<decltype(m)>, Program>)
+            return m.gradient(net, x, y, samples, gradient);
+          else
+            return m.gradient(net, x, y, gradient);
+        },
+        method_);
+  }
+
   /// The native step; `shards` averages its weight steps over a batch split over processes.
   template <class Program, bilevel::BatchReduction<S> Reduction = bilevel::whole_batch>
   bilevel::step_report train_step(Program& net, const bilevel::MatrixCRef<S>& x,

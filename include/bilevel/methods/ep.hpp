@@ -136,7 +136,7 @@ class ep {
     /// one per layer. With plain SGD at rate r they are per-layer learning rates r x factor
     /// (Scellier & Bengio's); with Adam they change almost nothing, since Adam's steps do not
     /// depend on a gradient's scale.
-    std::vector<S> layer_scales;
+    std::vector<S> layer_scales = {};
     /// Seed of the sign draws.
     std::uint64_t seed = 1;
   };
