@@ -419,6 +419,32 @@ TEST_CASE("EP uses the program's pairs: smooth, clipping and linear layers each 
   CHECK(relative_error(smooth, hard) > 0.3);
   // Sigmoid states are not projected onto [0, 1]: they go negative where the drive does.
   CHECK(smooth_states[0].minCoeff() < 0);
+  // And they sit where dE/ds = 0 for E of methods/ep.hpp: s_k = sigma'(s_k) .* h_k with
+  // h_k = W_k r_{k-1} + b_k + W_{k+1}^T r_{k+1}, r = sigma(s) (the output's r = s).
+  {
+    auto net = make_mlp<double, sigmoid>(sizes);
+    random_source weights(32);
+    fill(net, weights, 0.5, 0.0, 0.05);
+    ep<double> method(precise(0.1, true));
+    Matrix<double> output;
+    method.predict(net, x, output);
+    const auto& s = method.free_state();
+    const auto rate = [&](std::size_t k) -> Matrix<double> {
+      return k + 1 == s.size() ? s[k] : Matrix<double>(s[k].unaryExpr([](double v) {
+        return 1 / (1 + std::exp(-v));
+      }));
+    };
+    for (std::size_t k = 0; k < s.size(); ++k) {
+      Matrix<double> h = net.weights(Index(k)) * (k == 0 ? x : rate(k - 1));
+      h.colwise() += net.bias(Index(k));
+      if (k + 1 < s.size()) h += net.weights(Index(k + 1)).transpose() * rate(k + 1);
+      const Matrix<double> r = rate(k);
+      const Matrix<double> slope =
+          k + 1 == s.size() ? Matrix<double>::Ones(r.rows(), r.cols())
+                            : Matrix<double>(r.cwiseProduct((1 - r.array()).matrix()));
+      CHECK((s[k] - slope.cwiseProduct(h)).cwiseAbs().maxCoeff() < 1e-10);
+    }
+  }
   // tanh and hard tanh with the mean squared error on every layer, states around 0.
   using tanh_net = program<double, mse, tanh_pair>;
   check(same_pairs<tanh_net, tanh_pair>(sizes), 0.3, 0.0, "tanh");

@@ -478,7 +478,7 @@ class ep {
     kinds_.resize(L);
     for (std::size_t k = 0; k < L; ++k) kinds_[k] = kind_of(net, Index(k), function);
     for (auto* buffers : {&free_, &start_, &next_, &work_rho_, &free_rho_, &plus_rho_,
-                          &minus_rho_, &delta_})
+                          &minus_rho_, &slope_, &delta_})
       buffers->resize(L);
     for (std::size_t k = 0; k < L; ++k) {
       const Index n = net.layer(Index(k)).outputs();
@@ -625,14 +625,16 @@ class ep {
       case layer_form::linear:
         h = (S(1) - eps) * s + eps * h;
         break;
-      case layer_form::smooth:  // (1 - eps) s + eps rho'(s) .* h
-        slope_.resize(h.rows(), h.cols());
+      case layer_form::smooth: {  // (1 - eps) s + eps rho'(s) .* h
+        Matrix<S>& slope = slope_[std::size_t(k)];
+        slope.resize(h.rows(), h.cols());
         net.layer(k).visit([&](const auto& pair) {
           if constexpr (ElementwisePair<std::decay_t<decltype(pair)>, S>)
-            vjp<S>(pair, s, h, slope_);
+            vjp<S>(pair, s, h, slope);
         });
-        h = (S(1) - eps) * s + eps * slope_;
+        h = (S(1) - eps) * s + eps * slope;
         break;
+      }
     }
   }
 
@@ -693,9 +695,10 @@ class ep {
   std::vector<Matrix<S>> next_;         ///< the next iterate / drive, per layer
   std::vector<Matrix<S>> work_rho_;     ///< rates of the smooth layers during a phase
   std::vector<Matrix<S>> free_rho_, plus_rho_, minus_rho_;  ///< rates at the phases' ends
+  std::vector<Matrix<S>> slope_;        ///< rho'(s) .* h of the smooth layers during a step
   std::vector<Matrix<S>> delta_;        ///< rate differences, per layer
   std::vector<Matrix<S>> particles_;    ///< persistent particles: n_k x particles per layer
-  Matrix<S> cost_gradient_, slope_;
+  Matrix<S> cost_gradient_;
   RowVector<S> cost_row_, energy_row_, unconverged_;
   RowVector<S> step_norm_, displacement_norm_, size_norm_;
 };
