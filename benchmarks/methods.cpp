@@ -9,6 +9,7 @@
 #include <Eigen/Core>
 #include <filesystem>
 #include <string>
+#include <type_traits>
 #include <unistd.h>
 #include <vector>
 
@@ -21,8 +22,10 @@ using S = float;
 using bilevel::Index;
 const std::vector<Index> sizes = {784, 256, 128, 64, 10};
 
+/// The paper's MLP with `Hidden` hidden layers.
+template <class Hidden>
 struct fixture {
-  bilevel::mlp<S, bilevel::relu> net = bilevel::make_mlp<S, bilevel::relu>(sizes);
+  bilevel::mlp<S, Hidden> net = bilevel::make_mlp<S, Hidden>(sizes);
   bilevel::Matrix<S> x, y;
   bilevel::Vector<S> gradient;
   bilevel::adam<S> optimizer{{}, net.parameter_count(), net.weight_count()};
@@ -41,7 +44,10 @@ struct fixture {
 /// state after a first, untimed step (same_start.hpp).
 template <class Method>
 void step(benchmark::State& state, Method method, bool native) {
-  fixture f(state.range(0));
+  // ReLU hidden layers; hard sigmoid for EP, which needs a bounded pair there (methods/ep.hpp).
+  using hidden = std::conditional_t<std::is_same_v<Method, bilevel::ep<S>>, bilevel::hard_sigmoid,
+                                    bilevel::relu>;
+  fixture<hidden> f(state.range(0));
   Eigen::setNbThreads(int(state.range(1)));
   const auto take_step = [&] {
     bilevel::step_report report;

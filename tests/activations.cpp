@@ -46,7 +46,24 @@ struct wrong_derivative_sigmoid : sigmoid {
 struct wrong_potential_tanh : tanh_pair {
   template <class S> S G(S a) const { return S(1.5) * tanh_pair::G(a); }
 };
+// Ranges declared wrongly (activations/range.hpp): sigmoid said to clip, tanh said to lie in
+// [0, 1].
+struct clipping_sigmoid : sigmoid {
+  static constexpr activation_range range{0, 1, true};
+};
+struct narrow_tanh : tanh_pair {
+  static constexpr activation_range range{0, 1, false};
+};
 }  // namespace
+
+TEST_CASE("the checker rejects a declared range that f does not have", "[activations]") {
+  const auto clipping = check_activation_pair<double>(clipping_sigmoid{});
+  REQUIRE_FALSE(clipping.ok());
+  CHECK_THAT(clipping.summary(), Catch::Contains("f(a) != clip(a)"));
+  const auto narrow = check_activation_pair<double>(narrow_tanh{});
+  REQUIRE_FALSE(narrow.ok());
+  CHECK_THAT(narrow.summary(), Catch::Contains("outside the declared range"));
+}
 
 TEST_CASE("the checker rejects a conjugate that is off by a factor", "[activations]") {
   const auto report = check_activation_pair<double>(wrong_conjugate_relu{});

@@ -149,6 +149,16 @@ TEST_CASE("resuming is bit-identical for iterative methods with state: EP's rand
                        adam_for(ep_net.parameter_count(), ep_net.weight_count()),
                        step_mode::gradient, "ep");
   }
+  SECTION("EP with persistent particles, one per training example") {
+    const auto ep_net = small_net<hard_sigmoid>(3, {4, 6, 3});
+    ep<double>::settings config = ep<double>::paper_settings(1, 90);  // run()'s 90 examples
+    config.free_iterations = 3;  // the particles carry what 3 steps leave unrelaxed
+    config.layer_scales = {0.5, 0.3};
+    check_exact_resume(ep_net, ep<double>(config),
+                       sgd<double>({.learning_rate = 0.5}, ep_net.parameter_count(),
+                                   ep_net.weight_count()),
+                       step_mode::gradient, "ep-particles");
+  }
   SECTION("MAC, native steps with a growing mu") {
     mac<double>::settings config;
     config.mu = 1;

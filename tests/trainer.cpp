@@ -3,12 +3,14 @@
 // status 1 or 2. Also the trainer loop's own checks.
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <numbers>
+#include <span>
 #include <sstream>
 #include <string>
 #include <unistd.h>
@@ -277,4 +279,63 @@ TEST_CASE("the trainer loop uses every sample once per epoch, the last batch par
   CHECK(report.seconds > 0);
   CHECK_THROWS_AS(make_dataset<double>(x, std::vector<int>(23, 3), 3), config_error);
   CHECK_THROWS_AS(trainer(net, method, optimizer, 0, 1), config_error);
+}
+
+namespace {
+
+/// A gradient method that takes sample indices and records them, with the columns it got.
+struct recording_method {
+  std::vector<Index> samples;
+  std::vector<Matrix<double>> batches;
+
+  std::string name() const { return "recording"; }
+  template <class Program>
+  step_report gradient(const Program& net, const MatrixCRef<double>& x, const MatrixCRef<double>&,
+                       Vector<double>& gradient) {
+    batches.emplace_back(x);
+    gradient.setZero(net.parameter_count());
+    return {};
+  }
+  template <class Program>
+  step_report gradient(const Program& net, const MatrixCRef<double>& x,
+                       const MatrixCRef<double>& y, std::span<const Index> indices,
+                       Vector<double>& gradient) {
+    samples.insert(samples.end(), indices.begin(), indices.end());
+    return this->gradient(net, x, y, gradient);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the trainer passes each batch's sample indices, shuffled or in the set's order",
+          "[trainer]") {
+  random_source random(5);
+  auto net = make_mlp<double, relu>({4, 5, 3});
+  const Matrix<double> x = testing::random_matrix<double>(random, 4, 23);
+  const auto set = make_dataset<double>(x, std::vector<int>(23, 1), 3);
+  sgd<double> optimizer({.learning_rate = 0.01}, net.parameter_count(), net.weight_count());
+  recording_method method;
+  static_assert(SampleIndexedMethod<recording_method, decltype(net)>);
+  trainer loop(net, method, optimizer, 5, 1);
+  std::vector<Index> in_order(23);
+  for (Index i = 0; i < 23; ++i) in_order[std::size_t(i)] = i;
+  for (const sample_order order : {sample_order::shuffled, sample_order::fixed}) {
+    loop.set_sample_order(order);
+    CHECK(loop.order() == order);
+    for (int epoch = 0; epoch < 2; ++epoch) {
+      method.samples.clear();
+      method.batches.clear();
+      loop.run_epoch(set);
+      REQUIRE(method.samples.size() == 23);
+      REQUIRE(method.batches.size() == 5);
+      // Column j of every batch is the example its index names.
+      std::size_t next = 0;
+      for (const Matrix<double>& batch : method.batches)
+        for (Index j = 0; j < batch.cols(); ++j) CHECK(batch.col(j) == x.col(method.samples[next++]));
+      std::vector<Index> sorted = method.samples;
+      std::sort(sorted.begin(), sorted.end());
+      CHECK(sorted == in_order);  // every example once
+      CHECK((method.samples == in_order) == (order == sample_order::fixed));
+    }
+  }
 }

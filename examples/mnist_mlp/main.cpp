@@ -183,8 +183,9 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--tolerance", opts.tolerance,
-                 "Inner tolerance (0: the method's default): chl, lpom, fln, pcn, mac: the "
-                 "stopping rule's tolerance relative to the displacement (docs/methods.md §5.6b)")
+                 "Inner tolerance (0: the method's default): chl, lpom, fln, pcn, mac, ep with "
+                 "--ep-converged: the stopping rule's tolerance relative to the displacement "
+                 "(docs/methods.md §5.6b)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--inner-start", opts.inner_start,
@@ -197,6 +198,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
+  app.add_flag("--ep-particles", opts.ep_particles,
+               "ep: persistent particles, one state per training image: each free phase starts "
+               "where that image's last one ended (one process only)");
+  app.add_flag("--ep-converged", opts.ep_converged,
+               "ep: every phase relaxed to the displacement rule of docs/methods.md §5.6b "
+               "instead of fixed step counts; --tolerance sets its tolerance and "
+               "--inner-iterations its cap");
+  app.add_option("--layer-scales", opts.layer_scales,
+                 "ep: factors on each layer's gradient, one per layer (with --optimizer sgd: "
+                 "per-layer learning rates --lr x factor)");
   app.add_option("--step-mode", opts.step_mode,
                  "gradient (the method's gradient estimate and --optimizer) or native (the "
                  "method's own block-coordinate step: mac, lpom, fln, altmin) (method default: "
@@ -224,6 +235,8 @@ int main(int argc, char** argv) {
     return group.fail(std::string(e.what()) + " (see --help)", 2);
   }
   apply_defaults(app, opts);
+  if (opts.ep_particles && group.size() > 1)
+    return group.fail("--ep-particles needs a single process (the particles are per image)", 2);
 
   try {
     Eigen::setNbThreads(opts.threads);

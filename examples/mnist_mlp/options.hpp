@@ -48,6 +48,9 @@ struct options {
   std::string inner_start;     ///< "forward" or "first-order"; empty: the method's own default
   Index nudged_iterations = 4;
   bool one_sided = false;
+  bool ep_particles = false;
+  bool ep_converged = false;
+  std::string layer_scales;  ///< ep: per-layer factors; empty: none
   std::string step_mode = "gradient";
   // Checkpoints (io/checkpoint.hpp).
   std::string save;
@@ -70,7 +73,9 @@ inline std::string training_settings(const options& o) {
        << ' ' << o.activation << ' ' << o.leaky_slope << ' ' << o.seed << ' ' << o.train_samples
        << ' ' << o.validation << ' ' << o.precision << ' ' << o.gamma << ' ' << o.lambda << ' '
        << o.mu << ' ' << o.mu_growth << ' ' << o.inner_iterations << ' ' << o.inner_step << ' '
-       << o.tolerance << ' ' << o.inner_start << ' ' << o.nudged_iterations << ' ' << o.one_sided << ' ' << o.step_mode
+       << o.tolerance << ' ' << o.inner_start << ' ' << o.nudged_iterations << ' ' << o.one_sided
+       << ' ' << o.ep_particles << ' ' << o.ep_converged << ' ' << o.layer_scales << ' '
+       << o.step_mode
        << ' ' << o.save_every << ' ' << o.resume.empty();
   return text.str();
 }

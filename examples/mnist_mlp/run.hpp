@@ -56,6 +56,17 @@ class any_method {
       settings.symmetric = !opts.one_sided;
       settings.random_sign = opts.one_sided;
       settings.seed = opts.seed;
+      if (opts.ep_converged) {
+        settings.mode = bilevel::ep<S>::relaxation::converged;
+        for (auto* phase : {&settings.free_stopping, &settings.nudged_stopping}) {
+          if (opts.tolerance > 0) phase->tolerance = S(opts.tolerance);
+          if (opts.inner_iterations > 0) phase->max_iterations = opts.inner_iterations;
+        }
+      }
+      if (opts.ep_particles) settings.particles = opts.train_samples;
+      if (!opts.layer_scales.empty())
+        for (const double scale : parse_list<double>(opts.layer_scales, "--layer-scales"))
+          settings.layer_scales.push_back(S(scale));
       method_.template emplace<bilevel::ep<S>>(settings);
     } else if (name == "pcn") {
       typename bilevel::pcn<S>::settings settings;
@@ -132,6 +143,22 @@ class any_method {
   bilevel::step_report gradient(const Program& net, const bilevel::MatrixCRef<S>& x,
                                 const bilevel::MatrixCRef<S>& y, bilevel::Vector<S>& gradient) {
     return std::visit([&](auto& m) { return m.gradient(net, x, y, gradient); }, method_);
+  }
+
+  /// The same with the batch's sample indices, for methods that keep a state per training
+  /// example (EP's persistent particles); the others ignore them.
+  template <class Program>
+  bilevel::step_report gradient(const Program& net, const bilevel::MatrixCRef<S>& x,
+                                const bilevel::MatrixCRef<S>& y, std::span<const Index> samples,
+                                bilevel::Vector<S>& gradient) {
+    return std::visit(
+        [&](auto& m) {
+          if constexpr (bilevel::SampleIndexedMethod<std::decay_t<decltype(m)>, Program>)
+            return m.gradient(net, x, y, samples, gradient);
+          else
+            return m.gradient(net, x, y, gradient);
+        },
+        method_);
   }
 
   /// The native step; `shards` averages its weight steps over a batch split over processes.

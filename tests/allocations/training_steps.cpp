@@ -7,6 +7,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <span>
+#include <vector>
+
 #include "allocation_counter.hpp"
 #include "bilevel/bilevel.hpp"
 
@@ -30,15 +33,19 @@ batch random_batch(random_source& random, Index inputs, Index classes, Index siz
 enum class mode { gradient, native };
 
 /// Allocations during ten steps after two warm-up steps (ten, so that paths a solver takes
-/// only now and then, such as LPOM's proximal fallback, are seen too).
-template <class Method>
+/// only now and then, such as LPOM's proximal fallback, are seen too). `Hidden`: the hidden
+/// layers' pair (EP needs a bounded one). Methods that take sample indices get them, the two
+/// batches being examples 0-49 and 50-99 of a training set.
+template <class Method, class Hidden = relu>
 std::size_t allocations_after_warm_up(Method& method, mode step_mode) {
   random_source random(1);
-  auto net = make_mlp<float, relu>({784, 256, 128, 64, 10});
+  auto net = make_mlp<float, Hidden>({784, 256, 128, 64, 10});
   net.initialize(init_scheme::glorot_uniform, random);
   adam<float> optimizer({}, net.parameter_count(), net.weight_count());
   Vector<float> gradient;
   const batch batches[2] = {random_batch(random, 784, 10, 50), random_batch(random, 784, 10, 50)};
+  std::vector<Index> samples(100);
+  for (std::size_t i = 0; i < samples.size(); ++i) samples[i] = Index(i);
   const auto step = [&](const batch& b) {
     if constexpr (StepMethod<Method, decltype(net)>) {
       if (step_mode == mode::native) {
@@ -46,7 +53,13 @@ std::size_t allocations_after_warm_up(Method& method, mode step_mode) {
         return;
       }
     }
-    method.gradient(net, b.x, b.y, gradient);
+    if constexpr (SampleIndexedMethod<Method, decltype(net)>) {
+      const std::size_t first = &b == &batches[0] ? 0 : 50;
+      method.gradient(net, b.x, b.y, std::span<const Index>(samples).subspan(first, 50),
+                      gradient);
+    } else {
+      method.gradient(net, b.x, b.y, gradient);
+    }
     optimizer.step(net.parameters(), gradient);
   };
   Eigen::setNbThreads(1);  // with OpenMP, Eigen's default is every core
@@ -81,7 +94,19 @@ TEST_CASE("CHL, EP, PCN and Z-IL steps with Adam allocate nothing after warm-up"
   chl<float> contrastive;
   CHECK(allocations_after_warm_up(contrastive, mode::gradient) == 0);
   ep<float> equilibrium;
-  CHECK(allocations_after_warm_up(equilibrium, mode::gradient) == 0);
+  CHECK(allocations_after_warm_up<ep<float>, hard_sigmoid>(equilibrium, mode::gradient) == 0);
+  // The converged mode, one-sided, with persistent particles and per-layer factors.
+  ep<float> persistent({.beta = 0.5f,
+                        .mode = ep<float>::relaxation::converged,
+                        .free_stopping = {1e-4f, 200},
+                        .nudged_stopping = {1e-3f, 100},
+                        .symmetric = false,
+                        .random_sign = true,
+                        .particles = 100,
+                        .layer_scales = {0.4f, 0.3f, 0.2f, 0.1f}});
+  CHECK(allocations_after_warm_up<ep<float>, sigmoid>(persistent, mode::gradient) == 0);
+  ep<float> mirrored({.mode = ep<float>::relaxation::converged, .mirrored_start = true});
+  CHECK(allocations_after_warm_up<ep<float>, hard_sigmoid>(mirrored, mode::gradient) == 0);
   pcn<float> predictive;
   CHECK(allocations_after_warm_up(predictive, mode::gradient) == 0);
   pcn<float> zero_divergence = pcn<float>::zil();

@@ -13,6 +13,8 @@
 ///                      times the sample range
 ///   divergence         G(a + h) - G(a) - f(a) h from the pair's G_divergence is >= 0 and
 ///                      equals the direct form in long double
+///   declared range     f(a) in [lower, upper], and f(a) = clip(a, lower, upper) if it clips
+///                      (pairs with a `range` member, activations/range.hpp)
 /// ~~~
 /// Finite differences are skipped where the forward and backward differences disagree (a kink
 /// between the sample points), since f and G are only piecewise smooth.
@@ -92,6 +94,19 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
   Matrix<S> z(n, m);
   activate<S>(pair, a, z);
   const RowVector<S> G_a = potential<S>(pair, a);
+
+  if constexpr (bounded_pair<P>) {
+    const S lower = S(P::range.lower), upper = S(P::range.upper);
+    for (Index j = 0; j < m; ++j) {
+      for (Index i = 0; i < n; ++i) {
+        if (!(z(i, j) >= lower && z(i, j) <= upper))
+          fail("f(a) outside the declared range", i, j, z(i, j), std::clamp(z(i, j), lower, upper));
+        else if (P::range.clips && z(i, j) != std::clamp(a(i, j), lower, upper))
+          fail("f(a) != clip(a) of a pair declared to clip", i, j, z(i, j),
+               std::clamp(a(i, j), lower, upper));
+      }
+    }
+  }
 
   // Fenchel-Young: equality on the graph of f, inequality against other points of the range.
   const RowVector<S> conj_z = conjugate<S>(pair, z);

@@ -29,6 +29,8 @@
 ///       hyperparameters()         -> std::vector<double>
 ///       set_hyperparameters(v)    from such a vector, validating it
 ///   so that checkpoints save and restore them (any pair form).
+///   A pair whose values are bounded says so, for EP's Hopfield energy (docs/methods.md §5.3):
+///       static constexpr activation_range range{lower, upper, clips};
 ///   ~~~
 ///
 /// * columnwise (softmax): members over a batch (one sample per column)
@@ -50,6 +52,7 @@
 
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "range.hpp"
 
 namespace bilevel {
 

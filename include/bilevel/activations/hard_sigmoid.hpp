@@ -10,10 +10,15 @@
 #include <limits>
 #include <string>
 
+#include "range.hpp"
+
 namespace bilevel {
 
 /// The hard sigmoid pair: f(a) = clip(a, 0, 1), G*(z) = z^2/2 on [0, 1].
 struct hard_sigmoid {
+  /// f is clip(a, 0, 1): EP projects its states onto [0, 1] (docs/methods.md §5.3).
+  static constexpr activation_range range{0, 1, true};
+
   std::string name() const { return "hard_sigmoid"; }
   template <class S> S f(S a) const { return std::clamp(a, S(0), S(1)); }
   template <class S> S df(S a) const { return a > 0 && a < 1 ? S(1) : S(0); }

@@ -10,10 +10,15 @@
 #include <limits>
 #include <string>
 
+#include "range.hpp"
+
 namespace bilevel {
 
 /// The hard tanh pair: f(a) = clip(a, -1, 1), G*(z) = z^2/2 on [-1, 1].
 struct hard_tanh {
+  /// f is clip(a, -1, 1): EP projects its states onto [-1, 1] (docs/methods.md §5.3).
+  static constexpr activation_range range{-1, 1, true};
+
   std::string name() const { return "hard_tanh"; }
   template <class S> S f(S a) const { return std::clamp(a, S(-1), S(1)); }
   template <class S> S df(S a) const { return a > -1 && a < 1 ? S(1) : S(0); }

@@ -11,11 +11,15 @@
 #include <string>
 
 #include "tanh.hpp"
+#include "range.hpp"
 
 namespace bilevel {
 
 /// The logistic sigmoid pair: G = softplus, G* = z log z + (1 - z) log(1 - z) on [0, 1].
 struct sigmoid {
+  /// Values in (0, 1), reached only as a -> -inf / +inf (docs/methods.md §5.3).
+  static constexpr activation_range range{0, 1, false};
+
   std::string name() const { return "sigmoid"; }
   /// f' = f (1 - f) <= 1/4.
   static constexpr double max_slope = 0.25;

@@ -11,6 +11,8 @@
 #include <numbers>
 #include <string>
 
+#include "range.hpp"
+
 namespace bilevel {
 namespace detail {
 
@@ -45,6 +47,9 @@ auto tanh_difference_expr(const X& x, const K& k) {
 
 /// The tanh pair, saved under the name "tanh": G(a) = log cosh a, G* finite on [-1, 1].
 struct tanh_pair {
+  /// Values in (-1, 1), reached only as a -> -inf / +inf (docs/methods.md §5.3).
+  static constexpr activation_range range{-1, 1, false};
+
   std::string name() const { return "tanh"; }
   template <class S> S f(S a) const { return std::tanh(a); }
   template <class S> S df(S a) const {

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <concepts>
 #include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -49,6 +50,18 @@ concept GradientMethod = requires(M& method, const Program& net,
   { method.name() } -> std::convertible_to<std::string>;
   { method.gradient(net, batch, batch, gradient) } -> std::same_as<step_report>;
 };
+
+/// A gradient method that keeps a state per training example (EP's persistent particles) and
+/// so also takes the batch's sample indices: `gradient(net, x, y, samples, gradient)`, with
+/// samples[j] the index in the training set of column j. The trainer passes them to every
+/// method that accepts them.
+template <class M, class Program>
+concept SampleIndexedMethod =
+    GradientMethod<M, Program> &&
+    requires(M& method, const Program& net, const Matrix<typename Program::scalar_type>& batch,
+             std::span<const Index> samples, Vector<typename Program::scalar_type>& gradient) {
+      { method.gradient(net, batch, batch, samples, gradient) } -> std::same_as<step_report>;
+    };
 
 /// A method with a training step of its own (block-coordinate updates of the weights, its own
 /// weight optimizer): it changes `net`'s parameters in place.

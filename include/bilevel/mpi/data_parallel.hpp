@@ -16,10 +16,11 @@
 ///
 /// Per-sample energies (METHODS.md §1) make beta, gamma, mu and lambda mean the same whatever
 /// the shard size. Gradient methods whose inference is per sample with fixed iteration counts
-/// (BP, Fenchel BP, PCN, Z-IL, EP) then give the single-process step up to rounding; solvers
-/// that adapt step sizes or stop on batch-wide criteria (CHL, LPOM, FLN z-blocks, MAC's
-/// Z-step stopping rule) see only their shard and so differ from a single process within their
-/// tolerances. Every `check_every` steps the processes compare a checksum of their parameters,
+/// (BP, Fenchel BP, PCN, Z-IL, EP in its fixed_steps mode) then give the single-process step up
+/// to rounding; solvers that adapt step sizes or stop on batch-wide criteria (CHL, LPOM, FLN
+/// z-blocks, MAC's Z-step stopping rule, EP's converged mode) see only their shard and so
+/// differ from a single process within their tolerances. States kept per training example
+/// (EP's persistent particles) are not supported: the wrapper passes no sample indices. Every `check_every` steps the processes compare a checksum of their parameters,
 /// so a divergence is reported instead of silently training different models.
 
 #include <chrono>

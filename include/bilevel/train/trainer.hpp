@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <span>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -106,9 +107,15 @@ struct training_progress {
 /// How the trainer steps a method that offers both a gradient and a step of its own.
 enum class step_mode { gradient, native };
 
+/// The order of the samples in an epoch: a fresh random permutation (the default), or the data
+/// set's own order every epoch (as some papers' code trains).
+enum class sample_order { shuffled, fixed };
+
 /// Trains `net` one epoch at a time: with a method's gradient and the optimizer, or with the
 /// method's own training step (methods that have only that use it; for methods with both,
-/// `mode` chooses). The shuffling depends only on the seed.
+/// `mode` chooses). The shuffling depends only on the seed. Methods that keep a state per
+/// training example (SampleIndexedMethod: EP's persistent particles) get each batch's sample
+/// indices, the columns of the data set passed to run_epoch.
 template <class Program, class Method, class Optimizer>
   requires GradientMethod<Method, Program> || StepMethod<Method, Program>
 class trainer {
@@ -128,7 +135,8 @@ class trainer {
                     "a method with its own train_step", method.name());
   }
 
-  /// One pass over `train` in a fresh random order; the last partial batch is used too.
+  /// One pass over `train` in a fresh random order (or its own, set_sample_order); the last
+  /// partial batch is used too.
   /// Throws numeric_error naming the epoch and batch when a loss or gradient is not finite.
   epoch_report run_epoch(const dataset<S>& train) {
     return run_epoch(train, [](Index, Index, Index) {});
@@ -144,7 +152,7 @@ class trainer {
                           train.y.rows(), train.size());
     order_.resize(std::size_t(train.size()));
     std::iota(order_.begin(), order_.end(), Index(0));
-    progress_.random.shuffle(order_);
+    if (order_kind_ == sample_order::shuffled) progress_.random.shuffle(order_);
     ++progress_.epoch;
 
     epoch_report report;
@@ -155,7 +163,8 @@ class trainer {
     for (Index begin = 0; begin < train.size(); begin += batch_size_) {
       const Index count = std::min(batch_size_, train.size() - begin);
       gather(train, begin, count);
-      const step_report step = take_step();
+      const step_report step =
+          take_step(std::span<const Index>(order_.data() + begin, std::size_t(count)));
       ++report.batches;
       const bool update_finite =
           native_ ? net_.parameters().allFinite() : gradient_.allFinite();
@@ -197,6 +206,10 @@ class trainer {
     return report;
   }
 
+  /// Shuffled (the default) or fixed order of the samples, from the next epoch on.
+  void set_sample_order(sample_order order) { order_kind_ = order; }
+  sample_order order() const { return order_kind_; }
+
   /// Epochs run so far (a resumed run counts those before the checkpoint too).
   Index epoch() const { return progress_.epoch; }
   bool native_steps() const { return native_; }
@@ -204,12 +217,15 @@ class trainer {
   const training_progress& progress() const { return progress_; }
 
  private:
-  step_report take_step() {
+  /// `samples`: the batch's columns in the data set.
+  step_report take_step(std::span<const Index> samples) {
     if constexpr (!GradientMethod<Method, Program>) {
       return method_.train_step(net_, batch_x_, batch_y_);
     } else if constexpr (StepMethod<Method, Program>) {
       return native_ ? method_.train_step(net_, batch_x_, batch_y_)
                      : method_.gradient(net_, batch_x_, batch_y_, gradient_);
+    } else if constexpr (SampleIndexedMethod<Method, Program>) {
+      return method_.gradient(net_, batch_x_, batch_y_, samples, gradient_);
     } else {
       return method_.gradient(net_, batch_x_, batch_y_, gradient_);
     }
@@ -231,6 +247,7 @@ class trainer {
   Index batch_size_;
   training_progress progress_;
   bool native_;
+  sample_order order_kind_ = sample_order::shuffled;
   std::vector<Index> order_;
   Matrix<S> batch_x_, batch_y_;
   Vector<S> gradient_;
