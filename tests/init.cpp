@@ -34,7 +34,8 @@ moments sample_moments(const Matrix<S>& w) {
 TEMPLATE_TEST_CASE("initialisation is a function of the seed", "[init]", float, double) {
   using S = TestType;
   const init_scheme scheme =
-      GENERATE(init_scheme::glorot_uniform, init_scheme::he_normal, init_scheme::negative_glorot);
+      GENERATE(init_scheme::glorot_uniform, init_scheme::he_normal,
+               init_scheme::negative_first_layer, init_scheme::negative_all_layers);
   INFO("scheme " << bilevel::to_string(scheme));
   Matrix<S> w1(20, 30), w2(20, 30), w3(20, 30);
   Vector<S> b1 = Vector<S>::Ones(20), b2(20), b3(20);
@@ -98,20 +99,31 @@ TEMPLATE_TEST_CASE("glorot uniform stays in [-r, r] with variance r^2 / 3", "[in
   CHECK(b.isZero(0));
 }
 
-TEMPLATE_TEST_CASE("negative init is minus the absolute glorot draw", "[init]", float, double) {
+TEMPLATE_TEST_CASE("the negative starts are minus the absolute glorot draw on layer 1 (the "
+                   "paper's) or on every layer",
+                   "[init]", float, double) {
   using S = TestType;
   const Index out = 64, in = 100;
-  Matrix<S> negative(out, in), glorot(out, in);
-  Vector<S> b = Vector<S>::Ones(out), unused(out);
-  bilevel::random_source r1(11), r2(11);
-  bilevel::initialize(init_scheme::negative_glorot, negative, b, r1);
-  bilevel::initialize(init_scheme::glorot_uniform, glorot, unused, r2);
-  CHECK((negative.array() <= S(0)).all());
-  CHECK(negative == -glorot.cwiseAbs());
-  CHECK(b.isZero(0));
-  // With non-negative inputs (ReLU outputs) every pre-activation is <= 0: the dead start.
   const Vector<S> relu_output = Vector<S>::LinSpaced(in, S(0), S(3));
-  CHECK(((negative * relu_output + b).array() <= S(0)).all());
+  for (const Index layer : {0, 1, 3}) {
+    INFO("layer index " << layer);
+    Matrix<S> paper(out, in), every(out, in), glorot(out, in);
+    Vector<S> b1 = Vector<S>::Ones(out), b2 = Vector<S>::Ones(out), unused(out);
+    bilevel::random_source r1(11), r2(11), r3(11);
+    bilevel::initialize(init_scheme::negative_first_layer, paper, b1, r1, layer);
+    bilevel::initialize(init_scheme::negative_all_layers, every, b2, r2, layer);
+    bilevel::initialize(init_scheme::glorot_uniform, glorot, unused, r3, layer);
+    CHECK(b1.isZero(0));
+    CHECK(b2.isZero(0));
+    // Every layer negative: with non-negative inputs (ReLU outputs) every a <= 0, the dead start.
+    CHECK(every == -glorot.cwiseAbs());
+    CHECK(((every * relu_output + b2).array() <= S(0)).all());
+    // The paper's start negates only the first layer; the layers above keep the glorot draw.
+    if (layer == 0)
+      CHECK(paper == -glorot.cwiseAbs());
+    else
+      CHECK(paper == glorot);
+  }
 }
 
 TEMPLATE_TEST_CASE("he normal has mean 0 and variance 2 / in", "[init]", float, double) {
@@ -133,9 +145,10 @@ TEMPLATE_TEST_CASE("he normal has mean 0 and variance 2 / in", "[init]", float, 
 TEST_CASE("init scheme names round-trip; bad names and shapes are rejected", "[init]") {
   CHECK(bilevel::parse_init_scheme("glorot") == init_scheme::glorot_uniform);
   CHECK(bilevel::parse_init_scheme("he") == init_scheme::he_normal);
-  CHECK(bilevel::parse_init_scheme("negative") == init_scheme::negative_glorot);
-  for (auto scheme :
-       {init_scheme::glorot_uniform, init_scheme::he_normal, init_scheme::negative_glorot}) {
+  CHECK(bilevel::parse_init_scheme("negative") == init_scheme::negative_first_layer);
+  CHECK(bilevel::parse_init_scheme("all-negative") == init_scheme::negative_all_layers);
+  for (auto scheme : {init_scheme::glorot_uniform, init_scheme::he_normal,
+                      init_scheme::negative_first_layer, init_scheme::negative_all_layers}) {
     CHECK(bilevel::parse_init_scheme(bilevel::to_string(scheme)) == scheme);
   }
   for (const char* bad : {"xavier", "", "Glorot", "he_normal"}) {
@@ -146,7 +159,7 @@ TEST_CASE("init scheme names round-trip; bad names and shapes are rejected", "[i
     } catch (const bilevel::config_error& e) {
       const std::string message = e.what();
       CHECK(message.find("parse_init_scheme") != std::string::npos);
-      CHECK(message.find("glorot, he, negative") != std::string::npos);
+      CHECK(message.find("glorot, he, negative, all-negative") != std::string::npos);
       CHECK(message.find(std::string("\"") + bad + "\"") != std::string::npos);
     }
   }
@@ -165,4 +178,8 @@ TEST_CASE("init scheme names round-trip; bad names and shapes are rejected", "[i
   // Nothing was written before the check.
   CHECK(w.isOnes(0));
   CHECK(b.isOnes(0));
+  Vector<double> fits = Vector<double>::Ones(4);
+  CHECK_THROWS_WITH(bilevel::initialize(init_scheme::negative_first_layer, w, fits, rng, -1),
+                    Catch::Contains("initialize") && Catch::Contains("layer index") &&
+                        Catch::Contains("-1"));
 }

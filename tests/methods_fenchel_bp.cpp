@@ -297,3 +297,52 @@ TEST_CASE("Fenchel BP refuses a beta below sqrt(epsilon) only for a pair without
   CHECK_NOTHROW(fenchel_bp<double>(2e-8).gradient(user_double, x.cast<double>(), y.cast<double>(),
                                                   gradient_double));
 }
+
+TEST_CASE("the paper's negative start: every first-layer ReLU is dead, BP learns only the output "
+          "bias, Fenchel BP moves the kinks and, at large beta, layer 1",
+          "[fenbp][init]") {
+  // The paper's MLP shape scaled down, on non-negative inputs (like MNIST's pixels).
+  random_source random(12);
+  auto net = make_mlp<double, relu>({30, 16, 12, 8, 4});
+  net.initialize(init_scheme::negative_first_layer, random);
+  const Matrix<double> x = random_matrix<double>(random, 30, 20).cwiseAbs();
+  const Matrix<double> y = random_one_hot<double>(random, 4, 20);
+  forward_state<double> state;
+  net.forward(x, state);
+  CHECK((state.a[0].array() < 0).all());  // a_1 = W_1 x < 0: all dead
+  CHECK(state.z[1].isZero(0));
+  CHECK(state.a[1].isZero(0));  // a_2 = b_2 = 0 and a_3 = b_3 = 0: on their kinks
+  CHECK(state.a[2].isZero(0));
+  CHECK((net.weights(1).array() > 0).any());  // layers 2 and up keep glorot's signs
+  CHECK((net.weights(3).array() > 0).any());
+
+  // BP: ReLU'(0) = 0 on every kink, so only the output bias gets a gradient.
+  Vector<double> gradient;
+  bp<double>{}.gradient(net, x, y, gradient);
+  const Vector<double> output_bias = net.layer(3).bias(gradient);
+  CHECK(output_bias.norm() > 0);
+  CHECK(gradient.norm() == Approx(output_bias.norm()));
+
+  // Fenchel BP at small beta: one-sided signals on the kinks move b_2 and b_3 (W_2 and W_3 see
+  // z_1 = z_2 = 0), never layer 1, whose a_1 - beta g_1 stays negative.
+  fenchel_bp<double>(1e-3).gradient(net, x, y, gradient);
+  CHECK(net.layer(0).weights(gradient).isZero(0));
+  CHECK(net.layer(0).bias(gradient).isZero(0));
+  CHECK(net.layer(1).weights(gradient).isZero(0));
+  CHECK(net.layer(2).weights(gradient).isZero(0));
+  CHECK(net.layer(1).bias(gradient).norm() + net.layer(2).bias(gradient).norm() > 0);
+  // Large beta: first-layer units with beta g_1 < a_1 < 0 come alive, and W_1 moves.
+  fenchel_bp<double>(1e4).gradient(net, x, y, gradient);
+  CHECK(net.layer(0).weights(gradient).norm() > 0);
+
+  // The all-negative variant negates every layer.
+  random_source again(12);
+  auto every = make_mlp<double, relu>({30, 16, 12, 8, 4});
+  every.initialize(init_scheme::negative_all_layers, again);
+  for (Index k = 0; k < every.depth(); ++k) {
+    INFO("layer " << k + 1);
+    CHECK((every.weights(k).array() <= 0).all());
+    const Matrix<double> expected = -net.weights(k).cwiseAbs();  // the same draws, all negated
+    CHECK(every.weights(k) == expected);
+  }
+}

@@ -104,8 +104,11 @@ int main(int argc, char** argv) {
                  "Spacing per sample: fenbp (one value, or one per layer), chl, ep, pcn (the "
                  "loss's weight s in F = sum E_k + s l) (method default: fenbp 0.01, chl 0.1, "
                  "ep 0.5, pcn 1)");
-  app.add_option("--init", opts.init, "Weight initialisation: glorot, he, negative")
-      ->check(CLI::IsMember({"glorot", "he", "negative"}))
+  app.add_option("--init", opts.init,
+                 "Weight initialisation: glorot, he, negative (the Fenchel BP paper's start: "
+                 "layer 1 -|glorot|, the rest glorot, biases 0), all-negative (every layer "
+                 "-|glorot|)")
+      ->check(CLI::IsMember({"glorot", "he", "negative", "all-negative"}))
       ->capture_default_str();
   app.add_option("--epochs", opts.epochs, "Number of epochs")
       ->check(CLI::NonNegativeNumber)

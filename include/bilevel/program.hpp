@@ -151,9 +151,11 @@ class program {
     parameters_ = std::move(parameters);
   }
 
-  /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source).
+  /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source);
+  /// each layer is told its index, which negative_first_layer needs.
   void initialize(init_scheme scheme, random_source& random) {
-    for (Index k = 0; k < depth(); ++k) bilevel::initialize<S>(scheme, weights(k), bias(k), random);
+    for (Index k = 0; k < depth(); ++k)
+      bilevel::initialize<S>(scheme, weights(k), bias(k), random, k);
   }
 
   /// A zero buffer with the layout of the parameters (for gradients).

@@ -20,20 +20,23 @@
 namespace bilevel {
 
 enum class init_scheme {
-  glorot_uniform,   // U(-r, r), r = sqrt(6 / (in + out))
-  he_normal,        // N(0, 2 / in)
-  negative_glorot,  // -|U(-r, r)|: the Fenchel BP paper's all-negative start, in which every
-                    // ReLU after the first layer is dead
+  glorot_uniform,        // U(-r, r), r = sqrt(6 / (in + out))
+  he_normal,             // N(0, 2 / in)
+  negative_first_layer,  // the Fenchel BP paper's negative start (its code, METHODS.md §5.2):
+                         // layer 1 -|U(-r, r)|, the layers above glorot_uniform; on
+                         // non-negative inputs every first-layer ReLU is dead
+  negative_all_layers,   // every layer -|U(-r, r)|: a harder variant, not the paper's
 };
 
-/// The command-line names "glorot", "he" and "negative".
+/// The command-line names "glorot", "he", "negative" (the paper's start) and "all-negative".
 inline init_scheme parse_init_scheme(std::string_view name) {
   if (name == "glorot") return init_scheme::glorot_uniform;
   if (name == "he") return init_scheme::he_normal;
-  if (name == "negative") return init_scheme::negative_glorot;
+  if (name == "negative") return init_scheme::negative_first_layer;
+  if (name == "all-negative") return init_scheme::negative_all_layers;
   throw config_error(
       detail::concat("parse_init_scheme: init scheme must be one of glorot, he, "
-                     "negative, got \"",
+                     "negative, all-negative, got \"",
                      name, "\""));
 }
 
@@ -44,18 +47,23 @@ inline std::string_view to_string(init_scheme scheme) {
       return "glorot";
     case init_scheme::he_normal:
       return "he";
-    case init_scheme::negative_glorot:
+    case init_scheme::negative_first_layer:
       return "negative";
+    case init_scheme::negative_all_layers:
+      return "all-negative";
   }
   return "unknown";
 }
 
-/// Fills W (out x in) by `scheme` and sets b (out) to 0. Explicit-scalar form, for callers that
-/// write initialize<S>(...); the overload below deduces S.
+/// Fills W (out x in) of the layer with 0-based index `layer` in its program by `scheme` and sets
+/// b (out) to 0; only negative_first_layer depends on the index. Explicit-scalar form, for
+/// callers that write initialize<S>(...); the overload below deduces S.
 template <Scalar S>
 void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> weights,
-                std::type_identity_t<Eigen::Ref<Vector<S>>> bias, random_source& rng) {
+                std::type_identity_t<Eigen::Ref<Vector<S>>> bias, random_source& rng,
+                Index layer = 0) {
   detail::require_shape("initialize", "bias", weights.rows(), 1, bias.rows(), bias.cols());
+  detail::require(layer >= 0, "initialize", "the layer index", ">= 0", layer);
   const Index out = weights.rows();
   const Index in = weights.cols();
   bias.setZero();
@@ -64,8 +72,11 @@ void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> 
   // Draws are made in double and rounded once, so float and double weights share one sequence.
   switch (scheme) {
     case init_scheme::glorot_uniform:
-    case init_scheme::negative_glorot: {
-      const bool negative = scheme == init_scheme::negative_glorot;
+    case init_scheme::negative_first_layer:
+    case init_scheme::negative_all_layers: {
+      // The negative starts take the same draws as glorot_uniform, with the sign taken away.
+      const bool negative = scheme == init_scheme::negative_all_layers ||
+                            (scheme == init_scheme::negative_first_layer && layer == 0);
       const double r = std::sqrt(6.0 / static_cast<double>(in + out));
       for (Index j = 0; j < in; ++j) {
         for (Index i = 0; i < out; ++i) {
@@ -85,7 +96,7 @@ void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> 
   }
   throw config_error(
       detail::concat("initialize: init scheme must be one of glorot, he, "
-                     "negative, got enum value ",
+                     "negative, all-negative, got enum value ",
                      static_cast<int>(scheme)));
 }
 
@@ -101,9 +112,9 @@ requires detail::float_dense<WeightMatrix> &&
     std::same_as < typename std::remove_cvref_t<WeightMatrix>::Scalar,
 typename std::remove_cvref_t<BiasVector>::Scalar >
     void initialize(init_scheme scheme, WeightMatrix&& weights, BiasVector&& bias,
-                    random_source& rng) {
+                    random_source& rng, Index layer = 0) {
   using S = typename std::remove_cvref_t<WeightMatrix>::Scalar;
-  initialize<S>(scheme, weights, bias, rng);
+  initialize<S>(scheme, weights, bias, rng, layer);
 }
 
 }  // namespace bilevel
