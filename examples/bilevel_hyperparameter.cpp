@@ -1,6 +1,6 @@
 // bilevel_hyperparameter: learns the weight lambda of a ridge regression by gradient descent on
 // a validation loss, with the generic bilevel gradients of bilevel/methods/bilevel_surrogate.hpp
-// (METHODS.md §4, §5.7):
+// (docs/methods.md §4, §5.7):
 //
 //   inner:  z*(lambda) = argmin_z E(z, lambda) = 1/2 ||A z - b||^2 + lambda/2 ||z||^2   (training)
 //   outer:  min_lambda l(z*(lambda)),  l(z) = 1/(2 m) ||A_val z - b_val||^2             (validation)

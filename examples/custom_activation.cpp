@@ -5,9 +5,9 @@
 //   f(a) = a (a >= 0),  alpha (e^a - 1) (a < 0),
 // is the gradient of the convex potential
 //   G(a) = a^2 / 2 (a >= 0),  alpha (e^a - 1 - a) (a < 0),
-// whose conjugate (METHODS.md §2), finite on the range [-alpha, inf) of f, is
+// whose conjugate (docs/methods.md §2), finite on the range [-alpha, inf) of f, is
 //   G*(z) = z^2 / 2 (z >= 0),  (z + alpha) log(1 + z / alpha) - z (-alpha <= z < 0).
-// Fenchel BP only needs f, G and G* (METHODS.md §5.2); the checker verifies the Fenchel-Young
+// Fenchel BP only needs f, G and G* (docs/methods.md §5.2); the checker verifies the Fenchel-Young
 // inequality, f = G', the inverse map and the prox of G* numerically.
 //
 // The task: three interleaved spirals in the plane, which no linear model separates. Exit status

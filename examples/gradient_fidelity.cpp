@@ -7,7 +7,12 @@
 // same run. Prints a markdown table on stdout and writes one CSV row per method, spacing and
 // layer (layer 0: the whole gradient) with --csv.
 //
-// Z-IL has no spacing and is BP exactly: one row.
+// Z-IL has no spacing and is BP exactly: one row. AltMin's converged codes do not tend to BP
+// (docs/methods.md §5.6b): one row at its defaults, to show how far its per-layer directions are
+// from BP's. EP trains a Hopfield energy, which has no feed-forward BP gradient: it runs on the
+// same shape with sigmoid hidden layers (EP refuses ReLU, whose energy is unbounded) and is
+// compared with central differences of its own objective C(s^0(theta)), the cost at the free
+// fixed point, along random directions in each layer's parameters.
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -41,8 +46,11 @@ struct row {
 
 double cosine(const Vector<S>& a, const Vector<S>& b) { return a.dot(b) / (a.norm() * b.norm()); }
 
+using sigmoid_net = bilevel::mlp<S, bilevel::sigmoid>;
+
 /// Layer k's slice of a gradient: its weights and its bias, stacked.
-Vector<S> layer_slice(const net_type& net, Index k, const Vector<S>& gradient) {
+template <class Program>
+Vector<S> layer_slice(const Program& net, Index k, const Vector<S>& gradient) {
   const auto& layer = net.layer(k);
   Vector<S> out(layer.inputs() * layer.outputs() + layer.outputs());
   out << layer.weights(gradient).reshaped(), layer.bias(gradient);
@@ -77,6 +85,64 @@ row measure(const std::string& parameter, double spacing, Method method, const n
     r.layer_error.push_back((got - want).norm() / want.norm());
     r.layer_cosine.push_back(cosine(got, want));
   }
+  r.bp_steps = seconds_per_call([&] { method.gradient(net, x, y, gradient); }) / bp_seconds;
+  return r;
+}
+
+/// EP's converged, symmetric estimate at spacing beta against C(s^0(theta))'s directional
+/// derivatives, by central differences with the free phase relaxed to 1e-13, along `directions`
+/// random unit directions per layer: per layer, the relative error and cosine between the
+/// estimate's directional derivatives and the differences' (layer 0: all directions together).
+row measure_ep(double beta, const sigmoid_net& net, const Matrix<S>& x, const Matrix<S>& y,
+               double bp_seconds, Index directions = 6, std::uint64_t seed = 7) {
+  using method_type = bilevel::ep<S>;
+  typename method_type::settings config;
+  config.mode = method_type::relaxation::converged;
+  config.beta = S(beta);
+  method_type method(config);
+  Vector<S> gradient;
+  const bilevel::step_report report = method.gradient(net, x, y, gradient);
+  row r{"ep", "beta", beta, {}, {}, 0, 0, report.inner_iterations, report.unconverged, 0};
+
+  typename method_type::settings tight = config;
+  tight.free_stopping = {S(1e-13), 100000};
+  method_type relaxed(tight);
+  sigmoid_net moved = net;
+  Matrix<S> output;
+  const auto cost = [&] {
+    relaxed.predict(moved, x, output);
+    bilevel::detail::require(relaxed.last_unconverged() == 0, "gradient_fidelity",
+                             "EP's free phase at tolerance 1e-13", "converged",
+                             relaxed.last_unconverged());
+    return double(moved.loss_values(output, y).mean());
+  };
+  const double step = 1e-5;
+  bilevel::random_source random(seed);
+  Vector<S> all_estimated(net.depth() * directions), all_differenced(net.depth() * directions);
+  for (Index k = 0; k < net.depth(); ++k) {
+    Vector<S> estimated(directions), differenced(directions);
+    for (Index i = 0; i < directions; ++i) {
+      Vector<S> direction = Vector<S>::Zero(net.parameter_count());
+      auto weights = moved.layer(k).weights(direction);
+      auto bias = moved.layer(k).bias(direction);
+      for (Index j = 0; j < weights.size(); ++j) weights.data()[j] = S(random.normal());
+      for (Index j = 0; j < bias.size(); ++j) bias(j) = S(random.normal());
+      direction.normalize();
+      moved.parameters() = net.parameters() + step * direction;
+      const double up = cost();
+      moved.parameters() = net.parameters() - step * direction;
+      const double down = cost();
+      estimated(i) = gradient.dot(direction);
+      differenced(i) = (up - down) / (2 * step);
+    }
+    moved.parameters() = net.parameters();
+    r.layer_error.push_back((estimated - differenced).norm() / differenced.norm());
+    r.layer_cosine.push_back(cosine(estimated, differenced));
+    all_estimated.segment(k * directions, directions) = estimated;
+    all_differenced.segment(k * directions, directions) = differenced;
+  }
+  r.cosine = cosine(all_estimated, all_differenced);
+  r.relative_error = (all_estimated - all_differenced).norm() / all_differenced.norm();
   r.bp_steps = seconds_per_call([&] { method.gradient(net, x, y, gradient); }) / bp_seconds;
   return r;
 }
@@ -165,8 +231,18 @@ int main(int argc, char** argv) {
       fln.lambda = {1 / s};
       add("1/lambda", s, bilevel::fln<S>(fln));
       add("1/mu", s, bilevel::mac<S>({.mu = 1 / s}));
+      add("s", s, bilevel::pcn<S>({.spacing = s}));
     }
     add("-", 0, bilevel::pcn<S>::zil());
+    add("mu", double(bilevel::altmin<S>().config().mu), bilevel::altmin<S>());
+
+    // EP on the same shape with sigmoid hidden layers, against its own objective.
+    auto hopfield = bilevel::make_mlp<S, bilevel::sigmoid>({784, 256, 128, 64, 10});
+    hopfield.parameters() = net.parameters();
+    for (const double s : spacings) {
+      rows.push_back(measure_ep(s, hopfield, set.x, set.y, bp_seconds));
+      std::cerr << "gradient_fidelity: ep at " << s << '\n';
+    }
 
     std::cout << "| method | spacing | rel. error layer 1 | layer 2 | layer 3 | layer 4 | cosine "
                  "| inner iterations | unconverged | step (BP steps) |\n"

@@ -7,7 +7,7 @@ float32 tensor in memory, shuffled per epoch) and the samples per second.
 usage: compare_pytorch.py DATA_DIR [--samples N] [--batch B] [--threads T] [--method bp|fenbp]
 
 --method fenbp runs Fenchel BP in PyTorch as a user would write it: a custom autograd function
-per ReLU whose backward returns (f(a) - f(a - beta g)) / beta (METHODS.md §5.2) instead of the
+per ReLU whose backward returns (f(a) - f(a - beta g)) / beta (docs/methods.md §5.2) instead of the
 derivative; beta per sample, as in bilevel.
 """
 
@@ -55,7 +55,7 @@ class FenchelReLU(torch.autograd.Function):
     def backward(context, g):
         (a,) = context.saved_tensors
         # Autograd's g is the gradient of the batch-mean loss, B times smaller than the
-        # per-sample error bilevel's beta refers to (METHODS.md §1).
+        # per-sample error bilevel's beta refers to (docs/methods.md §1).
         batch = a.shape[0]
         per_sample = g * batch
         signal = (a.clamp_min(0) - (a - context.beta * per_sample).clamp_min(0)) / context.beta

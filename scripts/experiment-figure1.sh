@@ -5,7 +5,7 @@
 #   glorot:       BP and Fenchel BP at per-sample beta 0.01, 0.1, 1, 10;
 #   negative:     the paper's negative start (layer 1 -|glorot|, the rest glorot, biases 0),
 #                 BP and Fenchel BP at per-sample betas around the escape window, and the
-#                 paper's code beta 0.01 at batch 50 (per sample 0.0002, METHODS.md §1);
+#                 paper's code beta 0.01 at batch 50 (per sample 0.0002, docs/methods.md §1);
 #   all-negative: every layer -|glorot|, the same betas.
 # Writes one JSON-lines file per run, results/figure1/<init>-<method>[-<beta>]-seed<S>.jsonl,
 # the table results/figure1/table.md (scripts/summarize-figure1.py) and the figures

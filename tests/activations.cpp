@@ -1,4 +1,4 @@
-// Activation pairs (METHODS.md §2): every built-in pair passes the numerical checker in double
+// Activation pairs (docs/methods.md §2): every built-in pair passes the numerical checker in double
 // and float, a deliberately wrong pair is rejected, and the closed forms hold at chosen points.
 
 #include <catch2/catch.hpp>
@@ -10,7 +10,7 @@
 
 using namespace bilevel;
 
-TEMPLATE_TEST_CASE("every built-in pair satisfies the identities of METHODS.md §2 in double",
+TEMPLATE_TEST_CASE("every built-in pair satisfies the identities of docs/methods.md §2 in double",
                    "[activations]", identity, relu, leaky_relu, hard_sigmoid, hard_tanh, sigmoid,
                    tanh_pair, softmax) {
   STATIC_REQUIRE(ActivationPair<TestType, double>);

@@ -1,4 +1,4 @@
-// The inner objectives of METHODS.md §3: values, gradients against finite differences,
+// The inner objectives of docs/methods.md §3: values, gradients against finite differences,
 // non-negativity of the Fenchel coupling and equality of its proximal form.
 
 #include <catch2/catch.hpp>

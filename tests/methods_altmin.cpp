@@ -1,4 +1,4 @@
-// Online AltMin (METHODS.md §5.6): its code objectives are the stated per-sample sums and their
+// Online AltMin (docs/methods.md §5.6): its code objectives are the stated per-sample sums and their
 // gradients those of the objectives (finite differences); no code step raises its objective, at
 // any mu; the code steps are sized by the stated curvature bound, and one step follows BP's error
 // recursion exactly; the local weight gradients are those of the local losses, and the native

@@ -1,4 +1,4 @@
-// The generic bilevel surrogates (METHODS.md §4, §5.7): the closed form of one identity layer,
+// The generic bilevel surrogates (docs/methods.md §4, §5.7): the closed form of one identity layer,
 // the hypergradient of a ridge weight (implicit differentiation, contrastive limits and their
 // rates, with and without the problem's own solvers and Hessian-vector products), the finite-beta
 // gradient against finite differences of L_beta, the §4 bounds, and the errors.
@@ -42,7 +42,7 @@ struct log_cosh_loss {
 };
 
 /// One identity layer a = W x with the Fenchel coupling E = 1/2 ||z - a||^2; theta = vec(W),
-/// column-major (METHODS.md §4).
+/// column-major (docs/methods.md §4).
 struct identity_layer {
   Vector<double> x;
   Index outputs;

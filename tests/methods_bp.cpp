@@ -1,4 +1,4 @@
-// BP (METHODS.md §5.1): gradients equal central finite differences of the batch-mean loss for
+// BP (docs/methods.md §5.1): gradients equal central finite differences of the batch-mean loss for
 // every built-in activation pair and both losses, and the batch-mean convention holds.
 
 #include <catch2/catch.hpp>

@@ -1,4 +1,4 @@
-// Fenchel BP (METHODS.md §5.2): the beta -> 0 limit per class of activation pair (Corollary 2),
+// Fenchel BP (docs/methods.md §5.2): the beta -> 0 limit per class of activation pair (Corollary 2),
 // one-sided derivatives at a ReLU kink (§4), Remark 2's weight gradient, per-layer betas.
 
 #include <catch2/catch.hpp>
@@ -35,7 +35,7 @@ struct fixture {
 };
 
 /// Largest beta below which no perturbed pre-activation a - beta g of a hidden layer crosses a
-/// kink, with g the BP errors (METHODS.md §5.2): min over units of (a - kink) / g.
+/// kink, with g the BP errors (docs/methods.md §5.2): min over units of (a - kink) / g.
 template <class Pair>
 double kink_crossing_threshold(const mlp<double, Pair>& net, const Matrix<double>& x,
                                const Matrix<double>& y, const std::vector<double>& kinks) {

@@ -1,4 +1,4 @@
-// The nested program (METHODS.md §1): flat parameter layout, forward pass, validation,
+// The nested program (docs/methods.md §1): flat parameter layout, forward pass, validation,
 // mixed activation pairs per layer.
 
 #include <catch2/catch.hpp>

@@ -18,7 +18,7 @@ TEST_CASE("the README example runs and its steps lower the loss", "[readme]") {
   auto net = make_mlp<float, relu>({784, 256, 128, 64, 10});  // softmax cross-entropy on logits
   random_source random(1);
   net.initialize(init_scheme::glorot_uniform, random);
-  fenchel_bp<float> method(0.01f);  // beta per sample (METHODS.md §1)
+  fenchel_bp<float> method(0.01f);  // beta per sample (docs/methods.md §1)
   adam<float> optimizer({.learning_rate = 1e-3f}, net.parameter_count(), net.weight_count());
   Vector<float> gradient;  // same flat layout as net.parameters()
   for (int step = 0; step < 20; ++step) {

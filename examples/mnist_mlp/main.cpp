@@ -18,7 +18,7 @@ namespace {
 using mnist_mlp::options;
 
 /// Each method's own paper setting, used for every flag the command line leaves unset
-/// (METHODS.md §5; README "Methods").
+/// (docs/methods.md §5; README "Methods").
 struct method_defaults {
   std::string layers = "784,256,128,64,10";
   std::string activation = "relu";
@@ -43,7 +43,7 @@ method_defaults defaults_for(const std::string& method) {
     d.lr = 0.05;
     d.beta = "0.5";
   }
-  if (method == "pcn") {  // our choice (METHODS.md §5.4): 784-500-500-10 logistic, batch 20, Adam
+  if (method == "pcn") {  // our choice (docs/methods.md §5.4): 784-500-500-10 logistic, batch 20, Adam
     d.layers = "784,500,500,10";
     d.activation = "sigmoid";
     d.batch = 20;

@@ -37,7 +37,7 @@ struct options {
   Index train_samples = 50000;
   Index validation = 10000;
   std::string precision = "float";
-  // Method parameters (METHODS.md §5); each applies to the methods named in its help text.
+  // Method parameters (docs/methods.md §5); each applies to the methods named in its help text.
   double gamma = 1;
   std::string lambda = "1";
   double mu = 1;

@@ -1,5 +1,5 @@
 #pragma once
-// The nested program (METHODS.md §1): layers k = 1..L with a_k = W_k z_{k-1} + b_k and
+// The nested program (docs/methods.md §1): layers k = 1..L with a_k = W_k z_{k-1} + b_k and
 // z_k = f_k(a_k), z_0 = x, and an outer loss l(z_L, y). Depth is a runtime value; each layer's
 // activation pair is one of the types `Pairs...`, fixed at compile time (no per-element dispatch).
 //
@@ -221,7 +221,7 @@ class program {
     }
   }
 
-  /// Per-sample inner objectives E_k(z_k, z_{k-1}) under `Coupling` (METHODS.md §3) for a state
+  /// Per-sample inner objectives E_k(z_k, z_{k-1}) under `Coupling` (docs/methods.md §3) for a state
   /// z_0..z_L: row k-1 holds layer k's energies, one column per sample.
   template <class Coupling>
   Matrix<S> layer_energies(const std::vector<Matrix<S>>& z) const {

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Numerical checks of an activation pair against the identities of METHODS.md §2, for built-in
+/// Numerical checks of an activation pair against the identities of docs/methods.md §2, for built-in
 /// and user-defined pairs alike:
 /// ~~~{.unparsed}
 ///   Fenchel-Young      G(a) + G*(z) - <z, a> >= 0 for any a, z, and = 0 at z = f(a)

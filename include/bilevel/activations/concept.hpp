@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// What an activation pair is (METHODS.md §2), and the batch operations every method calls.
+/// What an activation pair is (docs/methods.md §2), and the batch operations every method calls.
 ///
 /// A pair is a plain struct, no base class. It comes in one of two forms:
 ///
@@ -303,7 +303,7 @@ void difference(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h, M
   detail::by_columns<S>(out, on_block, a, h);
 }
 
-/// Fenchel BP error signal (METHODS.md §5.2): delta = (f(a) - f(a - beta g)) / beta, given the
+/// Fenchel BP error signal (docs/methods.md §5.2): delta = (f(a) - f(a - beta g)) / beta, given the
 /// forward activation z = f(a). Computed as -difference(a, -beta g) / beta where the pair offers
 /// an exact difference, so that on one linear piece it is slope * g to rounding for every beta
 /// and smooth pairs keep their digits; exactly g for linear pairs. Only pairs without one

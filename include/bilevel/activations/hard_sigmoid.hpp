@@ -1,10 +1,10 @@
 #pragma once
 /// \file
 /// Hard sigmoid: f(a) = clip(a, 0, 1) exactly (not the 0.2a + 0.5 variant);
-/// G(a) = 0 (a < 0), a^2/2 (0 <= a <= 1), a - 1/2 (a > 1); G*(z) = z^2/2 on [0, 1] (METHODS.md §2).
+/// G(a) = 0 (a < 0), a^2/2 (0 <= a <= 1), a - 1/2 (a > 1); G*(z) = z^2/2 on [0, 1] (docs/methods.md §2).
 ///
 /// Papers: Scellier & Bengio 2017 (arXiv:1602.05179; EP's rho); Zach 2021 (arXiv:2105.07231),
-/// whose Fenchel coupling (METHODS.md §3) uses G and G*.
+/// whose Fenchel coupling (docs/methods.md §3) uses G and G*.
 
 #include <algorithm>
 #include <limits>

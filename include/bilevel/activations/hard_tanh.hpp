@@ -1,9 +1,9 @@
 #pragma once
 /// \file
 /// Hard tanh: f(a) = clip(a, -1, 1); G(a) = -a - 1/2 (a < -1), a^2/2 (|a| <= 1), a - 1/2 (a > 1);
-/// G*(z) = z^2/2 on [-1, 1] (METHODS.md §2).
+/// G*(z) = z^2/2 on [-1, 1] (docs/methods.md §2).
 ///
-/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (docs/methods.md §3) uses G and G*.
 
 #include <algorithm>
 #include <cmath>

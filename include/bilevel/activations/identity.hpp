@@ -1,8 +1,8 @@
 #pragma once
 /// \file
-/// Identity: f(a) = a, G(a) = a^2/2, G*(z) = z^2/2 on R (METHODS.md §2).
+/// Identity: f(a) = a, G(a) = a^2/2, G*(z) = z^2/2 on R (docs/methods.md §2).
 ///
-/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (docs/methods.md §3) uses G and G*.
 
 #include <string>
 

@@ -1,10 +1,10 @@
 #pragma once
 /// \file
 /// Leaky ReLU with slope s in (0, 1): f(a) = a (a >= 0) or s a; G(a) = a^2/2 or s a^2/2;
-/// G*(z) = z^2/2 (z >= 0) or z^2/(2s) (METHODS.md §2). The slope is part of the pair's state.
+/// G*(z) = z^2/2 (z >= 0) or z^2/(2s) (docs/methods.md §2). The slope is part of the pair's state.
 ///
 /// Papers: Maas, Hannun & Ng, ICML 2013 workshop (leaky ReLU); Zach 2021 (arXiv:2105.07231), whose
-/// Fenchel coupling (METHODS.md §3) uses G and G*.
+/// Fenchel coupling (docs/methods.md §3) uses G and G*.
 
 #include <string>
 #include <vector>

@@ -1,11 +1,11 @@
 #pragma once
 /// \file
 /// ReLU: f(a) = max(a, 0), G(a) = [a]_+^2 / 2, G*(z) = z^2/2 for z >= 0, +inf otherwise
-/// (METHODS.md §2). f'(0) is taken as 0 (BP's convention); Fenchel BP instead gets the
+/// (docs/methods.md §2). f'(0) is taken as 0 (BP's convention); Fenchel BP instead gets the
 /// one-sided derivative at the kink (§4).
 ///
 /// Papers: Nair & Hinton, ICML 2010 (ReLU); Zach 2021 (arXiv:2105.07231), whose Fenchel coupling
-/// (METHODS.md §3) uses G and G*.
+/// (docs/methods.md §3) uses G and G*.
 
 #include <algorithm>
 #include <limits>

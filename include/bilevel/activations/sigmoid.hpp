@@ -1,10 +1,10 @@
 #pragma once
 /// \file
 /// Logistic sigmoid: f(a) = 1/(1 + e^-a), G(a) = log(1 + e^a) (softplus),
-/// G*(z) = z log z + (1 - z) log(1 - z) on [0, 1] with 0 log 0 = 0 (METHODS.md §2).
+/// G*(z) = z log z + (1 - z) log(1 - z) on [0, 1] with 0 log 0 = 0 (docs/methods.md §2).
 /// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
 ///
-/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (docs/methods.md §3) uses G and G*.
 
 #include <cmath>
 #include <limits>

@@ -1,10 +1,10 @@
 #pragma once
 /// \file
 /// Softmax per column: f(a) = softmax(a), G(a) = log sum exp(a), G*(z) = sum z log z on the
-/// probability simplex, +inf off it (METHODS.md §2). Not elementwise: its VJP is the full
+/// probability simplex, +inf off it (docs/methods.md §2). Not elementwise: its VJP is the full
 /// J^T v = z .* (v - <z, v>), and its prox needs a scalar multiplier per column.
 ///
-/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*;
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (docs/methods.md §3) uses G and G*;
 /// through G* a softmax output layer also fits the lifted objective of LPOM and FLN (§5.5).
 
 #include <cmath>

@@ -1,10 +1,10 @@
 #pragma once
 /// \file
 /// tanh: f(a) = tanh a, G(a) = log cosh a,
-/// G*(z) = ((1 + z) log(1 + z) + (1 - z) log(1 - z)) / 2 on [-1, 1] (METHODS.md §2).
+/// G*(z) = ((1 + z) log(1 + z) + (1 - z) log(1 - z)) / 2 on [-1, 1] (docs/methods.md §2).
 /// The prox of G* has no closed form; the library solves t a + f(a) = v for it.
 ///
-/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (METHODS.md §3) uses G and G*.
+/// Paper: Zach 2021 (arXiv:2105.07231), whose Fenchel coupling (docs/methods.md §3) uses G and G*.
 
 #include <cmath>
 #include <limits>

@@ -1,5 +1,5 @@
 #pragma once
-// Core matrix types. A batch is stored column-wise: one sample per column (METHODS.md §1).
+// Core matrix types. A batch is stored column-wise: one sample per column (docs/methods.md §1).
 
 #include <Eigen/Core>
 #include <concepts>

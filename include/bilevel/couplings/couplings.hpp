@@ -1,5 +1,5 @@
 #pragma once
-// The three inner objectives of METHODS.md §3.
+// The three inner objectives of docs/methods.md §3.
 
 #include "fenchel.hpp"
 #include "penalizer.hpp"

@@ -22,7 +22,7 @@ namespace bilevel {
 enum class init_scheme {
   glorot_uniform,        // U(-r, r), r = sqrt(6 / (in + out))
   he_normal,             // N(0, 2 / in)
-  negative_first_layer,  // the Fenchel BP paper's negative start (its code, METHODS.md §5.2):
+  negative_first_layer,  // the Fenchel BP paper's negative start (its code, docs/methods.md §5.2):
                          // layer 1 -|U(-r, r)|, the layers above glorot_uniform; on
                          // non-negative inputs every first-layer ReLU is dead
   negative_all_layers,   // every layer -|U(-r, r)|: a harder variant, not the paper's

@@ -1,5 +1,5 @@
 #pragma once
-// Squared error l(z, y) = ||z - y||^2 / 2 per sample (METHODS.md §1, §4); dl/dz = z - y.
+// Squared error l(z, y) = ||z - y||^2 / 2 per sample (docs/methods.md §1, §4); dl/dz = z - y.
 
 #include <string>
 
@@ -24,7 +24,7 @@ struct mse {
     out.noalias() = (z - y).colwise().squaredNorm() / S(2);
   }
 
-  /// Per-sample gradient dl/dz (not divided by the batch size, METHODS.md §1).
+  /// Per-sample gradient dl/dz (not divided by the batch size, docs/methods.md §1).
   template <class S>
   void gradient(const MatrixCRef<S>& z, const MatrixCRef<S>& y, MatrixRef<S> g) const {
     g = z - y;

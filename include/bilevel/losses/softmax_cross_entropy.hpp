@@ -1,6 +1,6 @@
 #pragma once
 // Softmax cross-entropy on the output layer's values taken as logits (the output activation
-// folded into the loss, METHODS.md §1): l(a, y) = (sum y) logsumexp(a) - <y, a>, per sample.
+// folded into the loss, docs/methods.md §1): l(a, y) = (sum y) logsumexp(a) - <y, a>, per sample.
 // Use it with an identity output pair; dl/da = softmax(a) (sum y) - y.
 
 #include <cmath>
@@ -32,7 +32,7 @@ struct softmax_cross_entropy {
     }
   }
 
-  /// Per-sample gradient dl/dlogits (not divided by the batch size, METHODS.md §1).
+  /// Per-sample gradient dl/dlogits (not divided by the batch size, docs/methods.md §1).
   template <class S>
   void gradient(const MatrixCRef<S>& logits, const MatrixCRef<S>& y, MatrixRef<S> g) const {
     for (Index j = 0; j < logits.cols(); ++j) {

@@ -1,9 +1,9 @@
 #pragma once
 /// \file
-/// Online alternating minimisation (AltMin; Choromanska et al. 2019), METHODS.md §5.6.
+/// Online alternating minimisation (AltMin; Choromanska et al. 2019), docs/methods.md §5.6.
 ///
 /// Codes are the hidden pre-activations c_k = a_k (k = 1..L-1), with f(c_0) = x. Joint objective,
-/// per sample (energies per sample, summed over the code dimension, METHODS.md §1):
+/// per sample (energies per sample, summed over the code dimension, docs/methods.md §1):
 /// ~~~{.unparsed}
 ///   l(y, f_L(W_L f(c_{L-1}) + b_L)) + mu sum_{k<L} ||c_k - (W_k f(c_{k-1}) + b_k)||^2,
 /// ~~~
@@ -78,7 +78,7 @@
 /// Our default mu = 3e-5 is the official default mu_o = 0.003 at its default width 100; use
 /// mu_from_official(mu_o, width) for other widths. The earlier codes' objectives agree up to a
 /// factor B n when consecutive widths are equal (n_k = n_{k+1} = n); for unequal widths the
-/// official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (METHODS.md §5.6).
+/// official code weights the two terms n_k : n_{k+1} where we weight them 1:1 (docs/methods.md §5.6).
 /// Code steps: the official SGD rate r_o on those means is a step r_o / (mu_o B) on our last
 /// code's objective and r_o / (B n) on an earlier one's, i.e. in our units
 /// ~~~{.unparsed}
@@ -139,7 +139,7 @@
 
 namespace bilevel {
 
-/// Online alternating minimisation (METHODS.md §5.6); a StepMethod and a GradientMethod.
+/// Online alternating minimisation (docs/methods.md §5.6); a StepMethod and a GradientMethod.
 template <Scalar S>
 class altmin {
  public:

@@ -5,7 +5,7 @@
 /// which needs only the samples at hand, but its weight steps minimise batch means: their
 /// gradients and the objective values their line searches compare must be means over the whole
 /// batch. A batch reduction turns means over the samples at hand into those, identically on
-/// every process, so that every process takes the same weight step (METHODS.md §1: energies
+/// every process, so that every process takes the same weight step (docs/methods.md §1: energies
 /// and inference are per sample, parameter gradients and reported losses are batch means).
 ///
 /// `whole_batch` is the reduction of a batch that is entirely here (nothing to do);

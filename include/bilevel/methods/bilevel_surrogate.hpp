@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Gradients of a general bilevel problem (METHODS.md §4, §5.7):
+/// Gradients of a general bilevel problem (docs/methods.md §4, §5.7):
 ///
 /// ~~~{.unparsed}
 ///   min_theta l(z*(theta)),   z*(theta) = argmin_z E(z, theta).
@@ -478,7 +478,7 @@ void hessian_theta_z(const P& problem, const Vector<S>& z, const Vector<S>& thet
 
 }  // namespace detail::surrogate
 
-/// The contrastive surrogate's value and gradient at spacing beta > 0 (METHODS.md §4): one-sided
+/// The contrastive surrogate's value and gradient at spacing beta > 0 (docs/methods.md §4): one-sided
 /// by default, symmetric (z^beta against z^-beta) if `symmetric`, with the linearised loss if
 /// settings.linearised. Throws config_error for beta <= 0 or bad settings, shape_error when a
 /// size does not fit, numeric_error for non-finite inputs or solver output.
@@ -542,7 +542,7 @@ contrastive_result<S> contrastive_gradient(const P& problem, const L& loss, cons
   return result;
 }
 
-/// The implicit-differentiation gradient of l(z*(theta)) (METHODS.md §5.7): solves the free
+/// The implicit-differentiation gradient of l(z*(theta)) (docs/methods.md §5.7): solves the free
 /// problem, then (d2E/dz2) v = grad l(z*) by conjugate gradients on Hessian-vector products, and
 /// returns -(d2E/dz dtheta)^T v. Hessian-vector products come from the problem's hvp_zz /
 /// hvp_theta_z if it has them, else from central differences of its gradients.

@@ -1,10 +1,10 @@
 #pragma once
 /// \file
-/// Back-propagation (METHODS.md §5.1): penalizer coupling, top-down, linearised: the chain rule
+/// Back-propagation (docs/methods.md §5.1): penalizer coupling, top-down, linearised: the chain rule
 /// delta_L = J_f(a_L)^T dl/dz_L, delta_k = J_f(a_k)^T W_{k+1}^T delta_{k+1}, with the derivative
 /// taken as 0 at kinks (ReLU'(0) = 0).
 ///
-/// Batch means (METHODS.md §1): dW_k = delta_k z_{k-1}^T / B, db_k = sum_cols(delta_k) / B.
+/// Batch means (docs/methods.md §1): dW_k = delta_k z_{k-1}^T / B, db_k = sum_cols(delta_k) / B.
 ///
 /// Paper: D. Rumelhart, G. Hinton, R. Williams, "Learning representations by back-propagating
 /// errors", Nature 323, 1986.
@@ -15,7 +15,7 @@
 
 namespace bilevel {
 
-/// Back-propagation (METHODS.md §5.1); a GradientMethod.
+/// Back-propagation (docs/methods.md §5.1); a GradientMethod.
 template <Scalar S>
 class bp {
  public:

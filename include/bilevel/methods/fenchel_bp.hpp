@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Fenchel back-propagation (METHODS.md §5.2; Zach 2021): the Fenchel coupling unravelled
+/// Fenchel back-propagation (docs/methods.md §5.2; Zach 2021): the Fenchel coupling unravelled
 /// top-down with the linearised surrogate at every level. With g_k the error arriving at z_k:
 /// ~~~{.unparsed}
 ///   z_k^beta = f(a_k - beta_k g_k),  delta_k = (z_k - z_k^beta) / beta_k,  g_{k-1} = W_k^T delta_k,
@@ -30,12 +30,12 @@
 
 namespace bilevel {
 
-/// Fenchel back-propagation, one spacing beta or one per layer (METHODS.md §5.2); a GradientMethod.
+/// Fenchel back-propagation, one spacing beta or one per layer (docs/methods.md §5.2); a GradientMethod.
 template <Scalar S>
 class fenchel_bp {
  public:
   /// One spacing for every layer, or one per layer (k = 1..L), each > 0. Betas are per sample
-  /// (METHODS.md §1): the Fenchel BP paper's code uses B times these values.
+  /// (docs/methods.md §1): the Fenchel BP paper's code uses B times these values.
   explicit fenchel_bp(std::vector<S> betas) : betas_(std::move(betas)) {
     detail::require(!betas_.empty(), "fenchel_bp", "the list of betas", "non-empty", "empty");
     for (const S beta : betas_) detail::require_positive_finite("fenchel_bp", "beta", beta);

@@ -2,7 +2,7 @@
 /// \file
 /// Method of auxiliary coordinates (MAC; Carreira-Perpinan & Wang 2014), docs/methods.md §5.4.
 ///
-/// Objective, per sample (METHODS.md §1: energies are per sample, never divided by the batch):
+/// Objective, per sample (docs/methods.md §1: energies are per sample, never divided by the batch):
 /// ~~~{.unparsed}
 ///   F(z, theta) = l(f_L(W_L z_{L-1} + b_L), y) + sum_{k<L} mu/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2,
 /// ~~~
@@ -103,7 +103,7 @@
 
 namespace bilevel {
 
-/// Method of auxiliary coordinates (METHODS.md §5.4); a StepMethod and a GradientMethod.
+/// Method of auxiliary coordinates (docs/methods.md §5.4); a StepMethod and a GradientMethod.
 template <Scalar S>
 class mac {
  public:
@@ -401,9 +401,9 @@ class mac {
 
   /// One Z-step iteration: every moving sample j tries d + t_j p along its Gauss-Newton
   /// direction p, t_j = step_(j), and takes it if F^j(trial) <= F^j + armijo t_j <dF/dz, p>
-  /// (Armijo). A taken step sets the next t_j to min(1, 2 t_j): the full step where the
-  /// Gauss-Newton model holds, not far from the last one where it does not (across the kinks of
-  /// piecewise-linear pairs). A refused one halves t_j for the next iteration, and the sample
+  /// (Armijo). A taken step keeps t_j, which never grows again (see the header comment: around
+  /// the kinks of piecewise-linear pairs only shrinking steps converge). A refused one halves t_j
+  /// for the next iteration, and the sample
   /// waits (one evaluation per iteration for the whole batch, rather than a batch-wide
   /// evaluation per halving for the few samples that need them); after max_backtracks refusals
   /// in a row it is stuck. step_norms_ gets each layer's last step taken, which the stopping

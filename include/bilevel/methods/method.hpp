@@ -7,7 +7,7 @@
 /// and reused for every later batch of the same size.
 ///
 /// The view that unifies these methods: C. Zach, arXiv:2105.07231 (2021); their math in one
-/// notation: METHODS.md §4-§5.
+/// notation: docs/methods.md §4-§5.
 
 #include <cmath>
 #include <concepts>

@@ -71,8 +71,8 @@ class penalizer_energy {
     }
   };
 
-  /// A new batch: the forward pass of x, F's weights w (penalty) and c (loss), and the norms
-  /// ||z^0_k|| per sample. Sizes the work buffers (no allocation for a batch of the same size).
+  /// A new batch: the forward pass of x and F's weights w (penalty) and c (loss). Sizes the work
+  /// buffers (no allocation for a batch of the same size).
   template <class Program>
   void start(const Program& net, const MatrixCRef<S>& x, S penalty, S loss_weight) {
     penalty_ = penalty;
@@ -84,7 +84,6 @@ class penalizer_energy {
     shift_.resize(L + 1);
     difference_.resize(L + 1);
     error_.resize(L + 1);
-    base_norm_.resize(L + 1);
     z_.resize(L + 1);
     z_[0] = x;
     for (std::size_t k = 1; k <= L; ++k) {
@@ -95,7 +94,6 @@ class penalizer_energy {
       if (k == 1) difference_[k].setZero();
       error_[k].resize(n, B);
       z_[k].resize(n, B);
-      base_norm_[k] = forward_.z[k].colwise().norm();
     }
   }
 
@@ -268,14 +266,11 @@ class penalizer_energy {
   }
 
   const forward_state<S>& forward() const { return forward_; }
-  /// ||z^0_k|| per sample (hidden and output k).
-  const RowVector<S>& base_norm(Index k) const { return base_norm_[std::size_t(k)]; }
 
  private:
   S penalty_ = S(1), loss_weight_ = S(1);
   forward_state<S> forward_;
   std::vector<Matrix<S>> a_, shift_, difference_, error_, back_, z_;
-  std::vector<RowVector<S>> base_norm_;
   RowVector<S> losses_;
 };
 

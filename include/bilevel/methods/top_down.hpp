@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The top-down, linearised unravelling shared by BP and Fenchel BP (METHODS.md §5.1, §5.2):
+/// The top-down, linearised unravelling shared by BP and Fenchel BP (docs/methods.md §5.1, §5.2):
 /// an error g_L = dl/dz_L enters the top layer; each layer turns the error g_k arriving at z_k
 /// into a pre-activation signal delta_k (the method's choice), contributes the batch means
 /// dW_k = delta_k z_{k-1}^T / B and db_k = sum_cols(delta_k) / B, and passes

@@ -14,7 +14,7 @@
 ///   and stays local; the weight steps' gradients and line-search values are averaged the same
 ///   way through a batch reduction (methods/batch_reduction.hpp).
 ///
-/// Per-sample energies (METHODS.md §1) make beta, gamma, mu and lambda mean the same whatever
+/// Per-sample energies (docs/methods.md §1) make beta, gamma, mu and lambda mean the same whatever
 /// the shard size. Gradient methods whose inference is per sample with fixed iteration counts
 /// (BP, Fenchel BP, PCN, Z-IL, EP in its fixed_steps mode) then give the single-process step up
 /// to rounding; solvers that adapt step sizes or stop on batch-wide criteria (CHL, LPOM, FLN
