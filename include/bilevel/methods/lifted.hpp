@@ -119,6 +119,7 @@ class lifted_objective {
     safeguarded_ = 0;
     fixed_point_updates_ = 0;
     rule_.start(top, B, stopping.tolerance);
+    for (Index m = 1; m <= top; ++m) base_[std::size_t(m)] = forward_.z[std::size_t(m)].colwise().norm();
     for (result.sweeps = 1; result.sweeps <= stopping.max_iterations; ++result.sweeps) {
       for (Index m = 1; m <= top; ++m) previous_[std::size_t(m)] = d_[std::size_t(m)];
       for (Index m = top; m >= 1; --m) {
@@ -131,7 +132,7 @@ class lifted_objective {
         const auto i = std::size_t(m);
         step_norm_ = (d_[i] - previous_[i]).colwise().norm();
         displacement_norm_ = d_[i].colwise().norm();
-        rule_.observe(m - 1, step_norm_, displacement_norm_, displacement_norm_);
+        rule_.observe(m - 1, step_norm_, displacement_norm_, rounding_scale(m, weights));
       }
       if (rule_.end_iteration()) break;
     }
@@ -344,6 +345,7 @@ class lifted_objective {
     d_.resize(L + 1);
     v_.resize(L + 1);
     previous_.resize(L + 1);
+    base_.resize(L + 1);
     z_.resize(L + 1);
     e_.resize(L);
     a_.resize(L);
@@ -435,6 +437,16 @@ class lifted_objective {
 
   /// Up to `iterations` proximal-gradient steps on block m, stopping early where the stopping
   /// rule holds for the block (relative to its own displacement). Never increases J.
+  /// The scale block m's iterates round at (methods/stopping_rule.hpp): its displacement
+  /// ||d_m||, and s_m ||z^0_m|| for the signal it is driven by, which is s_m = w / lambda_m times
+  /// quantities of the size of z (the loss gradient p - y of a well-fitted sample cancels to
+  /// rounding relative to its terms, not to itself). Needs displacement_norm_ of block m.
+  const RowVector<S>& rounding_scale(Index m, const lifted_weights<S>& weights) {
+    const auto i = std::size_t(m);
+    rounding_ = displacement_norm_ + (weights.loss_weight / weights.lambda[i - 1]) * base_[i];
+    return rounding_;
+  }
+
   template <class Program>
   void proximal_block(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
                       Index m, Index iterations, S tolerance) {
@@ -448,7 +460,7 @@ class lifted_objective {
              work.candidate_preimage, nullptr);
       step_norm_ = work.move.colwise().norm();
       displacement_norm_ = d_[i].colwise().norm();
-      block_rule_.observe(0, step_norm_, displacement_norm_, displacement_norm_);
+      block_rule_.observe(0, step_norm_, displacement_norm_, rounding_scale(m, weights));
       if (block_rule_.end_iteration()) break;
     }
   }
@@ -586,7 +598,7 @@ class lifted_objective {
       }
       step_norm_ = (d_[i] - work.before).colwise().norm();
       displacement_norm_ = d_[i].colwise().norm();
-      block_rule_.observe(0, step_norm_, displacement_norm_, displacement_norm_);
+      block_rule_.observe(0, step_norm_, displacement_norm_, rounding_scale(m, weights));
       if (block_rule_.end_iteration()) break;
     }
   }
@@ -654,7 +666,8 @@ class lifted_objective {
   std::vector<S> steps_, weight_steps_;
   std::vector<block_work> blocks_;
   std::vector<weight_work> layers_;
-  RowVector<S> total_, step_norm_, displacement_norm_;
+  RowVector<S> total_, step_norm_, displacement_norm_, rounding_;
+  std::vector<RowVector<S>> base_;  ///< ||z^0_m|| per sample, per block
   displacement_rule<S> rule_, block_rule_;
   Index safeguarded_ = 0, fixed_point_updates_ = 0;
   bool output_lifted_ = true;

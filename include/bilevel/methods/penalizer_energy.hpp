@@ -71,8 +71,9 @@ class penalizer_energy {
     }
   };
 
-  /// A new batch: the forward pass of x and F's weights w (penalty) and c (loss). Sizes the work
-  /// buffers (no allocation for a batch of the same size).
+  /// A new batch: the forward pass of x, F's weights w (penalty) and c (loss), and the norms
+  /// ||z^0_k|| per sample (for rounding_scale). Sizes the work buffers (no allocation for a
+  /// batch of the same size).
   template <class Program>
   void start(const Program& net, const MatrixCRef<S>& x, S penalty, S loss_weight) {
     penalty_ = penalty;
@@ -84,6 +85,7 @@ class penalizer_energy {
     shift_.resize(L + 1);
     difference_.resize(L + 1);
     error_.resize(L + 1);
+    base_norm_.resize(L + 1);
     z_.resize(L + 1);
     z_[0] = x;
     for (std::size_t k = 1; k <= L; ++k) {
@@ -94,6 +96,7 @@ class penalizer_energy {
       if (k == 1) difference_[k].setZero();
       error_[k].resize(n, B);
       z_[k].resize(n, B);
+      base_norm_[k] = forward_.z[k].colwise().norm();
     }
   }
 
@@ -266,12 +269,21 @@ class penalizer_energy {
   }
 
   const forward_state<S>& forward() const { return forward_; }
+  /// The scale layer k's iterates round at (methods/stopping_rule.hpp), given its displacement
+  /// norms ||d_k||: those, plus s ||z^0_k|| for the signal, which is the spacing s = c / w times
+  /// quantities of the size of z (the loss gradient p - y of a well-fitted sample cancels to
+  /// rounding relative to its terms, not to itself).
+  const RowVector<S>& rounding_scale(Index k, const RowVector<S>& displacement) {
+    rounding_ = displacement + (loss_weight_ / penalty_) * base_norm_[std::size_t(k)];
+    return rounding_;
+  }
 
  private:
   S penalty_ = S(1), loss_weight_ = S(1);
   forward_state<S> forward_;
   std::vector<Matrix<S>> a_, shift_, difference_, error_, back_, z_;
-  RowVector<S> losses_;
+  std::vector<RowVector<S>> base_norm_;
+  RowVector<S> losses_, rounding_;
 };
 
 }  // namespace bilevel::detail

@@ -14,9 +14,11 @@
 /// ~~~
 /// u the unit roundoff of the scalar type, c = 64 and b the scale of the iterate's rounding:
 /// c u b is the floor below which a step cannot be told from rounding. A solver that iterates on
-/// z has b = ||z^0||; one that iterates on the displacement d = z - z^0 (forming every difference
-/// f(a + h) - f(a) exactly) rounds relative to d, b = ||z_t - z^0||, and so keeps its digits as
-/// s -> 0. From the fourth iteration on, P = s_t + s_{t-1} and r = P / (s_{t-2} +
+/// z has b = ||z^0||. One that iterates on the displacement d = z - z^0 (forming every difference
+/// f(a + h) - f(a) exactly) rounds relative to d, except for the signal that drives it: s times
+/// quantities of the size of z (a loss gradient p - y that is small for a well-fitted sample
+/// rounds relative to p and y). So b = ||z_t - z^0|| + s ||z^0||, which shrinks with s and keeps
+/// the solver's digits as s -> 0. From the fourth iteration on, P = s_t + s_{t-1} and r = P / (s_{t-2} +
 /// s_{t-3}): sums of two steps, so that solvers whose steps alternate (a safeguard that takes
 /// every other update back, Barzilai-Borwein steps) are judged by their contraction over two
 /// iterations; before that, P = s_t and r the larger of the observed step ratios. A block
