@@ -7,8 +7,8 @@
       prints on stdout (one JSON object per epoch); its label is the file name without suffix.
 
   scripts/plot.py fidelity OUT.png GRADIENT_FIDELITY.csv [--title TEXT]
-      The gradient-fidelity sweep of examples/gradient_fidelity: cosine of each method's
-      gradient to BP's against its parameter (beta, 1/lambda or 1/mu), one line per method.
+      The gradient-fidelity sweep of examples/gradient_fidelity: the worst layer's relative
+      error of each method's gradient to BP's against its spacing, log-log, one line per method.
 
 The figure is written atomically; the command fails with a one-line message on bad input.
 """
@@ -78,37 +78,45 @@ def curves_script(runs, data_dir, title):
 
 
 def fidelity_script(path, data_dir, title):
-    series = {}
+    """The worst layer's relative error to BP (EP: to differences of its own objective) against
+    the spacing, log-log, one line per method; rows without a spacing (Z-IL, AltMin) are left
+    out."""
+    worst = {}
     try:
         with open(path, newline="", encoding="utf-8") as rows:
             reader = csv.DictReader(rows)
-            missing = {"method", "parameter", "value", "cosine"} - set(reader.fieldnames or [])
+            missing = {"method", "parameter", "value", "layer", "relative_error"} - set(
+                reader.fieldnames or [])
             if missing:
                 fail(f"{path}: missing columns {', '.join(sorted(missing))}")
             for row in reader:
-                if row["parameter"] in ("", "-"):
-                    continue  # methods without a parameter (PCN, Z-IL) have no sweep
-                key = f"{row['method']} ({row['parameter']})"
-                series.setdefault(key, []).append((float(row["value"]), float(row["cosine"])))
+                if row["parameter"] in ("", "-", "mu") or row["layer"] == "0":
+                    continue
+                key = (f"{row['method']} ({row['parameter']})", float(row["value"]))
+                error = max(float(row["relative_error"]), 1e-17)  # exact rows stay on the plot
+                worst[key] = max(worst.get(key, 0.0), error)
     except OSError as error:
         fail(f"cannot read {path}: {error.strerror}")
     except ValueError as error:
         fail(f"{path}: {error}")
-    if not series:
-        fail(f"{path}: no rows with a parameter value")
+    if not worst:
+        fail(f"{path}: no rows with a spacing")
+    series = {}
+    for (label, value), error in worst.items():
+        series.setdefault(label, []).append((value, error))
     plots = []
     for index, (label, points) in enumerate(sorted(series.items())):
         data = os.path.join(data_dir, f"series{index}.dat")
         with open(data, "w", encoding="utf-8") as out:
-            for value, cosine in sorted(points):
-                out.write("%.6g %.6g\n" % (value, cosine))
+            for value, error in sorted(points):
+                out.write("%.6g %.6g\n" % (value, error))
         plots.append(f"{quoted(data)} using 1:2 with linespoints lw 2 pt 7 "
                      f"lc {index + 1} title {quoted(label)}")
     return "\n".join([
-        "set xlabel 'beta, 1/lambda or 1/mu (per sample)'",
-        "set ylabel 'cosine to the BP gradient'",
-        "set logscale x",
-        "set yrange [*:1.02]",
+        "set xlabel 'spacing: beta, 1/lambda, 1/mu or s (per sample)'",
+        "set ylabel 'worst layer relative error'",
+        "set logscale xy",
+        "set format y '10^{%L}'",
         "set grid",
         "set key outside right",
         f"set title {quoted(title)}",
