@@ -13,9 +13,9 @@ for run in bp fenbp; do
   done >"$work/$run.jsonl"
   echo '{"summary":true}' >>"$work/$run.jsonl"
 done
-printf 'method,parameter,value,cosine,relative_error,inner_residual\n' >"$work/fidelity.csv"
-printf 'fenbp,beta,%s,%s,0.1,\n' 0.01 0.999 0.1 0.98 1 0.7 >>"$work/fidelity.csv"
-printf 'zil,-,0,1,0,\n' >>"$work/fidelity.csv"
+printf 'method,parameter,value,layer,cosine,relative_error,iterations,unconverged,bp_steps\n' >"$work/fidelity.csv"
+printf 'fenbp,beta,%s,1,%s,%s,0,0,1\n' 0.01 0.999 0.01 0.1 0.98 0.1 1 0.7 0.8 >>"$work/fidelity.csv"
+printf 'zil,-,0,1,1,0,3,0,2\n' >>"$work/fidelity.csv"
 
 is_png() {  # non-empty and starting with the PNG signature
   [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] &&

@@ -381,7 +381,8 @@ class mac {
         for (Index k = 1; k < L; ++k) {
           const auto u = std::size_t(k);
           displacement_ = now_.d[u].colwise().norm();
-          rule_.observe(k - 1, step_norms_[u], displacement_, energy_.rounding_scale(k, displacement_));
+          rule_.observe(k - 1, step_norms_[u], displacement_,
+                        energy_.rounding_scale(k, displacement_));
         }
         if (rule_.end_iteration()) break;
         bool any_moving = false;
