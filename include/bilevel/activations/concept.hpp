@@ -278,11 +278,13 @@ void prox_conj(const P& pair, const MatrixCRef<S>& v, S t, MatrixRef<S> out) {
 /// result's relative accuracy (u the unit roundoff of S).
 template <class S, ActivationPair<S> P>
 void difference(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h, MatrixRef<S> out) {
+  if constexpr (detail::linear_pair<P>) {
+    out = h;
+    return;
+  }
   const auto on_block = [&pair](MatrixRef<S> o, const MatrixCRef<S>& a_block,
                                 const MatrixCRef<S>& h_block) {
-    if constexpr (detail::linear_pair<P>) {
-      o = h_block;
-    } else if constexpr (detail::has_columnwise_difference<P, S>) {
+    if constexpr (detail::has_columnwise_difference<P, S>) {
       pair.f_difference(a_block, h_block, o);
     } else if constexpr (ColumnwisePair<P, S>) {
       const Matrix<S> shifted = a_block + h_block;
