@@ -2,7 +2,8 @@
 # Mutation check of the test suite: applies each small, plausible slip listed in
 # scripts/mutations/*.txt (a sign, a factor, an index, a wrong iterate, a swapped solver) to a
 # copy of the working tree, rebuilds the tests and runs the ones the slip names; a slip must make
-# them fail ("killed"). Not part of CI: it rebuilds once per slip.
+# them fail ("killed"). Not part of CI: it rebuilds once per slip (only the test files that
+# hold the slip's tags, when they are tags).
 #
 #   bash scripts/mutate.sh                 # every slip; exit 1 if one survives
 #   bash scripts/mutate.sh --list          # the slips, one per line
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 - "$@" <<'PY'
-import glob, os, shutil, subprocess, sys
+import glob, os, re, shutil, subprocess, sys
 
 root = os.getcwd()
 work = os.environ.get("MUTATE_DIR", "/tmp/bilevel-mutants")
@@ -68,13 +69,33 @@ def prepare():
     launcher = ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"] if shutil.which("ccache") else []
     configure = run(["cmake", "-S", source, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                      "-DBILEVEL_BUILD_EXAMPLES=OFF", "-DBILEVEL_BUILD_BENCHMARKS=OFF",
-                     "-DBILEVEL_WITH_MPI=OFF", "-DBILEVEL_INSTALL=OFF"] + launcher)
+                     "-DBILEVEL_WITH_MPI=OFF", "-DBILEVEL_INSTALL=OFF", "-DBILEVEL_TEST_FILES="]
+                    + launcher)
     if configure.returncode != 0:
         fail("cmake configure failed:\n" + configure.stdout[-3000:])
     built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
                  "bilevel_tests"])
     if built.returncode != 0:
         fail("the unmutated tests do not build:\n" + built.stdout[-3000:])
+
+def test_files(spec):
+    """The test files holding a Catch spec's tags ("" for a ctest regex: every file)."""
+    if not spec.startswith("["):
+        return ""
+    tags = re.findall(r"\[[^\]]+\]", spec)
+    names = []
+    for path in sorted(glob.glob(os.path.join(source, "tests", "*.cpp"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if any(tag in text for tag in tags):
+            names.append(os.path.basename(path))
+    return ";".join(names)
+
+def select(files):
+    """Configures the copy's test program to hold only `files` ("" for all of them)."""
+    configured = run(["cmake", "-S", source, "-B", build, f"-DBILEVEL_TEST_FILES={files}"])
+    if configured.returncode != 0:
+        fail("cmake configure failed:\n" + configured.stdout[-3000:])
 
 def check(slip):
     path = os.path.join(source, slip["file"])
@@ -90,6 +111,7 @@ def check(slip):
     with open(path, "w", encoding="utf-8") as f:
         f.write(mutated)
     try:
+        select(test_files(slip["tests"]))
         built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
                      "bilevel_tests"])
         if built.returncode != 0:
@@ -125,6 +147,7 @@ for slip in chosen:
     counts[outcome] += 1
     print(f"{outcome:8} {slip['id']}" + (f"  ({detail})" if detail else ""), flush=True)
 # Leave the copy's objects matching the unmutated sources for the next run.
+select("")
 run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", "bilevel_tests"])
 print(f"mutate.sh: {counts['killed']} of {len(chosen)} slips killed, {counts['survived']} "
       f"survived, {counts['error']} not applicable")

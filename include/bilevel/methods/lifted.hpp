@@ -443,7 +443,8 @@ class lifted_objective {
   /// rounding relative to its terms, not to itself). Needs displacement_norm_ of block m.
   const RowVector<S>& rounding_scale(Index m, const lifted_weights<S>& weights) {
     const auto i = std::size_t(m);
-    rounding_ = displacement_norm_ + (weights.loss_weight / weights.lambda[i - 1]) * base_[i];
+    displacement_rounding_scale(displacement_norm_, weights.loss_weight / weights.lambda[i - 1],
+                                base_[i], rounding_);
     return rounding_;
   }
 

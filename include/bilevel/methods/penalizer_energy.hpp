@@ -38,6 +38,7 @@
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"
 #include "../program.hpp"
+#include "stopping_rule.hpp"
 
 namespace bilevel::detail {
 
@@ -274,7 +275,8 @@ class penalizer_energy {
   /// quantities of the size of z (the loss gradient p - y of a well-fitted sample cancels to
   /// rounding relative to its terms, not to itself).
   const RowVector<S>& rounding_scale(Index k, const RowVector<S>& displacement) {
-    rounding_ = displacement + (loss_weight_ / penalty_) * base_norm_[std::size_t(k)];
+    displacement_rounding_scale(displacement, loss_weight_ / penalty_, base_norm_[std::size_t(k)],
+                                rounding_);
     return rounding_;
   }
 

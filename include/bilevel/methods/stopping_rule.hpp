@@ -56,6 +56,14 @@ enum class inner_start { forward, first_order };
 
 namespace detail {
 
+/// The rounding scale b = ||z_t - z^0|| + s ||z^0|| of a solver on the displacement d = z - z^0
+/// (file comment), per sample: `signal_weight` is s, the loss's weight over the coupling's.
+template <Scalar S>
+void displacement_rounding_scale(const RowVector<S>& displacement, S signal_weight,
+                                 const RowVector<S>& base_norm, RowVector<S>& out) {
+  out = displacement + signal_weight * base_norm;
+}
+
 /// Tracks the rule above over the iterations of one solve; one row of per-sample values per
 /// block. Its buffers are reused from one solve to the next (no allocation after the first).
 template <Scalar S>
