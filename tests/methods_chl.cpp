@@ -98,12 +98,15 @@ TEST_CASE("CHL on one identity layer with MSE has the closed form (a - y) x^T / 
   const Matrix<double> x = random_matrix<double>(random, 3, 4);
   const Matrix<double> y = random_matrix<double>(random, 2, 4);
   const Matrix<double> a = (net.weights(0) * x).colwise() + net.bias(0);
-  for (const double beta : {0.1, 1.0, 5.0}) {
-    Vector<double> gradient;
-    chl<double>(tight(beta, 1.0)).gradient(net, x, y, gradient);
-    const Matrix<double> expected = (a - y) * x.transpose() / (4 * (1 + beta));
-    CHECK((net.layer(0).weights(gradient) - expected).norm() < 1e-10 * expected.norm());
-  }
+  // One layer: its weight is gamma^0 = 1 and the loss's gamma^0 beta, so gamma must not matter.
+  for (const double gamma : {1.0, 0.5})
+    for (const double beta : {0.1, 1.0, 5.0}) {
+      Vector<double> gradient;
+      chl<double>(tight(beta, gamma)).gradient(net, x, y, gradient);
+      const Matrix<double> expected = (a - y) * x.transpose() / (4 * (1 + beta));
+      CAPTURE(gamma, beta);
+      CHECK((net.layer(0).weights(gradient) - expected).norm() < 1e-10 * expected.norm());
+    }
 }
 
 TEST_CASE("at finite beta the CHL gradient is the gradient of the surrogate L_beta itself",
