@@ -163,11 +163,10 @@ class pcn {
       for (Index k = 1; k < L; ++k) {
         const auto u = std::size_t(k);
         // A sample that met the rule stays where it is (its step is 0 from then on).
-        step_norm_ = rate * state_.gradient[u].colwise().norm();
-        step_norm_.array() *= moving_.array();
+        step_norms_[u] = rate * state_.gradient[u].colwise().norm();
+        step_norms_[u].array() *= moving_.array();
         for (Index j = 0; j < B; ++j)
           if (moving_(j) != 0) state_.d[u].col(j) -= rate * state_.gradient[u].col(j);
-        step_norms_[u] = step_norm_;
       }
       energy_.evaluate(net, y, state_, true);
       ++steps;
@@ -209,7 +208,7 @@ class pcn {
   detail::penalizer_energy<S> energy_;
   typename detail::penalizer_energy<S>::point state_;
   detail::displacement_rule<S> rule_;
-  RowVector<S> moving_, step_norm_, displacement_, losses_;
+  RowVector<S> moving_, displacement_, losses_;
   std::vector<RowVector<S>> step_norms_;
 };
 
