@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <memory>
 #include <filesystem>
@@ -318,6 +319,26 @@ TEST_CASE("a checkpoint with non-finite parameters or a newer version is refused
                     Contains("version must be 1, got 2 (written by a newer bilevel)"));
 }
 
+TEST_CASE("counts in a checkpoint are bounded, so that counting on cannot overflow",
+          "[checkpoint][reliability]") {
+  auto net = small_net<relu>(11);
+  training_progress progress(1);
+  progress.epoch = max_saved_count;
+  const std::vector<std::uint8_t> at_bound = checkpoint_bytes(progress);
+  training_progress restored(2);
+  restore_checkpoint(at_bound, "f", restored);
+  CHECK(restored.epoch == max_saved_count);
+  progress.epoch = std::numeric_limits<Index>::max() - 1;
+  CHECK_THROWS_WITH(restore_checkpoint(checkpoint_bytes(progress), "f", restored),
+                    Contains("epoch must be in [0, 9007199254740992]"));
+  sgd<double> optimizer({}, net.parameter_count(), net.weight_count());
+  Vector<double> velocity = Vector<double>::Zero(net.parameter_count());
+  optimizer.restore(velocity, std::numeric_limits<Index>::max());
+  sgd<double> loaded({}, net.parameter_count(), net.weight_count());
+  CHECK_THROWS_WITH(restore_checkpoint(checkpoint_bytes(optimizer), "f", loaded),
+                    Contains("sgd steps must be in [0, 9007199254740992]"));
+}
+
 TEST_CASE("checkpoints are written atomically", "[checkpoint]") {
   scratch_directory directory("atomic");
   const fs::path file = directory.path / "model.ckpt";
@@ -339,6 +360,24 @@ TEST_CASE("checkpoints are written atomically", "[checkpoint]") {
     fs::permissions(directory.path, fs::perms::owner_all);
     CHECK_THROWS_WITH(save_checkpoint(directory.path / "missing" / "x.ckpt", net),
                       Contains("save_checkpoint: cannot write") && Contains("x.ckpt"));
+  }
+  SECTION("temporaries a killed writer left are removed by the next save, others are kept") {
+    const std::vector<std::string> stale = {"model.ckpt.tmp.0123456789abcdef",
+                                            "model.ckpt.tmp.fedcba9876543210"};
+    const std::vector<std::string> kept = {"model.ckpt.tmp.12", "other.ckpt.tmp.0123456789abcdef",
+                                           "model.ckpt.tmp.0123456789abcdeg"};
+    for (const auto& names : {stale, kept})
+      for (const std::string& name : names) std::fclose(std::fopen((directory.path / name).c_str(), "w"));
+    save_checkpoint(file, net);
+    for (const std::string& name : stale) CHECK_FALSE(fs::exists(directory.path / name));
+    for (const std::string& name : kept) CHECK(fs::exists(directory.path / name));
+  }
+  SECTION("a name as long as the file system allows can be written: the temporary fits too") {
+    const fs::path longest = directory.path / std::string(255, 'c');
+    save_checkpoint(longest, net);
+    CHECK(fs::file_size(longest) == size);
+    save_checkpoint(longest, net);  // and the cut-down temporary prefix is cleaned up as well
+    CHECK(std::distance(fs::directory_iterator(directory.path), fs::directory_iterator()) == 2);
   }
   SECTION("a new checkpoint replaces the old one, with no temporary file left") {
     auto bigger = small_net<relu>(10, {4, 30, 3});

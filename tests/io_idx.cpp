@@ -1,5 +1,6 @@
 // Tests for the idx reader/writer and the MNIST loaders (include/bilevel/io/idx.hpp).
 
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <bilevel/io/idx.hpp>
@@ -361,4 +362,60 @@ TEST_CASE("load_mnist reports a missing directory or file", "[idx]") {
   write_idx(dir / "t10k-images-idx3-ubyte", {1, 1, 4}, iota_bytes(4));
   REQUIRE_THROWS_WITH(bilevel::load_mnist<double>(dir.path),
                       Contains("load_mnist") && Contains("2x2") && Contains("1x4"));
+}
+
+TEST_CASE("read_idx refuses what is not a regular file and says why, in the system's words",
+          "[idx][reliability]") {
+  idx_temp_dir dir;
+  // A FIFO would block the reader forever.
+  const fs::path fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  REQUIRE_THROWS_WITH(read_idx(fifo), Contains(fifo.string()) && Contains("not a regular file"));
+  const fs::path loop = dir / "loop";
+  fs::create_symlink(dir / "loop-back", loop);
+  fs::create_symlink(loop, dir / "loop-back");
+  REQUIRE_THROWS_WITH(read_idx(loop), Contains("Too many levels of symbolic links"));
+  write_idx(dir / "file", {1}, {0});
+  REQUIRE_THROWS_WITH(bilevel::load_mnist<float>(dir / "file"), Contains("not a directory"));
+}
+
+TEST_CASE("the header is checked before the payload is inflated, and trailing data is bounded",
+          "[idx][reliability]") {
+  idx_temp_dir dir;
+  // A gzip file whose header claims 16384 images of 256 x 256 pixels and holds 5 bytes: what the
+  // caller's check says comes first, before any inflating (the payload would be reported short).
+  write_gzip(dir / "forged.gz", {0, 0, 8, 3, 0, 0, 64, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 2, 3, 4, 5});
+  std::vector<std::int64_t> seen;
+  REQUIRE_THROWS_WITH(read_idx(dir / "forged.gz",
+                               [&](const std::vector<std::int64_t>& dims) {
+                                 seen = dims;
+                                 throw bilevel::data_error("refused by the caller");
+                               }),
+                      Contains("refused by the caller"));
+  CHECK(seen == std::vector<std::int64_t>{16384, 256, 256});
+  write_idx(dir / "labels", {2}, {0, 1});
+  REQUIRE_THROWS_WITH(bilevel::load_idx_pair<float>(dir / "forged.gz", dir / "labels"),
+                      Contains("holds 16384 images") && Contains("holds 2 labels"));
+  write_idx(dir / "images", {2, 2, 2}, iota_bytes(8));
+  REQUIRE_THROWS_WITH(bilevel::load_idx_pair<float>(dir / "images", dir / "labels", 9),
+                      Contains("images are 2x2 (4 pixels), expected 9 pixels"));
+  CHECK(bilevel::load_idx_pair<float>(dir / "images", dir / "labels", 4).images.cols() == 2);
+  // Megabytes past the payload: refused after one chunk, with the size it has seen.
+  std::vector<std::uint8_t> padded = idx_bytes(dir, {2}, {0, 1});
+  padded.resize(padded.size() + (std::size_t{8} << 20));
+  write_gzip(dir / "padded.gz", padded);
+  REQUIRE_THROWS_WITH(read_idx(dir / "padded.gz"),
+                      Contains("expected 2 payload bytes after the header, found at least 65538"));
+}
+
+TEST_CASE("labels out of range are refused, naming the file and the label", "[idx][reliability]") {
+  idx_temp_dir dir;
+  write_idx(dir / "images", {3, 2, 2}, iota_bytes(12));
+  write_idx(dir / "labels", {3}, {4, 9, 10});
+  REQUIRE_THROWS_AS(bilevel::load_idx_pair<float>(dir / "images", dir / "labels", 0, 10),
+                    data_error);
+  REQUIRE_THROWS_WITH(bilevel::load_idx_pair<float>(dir / "images", dir / "labels", 0, 10),
+                      Contains((dir / "labels").string()) && Contains("label 2 is 10") &&
+                          Contains("expected 0 to 9"));
+  CHECK(bilevel::load_idx_pair<float>(dir / "images", dir / "labels", 0, 11).labels.back() == 10);
 }

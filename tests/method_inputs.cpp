@@ -1,7 +1,8 @@
 // Every method's public entry points check their batch in every build type: x must have the
-// program's input size, y its output size and as many columns as x, and the batch must not be
-// empty. Each violation is a shape_error or config_error whose message names the entry point,
-// the expected and the actual value; nothing is computed on a wrong batch.
+// program's input size and finite entries, y its output size, as many columns as x and valid
+// targets for the loss (probability vectors for cross-entropy), and the batch must not be
+// empty. Each violation is a shape_error, numeric_error or config_error whose message names
+// the entry point, the expected and the actual value; nothing is computed on a wrong batch.
 
 #include <catch2/catch.hpp>
 
@@ -31,7 +32,28 @@ void check_batch_errors(const std::string& method, Entry entry) {
   INFO(method);
   const Matrix<double> wide_x = random_matrix<double>(random, 5, 6);
   CHECK_THROWS_AS(entry(wide_x, y), shape_error);
-  CHECK_THROWS_WITH(entry(wide_x, y), Contains("x must be 4x6, got 5x6"));
+  CHECK_THROWS_WITH(entry(wide_x, y), Contains("x must be 4 x B, one sample per column, got 5x6"));
+  // Samples as rows (the PyTorch layout): the message says so.
+  const Matrix<double> rows_x = random_matrix<double>(random, 6, 4);
+  CHECK_THROWS_WITH(entry(rows_x, y), Contains("got 6x4 (samples as rows? pass the transpose)"));
+  Matrix<double> nan_x = x;
+  nan_x(2, 3) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(entry(nan_x, y), numeric_error);
+  CHECK_THROWS_WITH(entry(nan_x, y), Contains("x must be finite"));
+  Matrix<double> infinite_x = x;
+  infinite_x(0, 5) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(entry(infinite_x, y), numeric_error);
+  // Cross-entropy targets are probability vectors: no negative entry, sums of 1.
+  Matrix<double> negative_y = y;
+  negative_y.col(4) << -0.5, 1.0, 0.5;
+  CHECK_THROWS_AS(entry(x, negative_y), config_error);
+  CHECK_THROWS_WITH(entry(x, negative_y), Contains("probability vectors") &&
+                                             Contains("column 4 with minimum -0.5"));
+  const Matrix<double> doubled_y = 2 * y;
+  CHECK_THROWS_WITH(entry(x, doubled_y), Contains("probability vectors") && Contains("sum 2"));
+  Matrix<double> soft_y = y;  // soft labels are targets too
+  soft_y.col(1) << 0.2, 0.3, 0.5;
+  CHECK_NOTHROW(entry(x, soft_y));
   const Matrix<double> tall_y = random_one_hot<double>(random, 4, 6);
   CHECK_THROWS_AS(entry(x, tall_y), shape_error);
   CHECK_THROWS_WITH(entry(x, tall_y), Contains("y must be 3x6, got 4x6"));
@@ -112,7 +134,7 @@ TEST_CASE("EP's prediction checks its input", "[errors]") {
   ep<double> method;
   Matrix<double> output;
   CHECK_THROWS_WITH(method.predict(net, Matrix<double>::Zero(5, 2), output),
-                    Contains("ep::predict") && Contains("x must be 4x2, got 5x2"));
+                    Contains("ep::predict") && Contains("x must be 4 x B, one sample per column, got 5x2"));
   CHECK_THROWS_WITH(method.predict(net, Matrix<double>::Zero(4, 0), output),
                     Contains("the batch size must be > 0, got 0"));
 }

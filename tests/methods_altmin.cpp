@@ -629,7 +629,9 @@ TEST_CASE("AltMin settings and state are checked", "[altmin]") {
   CHECK(method.learning_rate() == Approx(0.004));
 
   auto net = make_mlp<double, relu>({3, 4, 2});
-  const Matrix<double> x = Matrix<double>::Zero(3, 5), y = Matrix<double>::Zero(2, 5);
+  Matrix<double> y = Matrix<double>::Zero(2, 5);
+  y.row(0).setOnes();  // valid targets: one-hot columns
+  const Matrix<double> x = Matrix<double>::Zero(3, 5);
   Vector<double> gradient;
   RowVector<double> values;
   Matrix<double> code_gradient;

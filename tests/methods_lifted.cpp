@@ -315,7 +315,7 @@ TEST_CASE("LPOM and FLN reject invalid settings", "[lpom][fln]") {
   fln<double> method(s);
   auto net = make_mlp<double, relu>({3, 4, 5, 2});
   Vector<double> gradient;
-  CHECK_THROWS_WITH(method.gradient(net, Matrix<double>::Zero(3, 2), Matrix<double>::Zero(2, 2),
+  CHECK_THROWS_WITH(method.gradient(net, Matrix<double>::Zero(3, 2), Matrix<double>::Ones(2, 2) / 2,
                                     gradient),
                     Catch::Contains("one per layer (3)"));
 }

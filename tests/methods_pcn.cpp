@@ -424,7 +424,7 @@ TEST_CASE("PCN rejects bad settings and batches of the wrong shape", "[pcn]") {
                   shape_error);
   CHECK_THROWS_WITH(method.gradient(net, Matrix<double>::Zero(4, 5), Matrix<double>::Zero(2, 5),
                                     gradient),
-                    Catch::Contains("pcn::gradient") && Catch::Contains("3x5") &&
+                    Catch::Contains("pcn::gradient") && Catch::Contains("3 x B") &&
                         Catch::Contains("4x5"));
   CHECK_THROWS_AS(method.gradient(net, Matrix<double>::Zero(3, 0), Matrix<double>::Zero(2, 0),
                                   gradient),

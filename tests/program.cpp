@@ -71,6 +71,24 @@ TEST_CASE("programs reject inconsistent sizes and inputs", "[program]") {
   CHECK_THROWS_AS(net.forward(Matrix<double>::Zero(5, 2), state), shape_error);
 }
 
+TEST_CASE("sizes whose products overflow or cannot be allocated are refused, not wrapped",
+          "[program][reliability]") {
+  const Index huge = Index(1) << 62;
+  CHECK_THROWS_AS((make_mlp<double, relu>({784, huge, 10})), config_error);
+  CHECK_THROWS_WITH((make_mlp<double, relu>({784, huge, 10})),
+                    Catch::Contains("program: the number of weights overflows"));
+  // The sum of the layers' weights overflows though each product fits.
+  const Index big = Index(1) << 31;
+  CHECK_THROWS_WITH((make_mlp<double, relu>({big, big, big, 1})),
+                    Catch::Contains("overflows"));
+  // Fits an Index, not the bytes of the buffer.
+  CHECK_THROWS_WITH((make_mlp<double, relu>({Index(1) << 40, Index(1) << 20, 1})),
+                    Catch::Contains("the parameters' bytes overflows"));
+  // Fits everything but memory: a config_error naming the count, not std::bad_alloc.
+  CHECK_THROWS_WITH((make_mlp<double, relu>({784, Index(1) << 36, 10})),
+                    Catch::Contains("cannot allocate its") && Catch::Contains("parameters"));
+}
+
 TEST_CASE("layer energies vanish at the forward pass for the penalizer and Fenchel couplings",
           "[program][couplings]") {
   random_source random(6);

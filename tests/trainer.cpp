@@ -124,7 +124,7 @@ TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
   for (const std::string& flags :
        {std::string(" --method sgd"), std::string(" --beta 0"), std::string(" --beta -1"),
         std::string(" --beta 1,2"), std::string(" --batch 0"), std::string(" --activation elu"),
-        std::string(" --layers 17,64,10"), std::string(" --layers 16,64,9"),
+        std::string(" --layers 16,64,9"),
         std::string(" --train-samples 6000"), std::string(" --no-such-flag")}) {
     INFO(flags);
     const run_result run = run_trainer(base + flags);
@@ -137,6 +137,12 @@ TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
 
 TEST_CASE("missing or corrupt data gives a one-line error and exit status 1", "[trainer]") {
   data_directory data("corrupt");
+  // Images of another size than --layers asks for: refused from the header, naming the file.
+  const run_result other_size = run_trainer("--data " + data.path.string() + small_run +
+                                            " --layers 17,64,10");
+  CHECK(other_size.status == 1);
+  CHECK_THAT(other_size.error, Catch::Contains("train-images-idx3-ubyte: images are 4x4 (16 "
+                                               "pixels), expected 17 pixels"));
   const run_result missing = run_trainer("--data " + (data.path / "nowhere").string());
   CHECK(missing.status == 1);
   CHECK_THAT(missing.error, Catch::Contains("nowhere"));
@@ -179,7 +185,7 @@ TEST_CASE("the trainer's --help documents every flag, with its default where it 
   CHECK(help.status == 0);
   for (const std::string flag :
        {"--data TEXT=data/mnist", "--method TEXT:{", "--epochs INT:NONNEGATIVE=10",
-        "--seed UINT=1", "--save-every INT:POSITIVE=1", "--precision TEXT:{float,double}=float",
+        "--seed UINT:0..2^64-1=1", "--save-every INT:POSITIVE=1", "--precision TEXT:{float,double}=float",
         "--beta", "method default", "--save", "--resume", "--csv", "--quiet", "--threads"}) {
     INFO(flag);
     CHECK(help.output.find(flag) != std::string::npos);
@@ -262,6 +268,32 @@ TEST_CASE("the trainer loop stops with a numeric_error naming epoch and batch on
   trainer loop(net, method, optimizer, 5, 1);
   CHECK_THROWS_AS(loop.run_epoch(set), numeric_error);
   CHECK_THROWS_WITH(loop.run_epoch(set), Catch::Contains("epoch 2") && Catch::Contains("batch"));
+}
+
+TEST_CASE("the trainer loop refuses an empty set and catches a blow-up in the very last step",
+          "[trainer][reliability]") {
+  random_source random(5);
+  auto net = make_mlp<double, relu>({4, 5, 3});
+  net.initialize(init_scheme::glorot_uniform, random);
+  const Matrix<double> x = 100 * testing::random_matrix<double>(random, 4, 10);
+  const auto set = make_dataset<double>(x, std::vector<int>(10, 2), 3);
+  bp<double> method;
+  sgd<double> optimizer({.learning_rate = std::numeric_limits<double>::max()},
+                        net.parameter_count(), net.weight_count());
+  trainer loop(net, method, optimizer, 10, 1);
+  const auto empty = make_dataset<double>(Matrix<double>(4, 0), std::vector<int>{}, 3);
+  CHECK_THROWS_AS(loop.run_epoch(empty), config_error);
+  // One batch, so no later loss could notice: the step itself overflows the parameters.
+  CHECK_THROWS_WITH(loop.run_epoch(set), Catch::Contains("after the optimizer step") &&
+                                             Catch::Contains("epoch 1, batch 1"));
+  // Parameters that are finite but so large that the outputs are not: evaluation refuses them
+  // instead of counting NaN outputs as predictions of class 0.
+  auto huge = make_mlp<double, relu>({4, 5, 3});
+  huge.initialize(init_scheme::glorot_uniform, random);
+  huge.parameters() *= 1e300;
+  CHECK(huge.parameters().allFinite());
+  CHECK_THROWS_AS(classification_error(huge, set), numeric_error);
+  CHECK_THROWS_WITH(classification_error(huge, set), Catch::Contains("output is not finite"));
 }
 
 TEST_CASE("the trainer loop uses every sample once per epoch, the last batch partial",

@@ -6,11 +6,18 @@
 
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <iostream>
+#include <limits>
+#include <sstream>
 #include <string>
+#include <thread>
 
 #include "options.hpp"
+#include "outputs.hpp"
 #include "processes.hpp"
 
 namespace {
@@ -31,6 +38,70 @@ struct method_defaults {
   std::string lambda = "1";
   std::string step_mode = "gradient";
 };
+
+/// A flag check that names what it expected and what it got (CLI11 prefixes the flag);
+/// `accept(text)` tells whether the text is acceptable, `name` is what --help shows.
+template <class Accept>
+CLI::Validator expecting(const std::string& name, const std::string& description,
+                         Accept accept) {
+  return CLI::Validator(
+      [description, accept](std::string& text) -> std::string {
+        return accept(text) ? std::string() : "expected " + description + ", got '" + text + "'";
+      },
+      name);
+}
+
+/// Whether all of `text` parses as a T (from_chars: no sign for unsigned types, no overflow).
+template <class T>
+bool parses(const std::string& text, T& value) {
+  const auto [end, status] = std::from_chars(text.data(), text.data() + text.size(), value);
+  return !text.empty() && status == std::errc() && end == text.data() + text.size();
+}
+
+CLI::Validator whole_at_least(long long low) {
+  return expecting(low > 0 ? "POSITIVE" : "NONNEGATIVE", "a whole number >= " + std::to_string(low),
+                   [low](const std::string& text) {
+    long long value = 0;
+    return parses(text, value) && value >= low;
+  });
+}
+
+CLI::Validator any_seed() {
+  return expecting("0..2^64-1", "a whole number from 0 to 18446744073709551615",
+                   [](const std::string& text) {
+    std::uint64_t value = 0;
+    return parses(text, value);
+  });
+}
+
+/// A finite number > low (>= low when `closed_low`) and < high.
+CLI::Validator finite_in(double low, bool closed_low,
+                         double high = std::numeric_limits<double>::infinity()) {
+  std::ostringstream name, description;
+  name << (closed_low ? "[" : "(") << low << ",";
+  if (std::isfinite(high))
+    name << high << ")";
+  else
+    name.str(low == 0 ? (closed_low ? "NONNEGATIVE" : "POSITIVE") : name.str() + "inf)");
+  description << "a finite number " << (closed_low ? ">= " : "> ") << low;
+  if (std::isfinite(high)) description << " and < " << high;
+  return expecting(name.str(), description.str(), [=](const std::string& text) {
+    double value = 0;
+    return parses(text, value) && std::isfinite(value) &&
+           (closed_low ? value >= low : value > low) && value < high;
+  });
+}
+
+/// `requested` threads, at most as many as the machine's cores (more only slow Eigen's
+/// products down); says so on stderr unless `quiet`.
+int usable_threads(int requested, bool quiet) {
+  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  if (requested <= cores) return requested;
+  if (!quiet)
+    std::cerr << "mnist_mlp: --threads " << requested << " lowered to the " << cores
+              << " cores available\n";
+  return cores;
+}
 
 method_defaults defaults_for(const std::string& method) {
   method_defaults d;
@@ -111,22 +182,22 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"glorot", "he", "negative", "all-negative"}))
       ->capture_default_str();
   app.add_option("--epochs", opts.epochs, "Number of epochs")
-      ->check(CLI::NonNegativeNumber)
+      ->check(whole_at_least(0))
       ->capture_default_str();
   app.add_option("--batch", opts.batch, "Minibatch size (method default: 50; ep, pcn 20; altmin 200)")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_at_least(1));
   app.add_option("--lr", opts.lr,
                  "Learning rate (method default: 1e-3; ep 0.05; altmin 0.008, halved every 8 "
                  "epochs)")
-      ->check(CLI::PositiveNumber);
+      ->check(finite_in(0, false));
   app.add_option("--optimizer", opts.optimizer,
                  "adam, sgd, momentum or nesterov (method default: adam; ep sgd)")
       ->check(CLI::IsMember({"adam", "sgd", "momentum", "nesterov"}));
   app.add_option("--momentum", opts.momentum, "Momentum for --optimizer momentum/nesterov")
-      ->check(CLI::Range(0.0, 0.999999))
+      ->check(finite_in(0, true, 1))
       ->capture_default_str();
   app.add_option("--weight-decay", opts.weight_decay, "L2 weight decay on the weights (not biases)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_in(0, true))
       ->capture_default_str();
   app.add_option("--schedule", opts.schedule,
                  "Learning-rate schedule: constant, step (x --schedule-factor every "
@@ -134,10 +205,10 @@ int main(int argc, char** argv) {
                  "constant; altmin step)")
       ->check(CLI::IsMember({"constant", "step", "cosine"}));
   app.add_option("--schedule-every", opts.schedule_every, "Epochs between step decays")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--schedule-factor", opts.schedule_factor, "Factor of each step decay")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_in(0, false))
       ->capture_default_str();
   app.add_option("--layers", opts.layers,
                  "Layer sizes, input first (method default: 784,256,128,64,10; ep 784,500,10; "
@@ -147,49 +218,51 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"relu", "leaky_relu", "hard_sigmoid", "hard_tanh", "sigmoid", "tanh",
                              "softmax", "identity"}));
   app.add_option("--leaky-slope", opts.leaky_slope, "Slope of leaky_relu for a < 0, in (0, 1)")
-      ->capture_default_str();
-  app.add_option("--seed", opts.seed, "Seed of initialisation and shuffling")->capture_default_str();
+      
+      ->check(finite_in(0, false, 1))->capture_default_str();
+  app.add_option("--seed", opts.seed, "Seed of initialisation and shuffling")
+      ->check(any_seed())->capture_default_str();
   app.add_option("--threads", opts.threads, "Threads for Eigen's matrix products (per process under mpirun)")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--train-samples", opts.train_samples,
                  "Training images, taken from the start of the training file")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--validation", opts.validation,
                  "Validation images, taken from the end of the training file")
-      ->check(CLI::NonNegativeNumber)
+      ->check(whole_at_least(0))
       ->capture_default_str();
   app.add_option("--precision", opts.precision, "Scalar type: float or double")
       ->check(CLI::IsMember({"float", "double"}))
       ->capture_default_str();
   app.add_option("--gamma", opts.gamma, "chl: feedback discount gamma")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_in(0, false))
       ->capture_default_str();
   app.add_option("--lambda", opts.lambda,
                  "lpom, fln: multipliers lambda, one value or one per layer (method default 10)");
   app.add_option("--mu", opts.mu, "mac: penalty weight mu (default 10); altmin: mu (3e-5)")
-      ->check(CLI::PositiveNumber);
+      ->check(finite_in(0, false));
   app.add_option("--mu-growth", opts.mu_growth, "mac: factor on mu after every step")
-      ->check(CLI::PositiveNumber)
+      ->check(finite_in(0, false))
       ->capture_default_str();
   app.add_option("--inner-iterations", opts.inner_iterations,
                  "Inner solver iterations (0: the method's default): chl, lpom, fln: the cap on "
                  "sweeps; pcn, mac: the cap on inference steps, Z-steps; ep free steps, altmin "
                  "code steps")
-      ->check(CLI::NonNegativeNumber)
+      ->check(whole_at_least(0))
       ->capture_default_str();
   app.add_option("--inner-step", opts.inner_step,
                  "Inner step size (0: the method's default): ep relaxation step, pcn inference "
                  "rate, altmin code rate (in units of 1 / each code objective's curvature "
                  "bound; 0.05)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_in(0, true))
       ->capture_default_str();
   app.add_option("--tolerance", opts.tolerance,
                  "Inner tolerance (0: the method's default): chl, lpom, fln, pcn, mac, ep with "
                  "--ep-converged: the stopping rule's tolerance relative to the displacement "
                  "(docs/methods.md §5.6b)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(finite_in(0, true))
       ->capture_default_str();
   app.add_option("--inner-start", opts.inner_start,
                  "chl, lpom, fln, pcn, mac: where the inner solve starts, forward (the forward "
@@ -197,7 +270,7 @@ int main(int argc, char** argv) {
                  "forward; lpom, fln first-order)")
       ->check(CLI::IsMember({"forward", "first-order"}));
   app.add_option("--nudged-iterations", opts.nudged_iterations, "ep: steps of each nudged phase")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
@@ -220,11 +293,13 @@ int main(int argc, char** argv) {
                  "Checkpoint file, written atomically at the start, every --save-every epochs "
                  "and after the last epoch");
   app.add_option("--save-every", opts.save_every, "Epochs between checkpoints")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--resume", opts.resume,
-                 "Checkpoint to continue from (same flags): training runs on from its epoch to "
-                 "--epochs, exactly as if it had never stopped");
+                 "Checkpoint to continue from: training runs on from its epoch to --epochs, "
+                 "exactly as if it had never stopped. The checkpoint records the training flags "
+                 "and the data's checksums and refuses others (--epochs, outputs, --data's "
+                 "location and --threads may change)");
   app.add_option("--csv", opts.csv,
                  "Also write the per-epoch metrics to this CSV file (rewritten atomically after "
                  "every epoch; a resumed run keeps the earlier epochs' rows)");
@@ -242,11 +317,9 @@ int main(int argc, char** argv) {
     return group.fail("--ep-particles needs a single process (the particles are per image)", 2);
 
   try {
-    Eigen::setNbThreads(opts.threads);
-    const std::string settings = mnist_mlp::training_settings(opts);
-    group.require_same({reinterpret_cast<const std::uint8_t*>(settings.data()), settings.size()},
-                       "the training flags (all but --data, --save, --resume's path, --csv, "
-                       "--quiet and --threads)");
+    Eigen::setNbThreads(usable_threads(opts.threads, opts.quiet || !group.root()));
+    group.require_same_flags(mnist_mlp::training_flags(opts));
+    if (group.root()) mnist_mlp::check_outputs(opts);  // one process writes the files
     return opts.precision == "double" ? mnist_mlp::run_double(opts, group)
                                       : mnist_mlp::run_float(opts, group);
   } catch (const bilevel::config_error& e) {

@@ -1,19 +1,21 @@
 #pragma once
 // The trainer's settings, shared by the command-line front end and the typed training code.
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "bilevel/core/error.hpp"
+#include "bilevel/core/state_stream.hpp"
 #include "bilevel/core/types.hpp"
 
 namespace mnist_mlp {
 
 using bilevel::Index;
 
-/// Every flag of the trainer (a new field belongs in training_settings too, unless it may differ
+/// Every flag of the trainer (a new field belongs in training_flags too, unless it may differ
 /// between the processes of an MPI job).
 struct options {
   std::string data = "data/mnist";
@@ -61,24 +63,114 @@ struct options {
   bool quiet = false;
 };
 
-/// The settings that decide what is trained, as text: every field of `options` but those that
-/// may differ between the processes of one MPI job (where files are, threads, output). The
-/// processes compare it before they train together.
-inline std::string training_settings(const options& o) {
-  std::ostringstream text;
-  text.precision(17);
-  text << o.method << ' ' << o.beta << ' ' << o.init << ' ' << o.epochs << ' ' << o.batch << ' '
-       << o.lr << ' ' << o.optimizer << ' ' << o.momentum << ' ' << o.weight_decay << ' '
-       << o.schedule << ' ' << o.schedule_every << ' ' << o.schedule_factor << ' ' << o.layers
-       << ' ' << o.activation << ' ' << o.leaky_slope << ' ' << o.seed << ' ' << o.train_samples
-       << ' ' << o.validation << ' ' << o.precision << ' ' << o.gamma << ' ' << o.lambda << ' '
-       << o.mu << ' ' << o.mu_growth << ' ' << o.inner_iterations << ' ' << o.inner_step << ' '
-       << o.tolerance << ' ' << o.inner_start << ' ' << o.nudged_iterations << ' ' << o.one_sided
-       << ' ' << o.ep_particles << ' ' << o.ep_converged << ' ' << o.layer_scales << ' '
-       << o.step_mode
-       << ' ' << o.save_every << ' ' << o.resume.empty();
-  return text.str();
+/// One training flag as it decides the run: its name and its value as text.
+struct flag_value {
+  std::string name;
+  std::string value;
+  bool operator==(const flag_value&) const = default;
+};
+
+/// The flags that decide what is trained: every field of `options` but those that may differ
+/// between the processes of one MPI job or between a run and its resumption (where files are,
+/// threads, output). MPI processes compare them before they train together; checkpoints store
+/// them, and --resume refuses a run whose flags differ (resumption_flags).
+inline std::vector<flag_value> training_flags(const options& o) {
+  const auto text = [](const auto& value) {
+    std::ostringstream out;
+    out.precision(17);
+    out << value;
+    return out.str();
+  };
+  return {{"--method", o.method},
+          {"--beta", o.beta},
+          {"--init", o.init},
+          {"--epochs", text(o.epochs)},
+          {"--batch", text(o.batch)},
+          {"--lr", text(o.lr)},
+          {"--optimizer", o.optimizer},
+          {"--momentum", text(o.momentum)},
+          {"--weight-decay", text(o.weight_decay)},
+          {"--schedule", o.schedule},
+          {"--schedule-every", text(o.schedule_every)},
+          {"--schedule-factor", text(o.schedule_factor)},
+          {"--layers", o.layers},
+          {"--activation", o.activation},
+          {"--leaky-slope", text(o.leaky_slope)},
+          {"--seed", text(o.seed)},
+          {"--train-samples", text(o.train_samples)},
+          {"--validation", text(o.validation)},
+          {"--precision", o.precision},
+          {"--gamma", text(o.gamma)},
+          {"--lambda", o.lambda},
+          {"--mu", text(o.mu)},
+          {"--mu-growth", text(o.mu_growth)},
+          {"--inner-iterations", text(o.inner_iterations)},
+          {"--inner-step", text(o.inner_step)},
+          {"--tolerance", text(o.tolerance)},
+          {"--inner-start", o.inner_start},
+          {"--nudged-iterations", text(o.nudged_iterations)},
+          {"--one-sided", text(o.one_sided)},
+          {"--ep-particles", text(o.ep_particles)},
+          {"--ep-converged", text(o.ep_converged)},
+          {"--layer-scales", o.layer_scales},
+          {"--step-mode", o.step_mode},
+          {"--save-every", text(o.save_every)},
+          {"--resume (given or not)", text(!o.resume.empty())}};
 }
+
+/// The training flags a resumed run must share with the run that saved the checkpoint: all but
+/// --epochs (a run may be continued further; with the cosine schedule, whose rates depend on
+/// it, it must stay), --save-every and whether --resume is given.
+inline std::vector<flag_value> resumption_flags(const options& o) {
+  std::vector<flag_value> flags = training_flags(o);
+  std::erase_if(flags, [&](const flag_value& flag) {
+    return (flag.name == "--epochs" && o.schedule != "cosine") || flag.name == "--save-every" ||
+           flag.name.starts_with("--resume");
+  });
+  return flags;
+}
+
+/// The resumption flags of a run as a checkpoint component. Loading compares the saved flags
+/// with this run's and refuses a difference, naming each flag: a resumed run is only the same
+/// run, bit for bit, with the same flags.
+struct flags_record {
+  std::vector<flag_value> flags;
+
+  void save_state(bilevel::state_writer& out) const {
+    out.write_text("mnist_mlp flags");
+    out.write_u64(flags.size());
+    for (const flag_value& flag : flags) {
+      out.write_text(flag.name);
+      out.write_text(flag.value);
+    }
+  }
+  void load_state(bilevel::state_reader& in) {
+    in.expect_text("mnist_mlp flags", "component");
+    const std::uint64_t count = in.read_u64("number of flags");
+    std::vector<flag_value> saved;
+    for (std::uint64_t i = 0; i < count; ++i) {  // each read is bounded by the bytes left
+      flag_value flag;
+      flag.name = in.read_text("flag name");
+      flag.value = in.read_text("flag value");
+      saved.push_back(std::move(flag));
+    }
+    std::string differences;
+    for (const flag_value& mine : flags) {
+      const auto theirs = std::find_if(saved.begin(), saved.end(), [&](const flag_value& flag) {
+        return flag.name == mine.name;
+      });
+      if (theirs == saved.end() || theirs->value != mine.value)
+        differences += bilevel::detail::concat(
+            differences.empty() ? "" : ", ", mine.name, " ", mine.value.empty() ? "''" : mine.value,
+            " (the checkpoint's run: ",
+            theirs == saved.end() ? "not recorded" : theirs->value.empty() ? "''" : theirs->value,
+            ")");
+    }
+    if (!differences.empty())
+      in.fail("the training flags", "those of the run that saved it (only --epochs, outputs, "
+              "--data's location and --threads may change on --resume)", differences);
+  }
+};
 
 /// Parses a comma-separated list of numbers; `what` names the flag in errors.
 template <class T>

@@ -10,11 +10,13 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "bilevel/core/error.hpp"
 #include "bilevel/io/checkpoint.hpp"
 #include "bilevel/train/dataset.hpp"
 #include "bilevel/train/trainer.hpp"
+#include "options.hpp"
 
 #ifdef MNIST_MLP_WITH_MPI
 #include "bilevel/mpi/data_parallel.hpp"
@@ -62,6 +64,28 @@ class processes {
     if (distributed()) communicator().require_same(bilevel::detail::crc32_of(bytes), "setup", what);
 #else
     static_cast<void>(bytes), static_cast<void>(what);
+#endif
+  }
+
+  /// Throws config_error on every process unless every flag of `flags` has the same value on
+  /// all of them; the message names each flag that differs.
+  void require_same_flags(const std::vector<flag_value>& flags) const {
+#ifdef MNIST_MLP_WITH_MPI
+    if (!distributed()) return;
+    std::string differing;
+    for (const flag_value& flag : flags) {
+      const std::string text = flag.name + '=' + flag.value;
+      if (!communicator().same_everywhere(bilevel::detail::crc32_of(
+              {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()})))
+        differing += (differing.empty() ? "" : ", ") + flag.name;
+    }
+    if (!differing.empty())
+      throw bilevel::config_error(bilevel::detail::concat(
+          "setup: the ", size(), " processes were started with different training flags: ",
+          differing, " (all but --data, --save, --resume's path, --csv, --quiet and --threads "
+          "must be the same)"));
+#else
+    static_cast<void>(flags);
 #endif
   }
 

@@ -284,11 +284,12 @@ struct run_record {
   void load_state(bilevel::state_reader& in) {
     in.expect_text("mnist_mlp run", "component");
     run_record loaded;
-    loaded.initial_test_error = in.read_finite("initial test error");
-    loaded.best_validation = in.read_finite("best validation error");
-    loaded.test_at_best = in.read_finite("test error at the best validation error");
-    loaded.total_seconds = in.read_finite("training seconds");
-    loaded.best_epoch = in.read_index("best epoch", 0, std::numeric_limits<Index>::max());
+    // Errors are fractions; 2 marks "no validation error yet".
+    loaded.initial_test_error = in.read_finite("initial test error", 0, 1);
+    loaded.best_validation = in.read_finite("best validation error", 0, 2);
+    loaded.test_at_best = in.read_finite("test error at the best validation error", 0, 2);
+    loaded.total_seconds = in.read_finite("training seconds", 0, 1e12);
+    loaded.best_epoch = in.read_count("best epoch");
     *this = loaded;
   }
 };
@@ -333,32 +334,55 @@ inline void warn_inner_solver(Index epoch, const std::string& method,
               << " got a zero gradient because none of its codes moved\n";
 }
 
+/// One JSON line on stdout; a line that cannot be written (a full disk, a closed pipe) ends
+/// the run with an error rather than a run that looks successful.
+inline void print_line(const json& line) {
+  std::cout << line.dump() << std::endl;
+  if (!std::cout) throw bilevel::data_error("cannot write the results to stdout");
+}
+
 template <class S, class Hidden>
 int train(const options& opts, const Hidden& hidden, const processes& group) {
   const auto sizes = parse_list<Index>(opts.layers, "--layers");
-  auto net = bilevel::make_mlp<S>(sizes, hidden);
+  auto net = [&] {
+    try {
+      return bilevel::make_mlp<S>(sizes, hidden);
+    } catch (const bilevel::config_error& e) {
+      throw bilevel::config_error("--layers " + opts.layers + ": " + e.what());
+    }
+  }();
   any_method<S> method(opts, net.depth());  // validates method flags before the data is read
   const auto mode =
       opts.step_mode == "native" ? bilevel::step_mode::native : bilevel::step_mode::gradient;
 
-  const auto data = bilevel::load_mnist<S>(opts.data);
+  const auto data = bilevel::load_mnist<S>(opts.data, net.input_size());
   const Index pixels = data.train.images.rows(), classes = 10;
   bilevel::detail::require(net.input_size() == pixels, "setup", "the first --layers entry",
                            bilevel::detail::concat("the image size ", pixels), net.input_size());
   bilevel::detail::require(net.output_size() == classes, "setup", "the last --layers entry",
                            "the number of classes (10)", net.output_size());
   const Index available = data.train.images.cols();
-  bilevel::detail::require(opts.train_samples + opts.validation <= available, "setup",
-                           "--train-samples + --validation",
-                           bilevel::detail::concat("<= the training file's ", available, " images"),
-                           opts.train_samples + opts.validation);
+  // Compared without adding: both flags may be as large as Index allows.
+  bilevel::detail::require(
+      opts.train_samples <= available && opts.validation <= available - opts.train_samples,
+      "setup", "--train-samples + --validation",
+      bilevel::detail::concat("<= the training file's ", available, " images"),
+      bilevel::detail::concat(opts.train_samples, " + ", opts.validation));
   const auto all = bilevel::make_dataset<S>(data.train.images, data.train.labels, classes);
   const auto train_set = bilevel::slice(all, 0, opts.train_samples);
   const auto validation_set = bilevel::slice(all, available - opts.validation, opts.validation);
   const auto test_set = bilevel::make_dataset<S>(data.test.images, data.test.labels, classes);
-  // Every process must train on the same data: compare the training file's checksums.
-  group.require_same(as_bytes(data.train.images), "the training images (--data)");
-  group.require_same(as_bytes(data.train.labels), "the training labels (--data)");
+  // Every process must train and report on the same data: compare the files' checksums. A
+  // checkpoint records them too, so that --resume refuses other data.
+  flags_record flags{resumption_flags(opts)};
+  for (const auto& [name, bytes] :
+       {std::pair{"the training images (--data)", as_bytes(data.train.images)},
+        std::pair{"the training labels (--data)", as_bytes(data.train.labels)},
+        std::pair{"the test images (--data)", as_bytes(data.test.images)},
+        std::pair{"the test labels (--data)", as_bytes(data.test.labels)}}) {
+    group.require_same(bytes, name);
+    flags.flags.push_back({name, std::to_string(bilevel::detail::crc32_of(bytes))});
+  }
 
   bilevel::random_source init_random(opts.seed);
   net.initialize(bilevel::parse_init_scheme(opts.init), init_random);
@@ -381,10 +405,12 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     const bool speak = group.root();  // one process prints and writes files
     const auto save = [&] {
       if (speak && !opts.save.empty())
-        bilevel::save_checkpoint(opts.save, net, optimizer, method, trainer.progress(), record);
+        bilevel::save_checkpoint(opts.save, net, optimizer, method, trainer.progress(), record,
+                                 flags);
     };
     if (speak && !opts.resume.empty())
-      bilevel::load_checkpoint(opts.resume, net, optimizer, method, trainer.progress(), record);
+      bilevel::load_checkpoint(opts.resume, net, optimizer, method, trainer.progress(), record,
+                               flags);
     group.share(net, optimizer, method, trainer.progress(), record);
     if (opts.resume.empty()) record.initial_test_error = group.error(net, test_set, method);
     save();  // at once: an unwritable --save path fails now, not after the first epoch
@@ -447,7 +473,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
               {"unconverged_share", report.unconverged_share},
               {"safeguarded_share", finite_or_null(report.safeguarded_share)},
               {"idle_layer_steps", report.idle_layer_steps}};
-      if (speak) std::cout << last.dump() << std::endl;
+      if (speak) print_line(last);
       const auto text = [](double value) {
         return std::isfinite(value) ? (std::ostringstream() << std::setprecision(9) << value).str()
                                     : std::string();
@@ -498,7 +524,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       summary["best_validation_error"] = record.best_validation;
       summary["test_error_at_best_validation"] = record.test_at_best;
     }
-    if (speak) std::cout << summary.dump() << std::endl;
+    if (speak) print_line(summary);
     return 0;
   });
 }

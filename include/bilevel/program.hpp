@@ -8,7 +8,9 @@
 // same layout (see weights() / bias() with a buffer argument).
 
 #include <limits>
+#include <new>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <variant>
 #include <utility>
@@ -62,10 +64,15 @@ class program {
     for (std::size_t k = 0; k < sizes.size(); ++k) {
       detail::require(sizes[k] > 0, "program", detail::concat("layer size ", k), "> 0", sizes[k]);
       if (k > 0) {
-        weight_total += sizes[k] * sizes[k - 1];
-        bias_total += sizes[k];
+        weight_total = detail::checked_size("program", "the number of weights", weight_total,
+                                            sizes[k], sizes[k - 1]);
+        bias_total = detail::checked_size("program", "the number of biases", bias_total, 1,
+                                          sizes[k]);
       }
     }
+    const Index parameter_total =
+        detail::checked_size("program", "the number of parameters", weight_total, 1, bias_total);
+    detail::checked_size("program", "the parameters' bytes", 0, parameter_total, sizeof(S));
     Index weight_offset = 0, bias_offset = weight_total;
     for (Index k = 0; k < depth; ++k) {
       layers_.emplace_back(sizes[k], sizes[k + 1], std::move(pairs[k]), weight_offset,
@@ -74,7 +81,13 @@ class program {
       bias_offset += sizes[k + 1];
     }
     weight_count_ = weight_total;
-    parameters_ = Vector<S>::Zero(weight_total + bias_total);
+    try {
+      parameters_ = Vector<S>::Zero(parameter_total);
+    } catch (const std::bad_alloc&) {
+      throw config_error(detail::concat("program: cannot allocate its ", parameter_total,
+                                        " parameters (",
+                                        double(parameter_total) * double(sizeof(S)) / 1e9, " GB)"));
+    }
   }
 
   Index depth() const { return Index(layers_.size()); }
@@ -163,7 +176,7 @@ class program {
 
   /// Forward pass: a_k = W_k z_{k-1} + b_k, z_k = f_k(a_k), with z_0 = x.
   void forward(const MatrixCRef<S>& x, forward_state<S>& state) const {
-    detail::require_shape("program::forward", "x", input_size(), x.cols(), x.rows(), x.cols());
+    detail::require_sample_columns("program::forward", "x", input_size(), x.rows(), x.cols());
     const std::size_t L = layers_.size();
     state.a.resize(L);
     state.z.resize(L + 1);
@@ -183,6 +196,13 @@ class program {
     detail::parallel_columns(a.rows(), a.cols(), [&](Index first, Index count) {
       a.middleCols(first, count).colwise() += b;
     });
+  }
+
+  /// Throws unless y holds valid targets for the loss (its check_targets, when it has one: the
+  /// built-in losses do), naming `function`.
+  void check_targets(const MatrixCRef<S>& y, std::string_view function) const {
+    if constexpr (requires { loss_.template check_targets<S>(y, function); })
+      loss_.template check_targets<S>(y, function);
   }
 
   /// Per-sample outer loss l(z_L, y).

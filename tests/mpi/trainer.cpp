@@ -7,7 +7,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "trainer_runs.hpp"
 
@@ -93,8 +95,18 @@ TEST_CASE("a process that fails ends the whole job with its message", "[mpi][tra
   CHECK(missing.status != 0);
   CHECK_THAT(missing.error, Catch::Contains("mnist_mlp (rank 1 of 2): ") &&
                                 Catch::Contains("nowhere"));
-  // Processes started with different flags refuse to train together.
-  const raw_result flags = run_two_different(good, good + " --lr 0.01");
+  // Processes started with different flags refuse to train together, naming the flags.
+  const raw_result flags = run_two_different(good, good + " --lr 0.01 --seed 5");
   CHECK(flags.status == 2);
-  CHECK_THAT(flags.error, Catch::Contains("disagree on the training flags"));
+  CHECK_THAT(flags.error, Catch::Contains("different training flags: --lr, --seed ("));
+  // Test files that differ between the processes would mix two test sets in one error.
+  data_directory other("mpi-other-test");
+  const fs::path test_labels = other.path / "t10k-labels-idx1-ubyte";
+  std::vector<std::uint8_t> labels(1000);
+  for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = std::uint8_t(i % 10);
+  bilevel::write_idx(test_labels, {1000}, labels);
+  const raw_result test_set =
+      run_two_different(good, good + " --data " + other.path.string());
+  CHECK(test_set.status == 2);
+  CHECK_THAT(test_set.error, Catch::Contains("disagree on the test labels (--data)"));
 }

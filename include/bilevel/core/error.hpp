@@ -2,6 +2,7 @@
 // Exception hierarchy: every message names the function, the expected and the actual value.
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -55,6 +56,16 @@ inline void require_shape(std::string_view function, std::string_view what, Inde
   }
 }
 
+/// Throws shape_error unless a batch `what` has `expected_rows` rows: one sample per column, B
+/// columns. Says so, and suggests the transpose, when the samples arrived as rows.
+inline void require_sample_columns(std::string_view function, std::string_view what,
+                                   Index expected_rows, Index rows, Index cols) {
+  if (rows == expected_rows) return;
+  throw shape_error(concat(function, ": ", what, " must be ", expected_rows,
+                           " x B, one sample per column, got ", rows, "x", cols,
+                           cols == expected_rows ? " (samples as rows? pass the transpose)" : ""));
+}
+
 /// Throws config_error unless `condition` holds; `expected` says what was required.
 template <class Value>
 void require(bool condition, std::string_view function, std::string_view what,
@@ -62,6 +73,17 @@ void require(bool condition, std::string_view function, std::string_view what,
   if (!condition) {
     throw config_error(concat(function, ": ", what, " must be ", expected, ", got ", actual));
   }
+}
+
+/// `total + count * each` for sizes and element counts; throws config_error naming `function`
+/// and `what` when it does not fit an Index (a forged or mistyped size must not wrap around).
+inline Index checked_size(std::string_view function, std::string_view what, Index total,
+                          Index count, Index each) {
+  Index product = 0, sum = 0;
+  if (__builtin_mul_overflow(count, each, &product) || __builtin_add_overflow(total, product, &sum))
+    throw config_error(concat(function, ": ", what, " overflows: ", total, " + ", count, " x ",
+                              each, " exceeds ", std::numeric_limits<Index>::max()));
+  return sum;
 }
 
 /// Throws config_error unless `value` is finite and > 0 (learning rates, spacings, penalties).

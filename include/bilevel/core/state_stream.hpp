@@ -25,6 +25,10 @@
 
 namespace bilevel {
 
+/// The largest count (epochs, optimizer steps) saved state may hold: far beyond any run, exact in
+/// a double, and small enough that counting on from it cannot overflow.
+inline constexpr Index max_saved_count = Index(1) << 53;
+
 namespace detail {
 
 /// "float", "double", "long double": how a scalar type is named in saved state.
@@ -125,6 +129,8 @@ class state_reader {
     }
     return value;
   }
+  /// A count of epochs or steps: in [0, max_saved_count].
+  Index read_count(std::string_view what) { return read_index(what, 0, max_saved_count); }
   bool read_bool(std::string_view what) {
     const std::uint8_t value = take(1, what)[0];
     if (value > 1) fail(what, "0 or 1", int(value));
@@ -135,6 +141,12 @@ class state_reader {
   double read_finite(std::string_view what) {
     const double value = read_f64(what);
     if (!std::isfinite(value)) fail(what, "finite", value);
+    return value;
+  }
+  /// A double that must lie in [low, high] (so it is finite too).
+  double read_finite(std::string_view what, double low, double high) {
+    const double value = read_f64(what);
+    if (!(value >= low && value <= high)) fail(what, detail::concat("in [", low, ", ", high, "]"), value);
     return value;
   }
 

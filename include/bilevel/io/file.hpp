@@ -4,6 +4,7 @@
 // is killed mid-write, sees either the old file or the complete new one, never a mix.
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -35,28 +36,66 @@ inline void sync_directory(const std::filesystem::path& directory) {
   ::close(descriptor);
 }
 
-/// Throws data_error "<where>no such file" (or the stat error, e.g. no permission) or
-/// "<where>is a directory" unless `path` names an existing non-directory.
-inline void require_existing_file(const std::filesystem::path& path, std::string_view where) {
-  std::error_code status_error;
-  const auto status = std::filesystem::status(path, status_error);
-  if (status.type() == std::filesystem::file_type::none)  // stat failed
-    throw data_error(concat(where, status_error.message()));
-  if (!std::filesystem::exists(status)) throw data_error(concat(where, "no such file"));
-  if (std::filesystem::is_directory(status)) throw data_error(concat(where, "is a directory"));
+/// Throws data_error "<where><reason>" unless `path` names an existing regular file (after
+/// symbolic links): the operating system's reason when it cannot be looked up ("No such file or
+/// directory", "Permission denied", "Too many levels of symbolic links"), "is a directory" or
+/// "not a regular file (a FIFO, socket or device)", which could block a reader forever.
+inline void require_regular_file(const std::filesystem::path& path, std::string_view where) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0)
+    throw data_error(concat(where, errno == ENOENT ? std::string("no such file") : errno_text(errno)));
+  if (S_ISDIR(info.st_mode)) throw data_error(concat(where, "is a directory"));
+  if (!S_ISREG(info.st_mode))
+    throw data_error(concat(where, "not a regular file (a FIFO, socket or device)"));
+}
+
+/// Longest file name most file systems take (NAME_MAX on Linux).
+inline constexpr std::size_t max_file_name = 255;
+/// Hex digits of the random part of a temporary file's name.
+inline constexpr std::size_t temporary_digits = 16;
+
+/// The start of write_file_atomically's temporary names for `path`: "<name>.tmp.", the name cut
+/// so that the whole temporary name stays within max_file_name.
+inline std::string temporary_prefix(const std::filesystem::path& path) {
+  std::string name = path.filename().string();
+  const std::size_t room = max_file_name - (5 + temporary_digits);  // ".tmp." + digits
+  if (name.size() > room) name.resize(room);
+  return name + ".tmp.";
+}
+
+/// Removes temporaries of `path` left by a writer that was killed before its rename: files in
+/// the same directory named temporary_prefix(path) followed by exactly temporary_digits hex
+/// digits. Best effort: a directory that cannot be listed is left alone.
+inline void remove_stale_temporaries(const std::filesystem::path& path) {
+  const std::string prefix = temporary_prefix(path);
+  const std::filesystem::path directory = path.has_parent_path() ? path.parent_path() : ".";
+  std::error_code error;
+  for (std::filesystem::directory_iterator entry(directory, error), end; !error && entry != end;
+       entry.increment(error)) {
+    const std::string name = entry->path().filename().string();
+    if (name.size() != prefix.size() + temporary_digits || !name.starts_with(prefix)) continue;
+    if (name.find_first_not_of("0123456789abcdef", prefix.size()) != std::string::npos) continue;
+    std::error_code ignored;
+    std::filesystem::remove(entry->path(), ignored);
+  }
 }
 
 }  // namespace detail
 
 /// Writes `bytes` to `path` atomically. Throws data_error naming `function` and the path if
-/// any step fails; the target is then left as it was and no temporary file remains.
+/// any step fails; the target is then left as it was and no temporary file remains. Temporaries
+/// of the same target that a killed writer left behind are removed first.
 inline void write_file_atomically(const std::filesystem::path& path,
                                   std::span<const std::uint8_t> bytes, std::string_view function) {
   using detail::concat;
   const std::string where = concat(function, ": cannot write ", path.string(), ": ");
+  detail::remove_stale_temporaries(path);
   std::random_device entropy;
-  std::filesystem::path temporary = path;
-  temporary += concat(".tmp.", (std::uint64_t{entropy()} << 32) ^ entropy());
+  char digits[detail::temporary_digits + 1];
+  std::snprintf(digits, sizeof digits, "%016llx",
+                static_cast<unsigned long long>((std::uint64_t{entropy()} << 32) ^ entropy()));
+  const std::filesystem::path temporary =
+      path.parent_path() / (detail::temporary_prefix(path) + digits);
 
   std::FILE* file = std::fopen(temporary.c_str(), "wb");
   if (!file) throw data_error(concat(where, detail::errno_text(errno)));
@@ -83,12 +122,12 @@ inline void write_file_atomically(const std::filesystem::path& path,
 }
 
 /// The whole content of a regular file. Throws data_error naming `function` and the path if it
-/// is missing, a directory, or cannot be read.
+/// is missing, not a regular file, or cannot be read.
 inline std::vector<std::uint8_t> read_file(const std::filesystem::path& path,
                                            std::string_view function) {
   using detail::concat;
   const std::string where = concat(function, ": cannot read ", path.string(), ": ");
-  detail::require_existing_file(path, where);
+  detail::require_regular_file(path, where);
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) throw data_error(concat(where, detail::errno_text(errno)));
   std::vector<std::uint8_t> bytes;

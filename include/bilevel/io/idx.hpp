@@ -118,13 +118,16 @@ inline const char* gz_truncation_note(gzFile file) {
 
 /// Reads an unsigned-byte idx file, plain or gzip-compressed. Throws data_error, naming the
 /// path, if the file cannot be opened, has a bad header, or its payload size differs from the
-/// product of its dimensions.
-inline idx_array read_idx(const std::filesystem::path& path) {
+/// product of its dimensions. `check_header(dims)` runs on the header's dimensions before any
+/// of the payload is inflated: throw from it to refuse a file whose shape the caller cannot use
+/// (a forged header then costs nothing).
+template <class HeaderCheck>
+idx_array read_idx(const std::filesystem::path& path, const HeaderCheck& check_header) {
   using detail::concat;
   const std::string path_text = path.string();
   const std::string where = concat("read_idx: ", path_text, ": ");
 
-  detail::require_existing_file(path, concat(where, "cannot open: "));
+  detail::require_regular_file(path, concat(where, "cannot open: "));
   errno = 0;
   detail::gz_handle file(gzopen(path_text.c_str(), "rb"));
   if (!file) {
@@ -174,6 +177,8 @@ inline idx_array read_idx(const std::filesystem::path& path) {
     result.dims.push_back(static_cast<std::int64_t>(size));
   }
 
+  check_header(std::as_const(result.dims));
+
   // Grow with the data actually read rather than trusting the header for the allocation.
   const auto expected_bytes = static_cast<std::size_t>(expected);
   result.data.reserve(std::min(expected_bytes, detail::idx_chunk));
@@ -192,26 +197,26 @@ inline idx_array read_idx(const std::filesystem::path& path) {
                             detail::gz_truncation_note(file.get())));
   }
 
-  // Count trailing bytes, up to the payload limit so that a decompression bomb cannot keep us
-  // busy indefinitely.
+  // Trailing bytes: one chunk past the payload is enough to refuse the file, and bounds what
+  // the decompressor produces (a small file can inflate to gigabytes).
   std::vector<std::uint8_t> scratch(std::size_t{1} << 16);
-  std::uint64_t extra = 0;
-  for (;;) {
-    const std::size_t got =
-        detail::gz_read_some(file.get(), scratch.data(), scratch.size(), path_text);
-    extra += got;
-    if (got < scratch.size() || extra > detail::idx_max_payload) break;
-  }
+  const std::size_t extra =
+      detail::gz_read_some(file.get(), scratch.data(), scratch.size(), path_text);
   if (extra > 0) {
     throw data_error(concat(where, "expected ", expected_bytes,
                             " payload bytes after the header, found ",
-                            extra > detail::idx_max_payload ? "at least " : "",
+                            extra == scratch.size() ? "at least " : "",
                             static_cast<std::uint64_t>(expected_bytes) + extra));
   }
   if (detail::gz_truncated(file.get())) {
     throw data_error(concat(where, "gzip stream cut short after the payload"));
   }
   return result;
+}
+
+/// Reads an unsigned-byte idx file of any shape (see above).
+inline idx_array read_idx(const std::filesystem::path& path) {
+  return read_idx(path, [](const std::vector<std::int64_t>&) {});
 }
 
 /// Writes `data` as a plain unsigned-byte idx file of shape `dims`, atomically (io/file.hpp).
@@ -250,28 +255,43 @@ inline void write_idx(const std::filesystem::path& path, const std::vector<std::
   write_file_atomically(path, bytes, "write_idx");
 }
 
-/// Reads an image file (N x rows x cols) and a label file (N) into a labelled_set, scaling
-/// pixels by 1/255. Throws data_error for wrong ranks or differing counts.
+/// Reads a label file (N) and an image file (N x rows x cols) into a labelled_set, scaling
+/// pixels by 1/255. The labels come first, and the image header is checked before its payload
+/// is inflated: the same count N, and rows x cols = `pixels` unless that is 0. Throws
+/// data_error naming the file for wrong ranks, counts or image sizes, and for labels >=
+/// `classes` (unless that is 0).
 template <Scalar S>
 labelled_set<S> load_idx_pair(const std::filesystem::path& images,
-                              const std::filesystem::path& labels) {
+                              const std::filesystem::path& labels, Index pixels = 0,
+                              Index classes = 0) {
   using detail::concat;
-  idx_array image_file = read_idx(images);
-  idx_array label_file = read_idx(labels);
-  if (image_file.dims.size() != 3) {
-    throw data_error(concat("load_idx_pair: ", images.string(),
-                            ": images must have 3 dimensions (N x rows x cols), got ",
-                            image_file.dims.size()));
+  const idx_array label_file = read_idx(labels, [&](const std::vector<std::int64_t>& dims) {
+    if (dims.size() != 1)
+      throw data_error(concat("load_idx_pair: ", labels.string(),
+                              ": labels must have 1 dimension (N), got ", dims.size()));
+  });
+  const Index count = label_file.dims[0];
+  if (classes > 0) {
+    const auto bad = std::find_if(label_file.data.begin(), label_file.data.end(),
+                                  [classes](std::uint8_t label) { return label >= classes; });
+    if (bad != label_file.data.end())
+      throw data_error(concat("load_idx_pair: ", labels.string(), ": label ",
+                              bad - label_file.data.begin(), " is ", int(*bad),
+                              ", expected 0 to ", classes - 1));
   }
-  if (label_file.dims.size() != 1) {
-    throw data_error(concat("load_idx_pair: ", labels.string(),
-                            ": labels must have 1 dimension (N), got ", label_file.dims.size()));
-  }
-  const Index count = image_file.dims[0];
-  if (label_file.dims[0] != count) {
-    throw data_error(concat("load_idx_pair: ", images.string(), " holds ", count, " images but ",
-                            labels.string(), " holds ", label_file.dims[0], " labels"));
-  }
+  const idx_array image_file = read_idx(images, [&](const std::vector<std::int64_t>& dims) {
+    if (dims.size() != 3)
+      throw data_error(concat("load_idx_pair: ", images.string(),
+                              ": images must have 3 dimensions (N x rows x cols), got ",
+                              dims.size()));
+    if (dims[0] != count)
+      throw data_error(concat("load_idx_pair: ", images.string(), " holds ", dims[0],
+                              " images but ", labels.string(), " holds ", count, " labels"));
+    if (pixels > 0 && dims[1] * dims[2] != pixels)
+      throw data_error(concat("load_idx_pair: ", images.string(), ": images are ", dims[1], "x",
+                              dims[2], " (", dims[1] * dims[2], " pixels), expected ", pixels,
+                              " pixels"));
+  });
 
   labelled_set<S> set;
   set.rows = image_file.dims[1];
@@ -279,36 +299,48 @@ labelled_set<S> load_idx_pair(const std::filesystem::path& images,
   // The idx payload is image after image, each row-major: exactly the column-major layout of
   // a (rows*cols) x N matrix whose columns are the flattened images.
   set.images.resize(set.rows * set.cols, count);
-  S* pixels = set.images.data();
+  S* values = set.images.data();
   for (std::size_t i = 0; i < image_file.data.size(); ++i)
-    pixels[i] = S(image_file.data[i]) / S(255);
+    values[i] = S(image_file.data[i]) / S(255);
   set.labels.assign(label_file.data.begin(), label_file.data.end());
   return set;
 }
 
 /// Loads MNIST or Fashion-MNIST from `dir`, which must hold train-images-idx3-ubyte,
 /// train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each plain or
-/// with a .gz suffix (the plain file wins if both exist).
+/// with a .gz suffix (the plain file wins if both exist). Labels must be 0 to 9; images must
+/// have `pixels` pixels unless that is 0 (checked before their payload is read).
 template <Scalar S>
-mnist_data<S> load_mnist(const std::filesystem::path& dir) {
+mnist_data<S> load_mnist(const std::filesystem::path& dir, Index pixels = 0) {
   using detail::concat;
   std::error_code status_error;
-  if (!std::filesystem::is_directory(dir, status_error)) {
-    throw data_error(concat("load_mnist: data directory ", dir.string(), " does not exist"));
-  }
+  const auto status = std::filesystem::status(dir, status_error);
+  if (status_error)
+    throw data_error(concat("load_mnist: data directory ", dir.string(), ": ",
+                            status_error.message()));
+  if (!std::filesystem::is_directory(status))
+    throw data_error(concat("load_mnist: data directory ", dir.string(), ": not a directory"));
   const auto find = [&dir](const char* name) {
-    std::error_code ignored;
     std::filesystem::path plain = dir / name;
-    if (std::filesystem::exists(plain, ignored)) return plain;
     std::filesystem::path compressed = plain;
     compressed += ".gz";
-    if (std::filesystem::exists(compressed, ignored)) return compressed;
+    for (const auto& candidate : {plain, compressed}) {
+      std::error_code error;
+      const auto status = std::filesystem::symlink_status(candidate, error);
+      if (error == std::errc::no_such_file_or_directory) continue;
+      if (error)  // e.g. no permission to look into the directory
+        throw data_error(concat("load_mnist: ", candidate.string(), ": ", error.message()));
+      if (std::filesystem::exists(status)) return candidate;  // read_idx says if it is unusable
+    }
     throw data_error(
         concat("load_mnist: missing ", plain.string(), " (or ", compressed.string(), ")"));
   };
+  constexpr Index classes = 10;
   mnist_data<S> data;
-  data.train = load_idx_pair<S>(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"));
-  data.test = load_idx_pair<S>(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"));
+  data.train = load_idx_pair<S>(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"),
+                                pixels, classes);
+  data.test = load_idx_pair<S>(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"),
+                               pixels, classes);
   if (data.train.rows != data.test.rows || data.train.cols != data.test.cols) {
     throw data_error(concat("load_mnist: ", dir.string(), ": training images are ", data.train.rows,
                             "x", data.train.cols, " but test images are ", data.test.rows, "x",

@@ -2,7 +2,9 @@
 // Squared error l(z, y) = ||z - y||^2 / 2 per sample (docs/methods.md §1, §4); dl/dz = z - y.
 
 #include <string>
+#include <string_view>
 
+#include "../core/error.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -11,6 +13,14 @@ struct mse {
   std::string name() const { return "mse"; }
   /// The norm of its Hessian in z (the identity).
   static constexpr double curvature = 1;
+
+  /// Throws numeric_error naming `function` unless every target is finite.
+  template <class S>
+  void check_targets(const MatrixCRef<S>& y, std::string_view function) const {
+    if (!y.allFinite())
+      throw numeric_error(detail::concat(function, ": the targets y must be finite for mse, got ",
+                                         "a NaN or Inf entry"));
+  }
 
   template <class S>
   RowVector<S> value(const MatrixCRef<S>& z, const MatrixCRef<S>& y) const {

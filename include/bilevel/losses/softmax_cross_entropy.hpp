@@ -4,8 +4,11 @@
 // Use it with an identity output pair; dl/da = softmax(a) (sum y) - y.
 
 #include <cmath>
+#include <limits>
 #include <string>
+#include <string_view>
 
+#include "../core/error.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -15,6 +18,22 @@ struct softmax_cross_entropy {
   /// A bound on the norm of its Hessian in the logits, (sum y) (diag(p) - p p^T), for targets
   /// summing to 1 (||diag(p) - p p^T||_2 <= 1/2 by Gershgorin).
   static constexpr double curvature = 0.5;
+
+  /// Throws config_error naming `function` unless every column of y is a probability vector:
+  /// entries >= 0 summing to 1 within sqrt(epsilon) (one-hot or soft labels). Other targets make
+  /// the loss unbounded below (negative entries) or rescale it silently.
+  template <class S>
+  void check_targets(const MatrixCRef<S>& y, std::string_view function) const {
+    const S tolerance = std::sqrt(std::numeric_limits<S>::epsilon());
+    for (Index j = 0; j < y.cols(); ++j) {
+      const S sum = y.col(j).sum();
+      if (!((y.col(j).array() >= S(0)).all() && std::abs(sum - S(1)) <= tolerance))
+        throw config_error(detail::concat(
+            function, ": the targets y of softmax_cross_entropy must be probability vectors "
+            "(entries >= 0 summing to 1), got column ", j, " with minimum ", y.col(j).minCoeff(),
+            " and sum ", sum));
+    }
+  }
 
   template <class S>
   RowVector<S> value(const MatrixCRef<S>& logits, const MatrixCRef<S>& y) const {

@@ -359,7 +359,7 @@ class ep {
 
   template <class Program>
   static void check_shapes(const Program& net, const MatrixCRef<S>& x, const char* function) {
-    detail::require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
+    detail::require_sample_columns(function, "x", net.input_size(), x.rows(), x.cols());
     detail::require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
   }
 

@@ -83,13 +83,18 @@ concept PredictingMethod = requires(M& method, const Program& net,
 
 namespace detail {
 
-/// The check at every method's entry point: x is n_0 x B, y is n_L x B, and B > 0.
+/// The check at every method's entry point: x is n_0 x B with finite entries, y is n_L x B and
+/// valid targets for the program's loss (program::check_targets), and B > 0. One pass over x
+/// and y per batch: cheap next to the method's products.
 template <class Program, class S>
 void require_batch(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<S>& y,
                    std::string_view function) {
-  require_shape(function, "x", net.input_size(), x.cols(), x.rows(), x.cols());
+  require_sample_columns(function, "x", net.input_size(), x.rows(), x.cols());
   require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
   require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
+  if (!x.allFinite())
+    throw numeric_error(concat(function, ": x must be finite, got a NaN or Inf entry"));
+  net.check_targets(y, function);
 }
 
 /// Throws config_error unless a per-layer list (betas, lambdas) holds 1 value or one per layer;

@@ -139,7 +139,7 @@ class adam {
     config.epsilon = S(in.read_f64("adam epsilon"));
     config.weight_decay = S(in.read_f64("adam weight_decay"));
     config.decoupled = in.read_bool("adam decoupled");
-    const Index steps = in.read_index("adam steps");
+    const Index steps = in.read_count("adam steps");
     // The moments come first: their lengths are bounded by the bytes present, so a corrupt
     // count cannot make the constructor allocate without limit.
     Vector<S> m = in.read_values<S>("adam first moment");

@@ -97,7 +97,7 @@ class sgd {
     config.momentum = S(in.read_f64("sgd momentum"));
     config.nesterov = in.read_bool("sgd nesterov");
     config.weight_decay = S(in.read_f64("sgd weight_decay"));
-    const Index steps = in.read_index("sgd steps");
+    const Index steps = in.read_count("sgd steps");
     sgd restored = in.validate("sgd settings", [&] { return sgd(config, n_params_, n_decayed_); });
     Vector<S> velocity = in.read_values<S>("sgd velocity", n_params_);
     in.validate("sgd state", [&] { restored.restore(std::move(velocity), steps); });

@@ -58,6 +58,10 @@ Index correct_predictions(const Program& net, const MatrixCRef<typename Program:
       net.forward(inputs, state);
       output.swap(state.z.back());
     }
+    if (!output.allFinite())  // a NaN output would count as a prediction of class 0
+      throw numeric_error(detail::concat("correct_predictions: the output is not finite for a "
+                                         "sample among columns ", begin, " to ", begin + count - 1,
+                                         " (the parameters have blown up?)"));
     correct += count_correct<S>(output, y.middleCols(begin, count));
   }
   return correct;
@@ -96,7 +100,7 @@ struct training_progress {
   }
   void load_state(state_reader& in) {
     in.expect_text("training_progress", "component");
-    const Index epochs = in.read_index("epoch", 0, std::numeric_limits<Index>::max());
+    const Index epochs = in.read_count("epoch");
     random_source restored = random;
     restored.load_state(in);
     epoch = epochs;
@@ -136,8 +140,8 @@ class trainer {
   }
 
   /// One pass over `train` in a fresh random order (or its own, set_sample_order); the last
-  /// partial batch is used too.
-  /// Throws numeric_error naming the epoch and batch when a loss or gradient is not finite.
+  /// partial batch is used too. Throws config_error for an empty set, and numeric_error naming
+  /// the epoch and batch when a loss, a gradient or a parameter after the step is not finite.
   epoch_report run_epoch(const dataset<S>& train) {
     return run_epoch(train, [](Index, Index, Index) {});
   }
@@ -150,6 +154,8 @@ class trainer {
                           train.x.rows(), train.size());
     detail::require_shape("trainer::run_epoch", "the targets", net_.output_size(), train.size(),
                           train.y.rows(), train.size());
+    detail::require(train.size() > 0, "trainer::run_epoch", "the number of training samples",
+                    "> 0", train.size());
     order_.resize(std::size_t(train.size()));
     std::iota(order_.begin(), order_.end(), Index(0));
     if (order_kind_ == sample_order::shuffled) progress_.random.shuffle(order_);
@@ -163,8 +169,14 @@ class trainer {
     for (Index begin = 0; begin < train.size(); begin += batch_size_) {
       const Index count = std::min(batch_size_, train.size() - begin);
       gather(train, begin, count);
-      const step_report step =
-          take_step(std::span<const Index>(order_.data() + begin, std::size_t(count)));
+      const step_report step = [&] {
+        try {
+          return take_step(std::span<const Index>(order_.data() + begin, std::size_t(count)));
+        } catch (const numeric_error& e) {  // e.g. a NaN in the data: say where it was met
+          throw numeric_error(detail::concat("trainer::run_epoch: epoch ", progress_.epoch,
+                                             ", batch ", report.batches + 1, ": ", e.what()));
+        }
+      }();
       ++report.batches;
       const bool update_finite =
           native_ ? net_.parameters().allFinite() : gradient_.allFinite();
@@ -175,7 +187,15 @@ class trainer {
             " is not finite in epoch ", progress_.epoch, ", batch ", report.batches, " (method ",
             method_.name(), ")"));
       }
-      if (!native_) optimizer_.step(net_.parameters(), gradient_);
+      if (!native_) {
+        optimizer_.step(net_.parameters(), gradient_);
+        // A finite gradient times a huge rate can still overflow: the last step of a run has no
+        // next loss to catch it, so the parameters themselves are checked.
+        if (!net_.parameters().allFinite())
+          throw numeric_error(detail::concat(
+              "trainer::run_epoch: a parameter is not finite after the optimizer step in epoch ",
+              progress_.epoch, ", batch ", report.batches, " (method ", method_.name(), ")"));
+      }
       loss_sum += step.loss * double(count);
       wrong += count - step.correct;
       if (std::isfinite(step.inner_residual)) {
