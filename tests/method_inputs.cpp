@@ -191,3 +191,18 @@ TEST_CASE("every method rejects settings out of range with a config_error naming
   CHECK_THROWS_WITH(three_lambdas.gradient(net, x, y, gradient),
                     Contains("the number of lambdas must be 1 or one per layer (2), got 3"));
 }
+
+TEST_CASE("squared-error targets may be any finite values, not NaN or Inf", "[errors][reliability]") {
+  random_source random(5);
+  auto net = program<double, mse, relu, identity>({4, 5, 3}, {relu{}, identity{}});
+  net.initialize(init_scheme::glorot_uniform, random);
+  const Matrix<double> x = random_matrix<double>(random, 4, 6);
+  Matrix<double> y = 3 * random_matrix<double>(random, 3, 6);  // negative, unnormalised: fine
+  bp<double> method;
+  Vector<double> gradient;
+  CHECK_NOTHROW(method.gradient(net, x, y, gradient));
+  y(1, 2) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(method.gradient(net, x, y, gradient), numeric_error);
+  CHECK_THROWS_WITH(method.gradient(net, x, y, gradient),
+                    Contains("bp::gradient: the targets y must be finite for mse"));
+}
