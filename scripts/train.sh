@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-mnist.sh --mnist-only data
-build/examples/mnist_mlp --data data/mnist --method fenbp --beta 0.01 --epochs 10 "$@"
+build/examples/mnist_mlp --data data/mnist --method fenbp --epochs 10 "$@"

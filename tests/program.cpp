@@ -6,6 +6,7 @@
 #include "bilevel/activations/activations.hpp"
 #include "bilevel/couplings/couplings.hpp"
 #include "bilevel/program.hpp"
+#include "bilevel/version.hpp"
 #include "helpers.hpp"
 
 using namespace bilevel;
@@ -105,4 +106,11 @@ TEST_CASE("layer energies vanish at the forward pass for the penalizer and Fench
   CHECK(energies.row(0).minCoeff() > 0.0);
   CHECK(energies.row(1).cwiseAbs().minCoeff() > 0.0);
   CHECK(energies.row(2).cwiseAbs().maxCoeff() < 1e-12);
+}
+
+TEST_CASE("the library's version is the CMake package's", "[program]") {
+  CHECK(bilevel::version == BILEVEL_PROJECT_VERSION);
+  CHECK(std::string(bilevel::version) == std::to_string(bilevel::version_major) + "." +
+                                             std::to_string(bilevel::version_minor) + "." +
+                                             std::to_string(bilevel::version_patch));
 }

@@ -208,4 +208,21 @@ TEST_CASE("flags out of range, not numbers or not finite are refused in one shor
   }
 }
 
+TEST_CASE("flags the chosen method, optimizer, activation or schedule ignores are named",
+          "[trainer][reliability]") {
+  data_directory data("ignored-flags");
+  const std::string base = "--data " + data.path.string() + small_run + " --epochs 1";
+  const run_result run = run_trainer(base + " --method bp --gamma 2 --momentum 0.5 --beta 0.1");
+  CHECK(run.status == 0);
+  CHECK_THAT(run.error, Contains("warning: --gamma has no effect with bp (it applies to chl)") &&
+                            Contains("warning: --momentum has no effect with adam") &&
+                            Contains("warning: --beta has no effect with bp"));
+  const run_result used = run_trainer(base + " --method chl --gamma 0.5 --beta 0.1");
+  CHECK(used.status == 0);
+  CHECK_THAT(used.error, !Contains("warning: --"));
+  const raw_result version = run_raw("--version");
+  CHECK(version.status == 0);
+  CHECK_THAT(version.output, Contains("bilevel " + std::string(BILEVEL_PROJECT_VERSION)));
+}
+
 #endif

@@ -15,7 +15,9 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "bilevel/version.hpp"
 #include "options.hpp"
 #include "outputs.hpp"
 #include "processes.hpp"
@@ -133,6 +135,45 @@ method_defaults defaults_for(const std::string& method) {
   return d;
 }
 
+/// Says on stderr which of the given flags have no effect with the chosen method, optimizer,
+/// activation or schedule (a typo'd method or a flag meant for another method should not pass
+/// silently).
+void warn_ignored_flags(const CLI::App& app, const options& opts) {
+  struct scope {
+    const char* flag;
+    std::string setting;       // what decides whether the flag applies
+    std::vector<std::string> applies_to;
+  };
+  const std::vector<scope> scopes = {
+      {"--beta", opts.method, {"fenbp", "chl", "ep", "pcn"}},
+      {"--gamma", opts.method, {"chl"}},
+      {"--lambda", opts.method, {"lpom", "fln"}},
+      {"--mu", opts.method, {"mac", "altmin"}},
+      {"--mu-growth", opts.method, {"mac"}},
+      {"--inner-iterations", opts.method, {"chl", "ep", "pcn", "mac", "lpom", "fln", "altmin"}},
+      {"--inner-step", opts.method, {"ep", "pcn", "altmin"}},
+      {"--tolerance", opts.method, {"chl", "ep", "pcn", "mac", "lpom", "fln"}},
+      {"--inner-start", opts.method, {"chl", "pcn", "mac", "lpom", "fln"}},
+      {"--nudged-iterations", opts.method, {"ep"}},
+      {"--one-sided", opts.method, {"ep"}},
+      {"--ep-particles", opts.method, {"ep"}},
+      {"--ep-converged", opts.method, {"ep"}},
+      {"--layer-scales", opts.method, {"ep"}},
+      {"--momentum", opts.optimizer, {"momentum", "nesterov"}},
+      {"--leaky-slope", opts.activation, {"leaky_relu"}},
+      {"--schedule-every", opts.schedule, {"step"}},
+      {"--schedule-factor", opts.schedule, {"step"}}};
+  for (const scope& s : scopes) {
+    if (app.count(s.flag) == 0 ||
+        std::find(s.applies_to.begin(), s.applies_to.end(), s.setting) != s.applies_to.end())
+      continue;
+    std::string list;
+    for (const std::string& name : s.applies_to) list += (list.empty() ? "" : ", ") + name;
+    std::cerr << "mnist_mlp: warning: " << s.flag << " has no effect with " << s.setting
+              << " (it applies to " << list << ")\n";
+  }
+}
+
 void apply_defaults(const CLI::App& app, options& opts) {
   const method_defaults d = defaults_for(opts.method);
   auto unset = [&](const char* flag) { return app.count(flag) == 0; };
@@ -163,6 +204,7 @@ int main(int argc, char** argv) {
   // A flag given twice takes its last value, so wrappers (scripts/train.sh) can set defaults
   // that the user's own flags override.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", "mnist_mlp, bilevel " + std::string(bilevel::version));
   app.add_option("--data", opts.data,
                  "Directory with train-/t10k- images and labels (idx, plain or .gz)")
       ->capture_default_str();
@@ -309,10 +351,13 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     return group.fail(std::string(e.what()) + " (see --help)", 2);
   }
   apply_defaults(app, opts);
+  if (!opts.quiet && group.root()) warn_ignored_flags(app, opts);
   if (opts.ep_particles && group.size() > 1)
     return group.fail("--ep-particles needs a single process (the particles are per image)", 2);
 

@@ -27,5 +27,6 @@
 #include "methods/pcn.hpp"
 #include "optimizers/optimizers.hpp"
 #include "program.hpp"
+#include "version.hpp"
 #include "train/dataset.hpp"
 #include "train/trainer.hpp"
