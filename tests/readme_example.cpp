@@ -3,6 +3,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <fstream>
+#include <iterator>
+#include <string>
+
 #include "bilevel/bilevel.hpp"
 #include "helpers.hpp"
 
@@ -28,4 +32,16 @@ TEST_CASE("the README example runs and its steps lower the loss", "[readme]") {
     (step == 0 ? first_loss : last_loss) = report.loss;
   }
   CHECK(last_loss < 0.5 * first_loss);
+}
+
+TEST_CASE("the README's complete first program is examples/first_program.cpp, verbatim",
+          "[readme]") {
+  const auto read = [](const std::string& name) {
+    std::ifstream in(std::string(BILEVEL_SOURCE_DIR) + "/" + name);
+    REQUIRE(in);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  const std::string program = read("examples/first_program.cpp");
+  CHECK(program.find("int main(") != std::string::npos);
+  CHECK(read("README.md").find("```cpp\n" + program + "```\n") != std::string::npos);
 }
