@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/methods/fenchel_bp.hpp"
 #include "bilevel/optimizers/adam.hpp"

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/altmin.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/optimizers/sgd.hpp"
@@ -530,7 +531,7 @@ TEST_CASE("AltMin trains small problems", "[altmin]") {
   SECTION("4-16-16-3 tanh under the trainer, natively and by its gradient with Adam") {
     auto start = make_mlp<double, tanh_pair>({4, 16, 16, 3});
     start.initialize(init_scheme::glorot_uniform, random);
-    dataset<double> data{x, y, {}};
+    dataset<double> data{x, y};
     const double initial = mean_loss(start, x, y);
     for (const step_mode mode : {step_mode::native, step_mode::gradient}) {
       auto net = start;

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "helpers.hpp"
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/methods/chl.hpp"
 #include "helpers.hpp"

@@ -11,6 +11,7 @@
 
 #include "bilevel/activations/activations.hpp"
 #include "bilevel/couplings/fenchel.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/methods/fln.hpp"
 #include "bilevel/methods/lpom.hpp"

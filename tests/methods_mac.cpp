@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/methods/mac.hpp"
 #include "bilevel/optimizers/adam.hpp"
@@ -377,7 +378,7 @@ TEST_CASE("MAC runs under the trainer, natively and by its gradient", "[mac]") {
   random_source random(28);
   Matrix<double> x, y;
   blobs(random, 90, 0.4, x, y);
-  dataset<double> data{x, y, {}};
+  dataset<double> data{x, y};
   auto start = make_mlp<double, tanh_pair>({4, 8, 8, 3});
   start.initialize(init_scheme::glorot_uniform, random);
   const double initial = mean_loss(start, x, y);

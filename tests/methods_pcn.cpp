@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/methods/mac.hpp"
 #include "bilevel/methods/pcn.hpp"

@@ -5,6 +5,7 @@
 
 #include "bilevel/activations/activations.hpp"
 #include "bilevel/couplings/couplings.hpp"
+#include "bilevel/losses/mse.hpp"
 #include "bilevel/program.hpp"
 #include "bilevel/version.hpp"
 #include "helpers.hpp"

@@ -436,6 +436,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     if (!opts.resume.empty() && talk)
       std::cerr << "mnist_mlp: resumed from " << opts.resume << " after epoch " << trainer.epoch()
                 << '\n';
+    const json beta = beta_json(opts);
     json last;
     for (Index epoch = trainer.epoch() + 1; epoch <= opts.epochs; ++epoch) {
       optimizer.set_learning_rate(S(schedule.at(epoch - 1)));
@@ -458,7 +459,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       if (epoch % opts.save_every == 0 || epoch == opts.epochs) save();
       last = {{"epoch", epoch},
               {"method", method.name()},
-              {"beta", beta_json(opts)},
+              {"beta", beta},
               {"init", opts.init},
               {"activation", opts.activation},
               {"lr", schedule.at(epoch - 1)},
@@ -496,7 +497,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     }
     json summary = {{"summary", true},
                     {"method", method.name()},
-                    {"beta", beta_json(opts)},
+                    {"beta", beta},
                     {"init", opts.init},
                     {"activation", opts.activation},
                     {"layers", opts.layers},

@@ -1,32 +1,16 @@
 #pragma once
-// bilevel: inference learning methods over Eigen. Include this header for everything but the
-// MPI part, which needs MPI and has its own: bilevel/mpi/mpi.hpp (CMake target bilevel::mpi).
+/// \file
+/// bilevel: inference learning methods over Eigen. Include this header for everything but the
+/// MPI part, which needs MPI and has its own: bilevel/mpi/mpi.hpp (CMake target bilevel::mpi).
 
 #include "activations/activations.hpp"
-#include "core/error.hpp"
-#include "core/random.hpp"
-#include "core/state_stream.hpp"
-#include "core/types.hpp"
+#include "core/core.hpp"
 #include "couplings/couplings.hpp"
-#include "io/checkpoint.hpp"
-#include "io/file.hpp"
-#include "io/idx.hpp"
-#include "layers/dense.hpp"
-#include "layers/init.hpp"
-#include "losses/loss.hpp"
-#include "methods/altmin.hpp"
-#include "methods/batch_reduction.hpp"
-#include "methods/bilevel_surrogate.hpp"
-#include "methods/bp.hpp"
-#include "methods/chl.hpp"
-#include "methods/ep.hpp"
-#include "methods/fenchel_bp.hpp"
-#include "methods/fln.hpp"
-#include "methods/lpom.hpp"
-#include "methods/mac.hpp"
-#include "methods/pcn.hpp"
+#include "io/io.hpp"
+#include "layers/layers.hpp"
+#include "losses/losses.hpp"
+#include "methods/methods.hpp"
 #include "optimizers/optimizers.hpp"
 #include "program.hpp"
+#include "train/train.hpp"
 #include "version.hpp"
-#include "train/dataset.hpp"
-#include "train/trainer.hpp"

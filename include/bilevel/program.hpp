@@ -1,11 +1,12 @@
 #pragma once
-// The nested program (docs/methods.md §1): layers k = 1..L with a_k = W_k z_{k-1} + b_k and
-// z_k = f_k(a_k), z_0 = x, and an outer loss l(z_L, y). Depth is a runtime value; each layer's
-// activation pair is one of the types `Pairs...`, fixed at compile time (no per-element dispatch).
-//
-// All parameters live in one flat buffer laid out as [W_1 .. W_L | b_1 .. b_L]: the weights
-// form a prefix, which is what weight decay applies to. A gradient is a flat buffer with the
-// same layout (see weights() / bias() with a buffer argument).
+/// \file
+/// The nested program (docs/methods.md §1): layers k = 1..L with a_k = W_k z_{k-1} + b_k and
+/// z_k = f_k(a_k), z_0 = x, and an outer loss l(z_L, y). Depth is a runtime value; each layer's
+/// activation pair is one of the types `Pairs...`, fixed at compile time (no per-element dispatch).
+///
+/// All parameters live in one flat buffer laid out as [W_1 .. W_L | b_1 .. b_L]: the weights
+/// form a prefix, which is what weight decay applies to. A gradient is a flat buffer with the
+/// same layout (see weights() / bias() with a buffer argument).
 
 #include <limits>
 #include <new>
@@ -25,7 +26,8 @@
 #include "core/state_stream.hpp"
 #include "layers/dense.hpp"
 #include "layers/init.hpp"
-#include "losses/loss.hpp"
+#include "losses/concept.hpp"
+#include "losses/softmax_cross_entropy.hpp"  // the default loss of mlp
 
 namespace bilevel {
 
@@ -44,7 +46,7 @@ class program {
                 "members name(), f, df, G, G_conj over S (see activations/concept.hpp)");
   static_assert(OuterLoss<Loss, S>,
                 "bilevel::program: the loss must satisfy OuterLoss<L, S>: members name(), "
-                "value<S>(z, y) and gradient<S>(z, y, g) (see losses/loss.hpp)");
+                "value<S>(z, y) and gradient<S>(z, y, g) (see losses/concept.hpp)");
 
  public:
   using scalar_type = S;

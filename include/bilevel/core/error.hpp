@@ -1,5 +1,6 @@
 #pragma once
-// Exception hierarchy: every message names the function, the expected and the actual value.
+/// \file
+/// Exception hierarchy: every message names the function, the expected and the actual value.
 
 #include <cmath>
 #include <limits>

@@ -1,6 +1,7 @@
 #pragma once
-// A seeded random source whose draws are identical on every platform and standard library
-// (std::uniform_real_distribution and std::normal_distribution are not specified bit for bit).
+/// \file
+/// A seeded random source whose draws are identical on every platform and standard library
+/// (std::uniform_real_distribution and std::normal_distribution are not specified bit for bit).
 
 #include <cmath>
 #include <cstdint>

@@ -1,14 +1,15 @@
 #pragma once
-// Byte streams for a component's saved state (checkpoints): integers and IEEE floats in
-// little-endian order whatever the host, length-prefixed text and arrays, and length-prefixed
-// sections. The reader checks every length against the bytes that are left, so a truncated or
-// corrupt stream gives a data_error naming what was being read, never an over-read or a huge
-// allocation.
-//
-// A component is checkpointable when it has
-//   void save_state(state_writer& out) const;   // starts with its own name: out.write_text("adam")
-//   void load_state(state_reader& in);          // in.expect_text("adam", ...), then its state
-// and load_state changes the component only after everything it reads has been validated.
+/// \file
+/// Byte streams for a component's saved state (checkpoints): integers and IEEE floats in
+/// little-endian order whatever the host, length-prefixed text and arrays, and length-prefixed
+/// sections. The reader checks every length against the bytes that are left, so a truncated or
+/// corrupt stream gives a data_error naming what was being read, never an over-read or a huge
+/// allocation.
+///
+/// A component is checkpointable when it has
+///   void save_state(state_writer& out) const;   // starts with its own name: out.write_text("adam")
+///   void load_state(state_reader& in);          // in.expect_text("adam", ...), then its state
+/// and load_state changes the component only after everything it reads has been validated.
 
 #include <bit>
 #include <cstdint>

@@ -1,5 +1,6 @@
 #pragma once
-// Core matrix types. A batch is stored column-wise: one sample per column (docs/methods.md §1).
+/// \file
+/// Core matrix types. A batch is stored column-wise: one sample per column (docs/methods.md §1).
 
 #include <Eigen/Core>
 #include <concepts>

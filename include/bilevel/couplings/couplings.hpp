@@ -1,5 +1,6 @@
 #pragma once
-// The three inner objectives of docs/methods.md §3.
+/// \file
+/// The three inner objectives of docs/methods.md §3.
 
 #include "fenchel.hpp"
 #include "penalizer.hpp"

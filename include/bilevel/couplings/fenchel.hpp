@@ -1,7 +1,8 @@
 #pragma once
-// Fenchel coupling (CHL, LPOM, FLN, Fenchel BP; docs/methods.md §3):
-// E(z, a) = G*(z) + G(a) - <z, a> per sample. E >= 0 with equality iff z = f(a); convex in z and,
-// through a = W z_prev + b, in z_prev and in W separately.
+/// \file
+/// Fenchel coupling (CHL, LPOM, FLN, Fenchel BP; docs/methods.md §3):
+/// E(z, a) = G*(z) + G(a) - <z, a> per sample. E >= 0 with equality iff z = f(a); convex in z and,
+/// through a = W z_prev + b, in z_prev and in W separately.
 
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"

@@ -1,5 +1,6 @@
 #pragma once
-// Penalizer coupling (MAC, PCN, BP; docs/methods.md §3): E(z, a) = ||z - f(a)||^2 / 2 per sample.
+/// \file
+/// Penalizer coupling (MAC, PCN, BP; docs/methods.md §3): E(z, a) = ||z - f(a)||^2 / 2 per sample.
 
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"

@@ -1,9 +1,10 @@
 #pragma once
-// Proximal coupling (docs/methods.md §3): the Fenchel coupling written through phi = G* - ||.||^2/2,
-// for which f = prox_phi:
-// E(z, a) = phi(z) + ||z - a||^2/2 - min_u [phi(u) + ||u - a||^2/2], the minimiser u being f(a).
-// It equals the Fenchel coupling as a function, so its gradients are the same; the value is
-// computed from its own formula (the tests check that the two agree).
+/// \file
+/// Proximal coupling (docs/methods.md §3): the Fenchel coupling written through phi = G* - ||.||^2/2,
+/// for which f = prox_phi:
+/// E(z, a) = phi(z) + ||z - a||^2/2 - min_u [phi(u) + ||u - a||^2/2], the minimiser u being f(a).
+/// It equals the Fenchel coupling as a function, so its gradients are the same; the value is
+/// computed from its own formula (the tests check that the two agree).
 
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"

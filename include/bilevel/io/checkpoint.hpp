@@ -1,20 +1,21 @@
 #pragma once
-// Checkpoints: a program and any other checkpointable components (optimizer, method,
-// training_progress, your own) in one versioned binary file, written atomically.
-//
-//   save_checkpoint("run.ckpt", net, optimizer, method, trainer.progress());
-//   load_checkpoint("run.ckpt", net, optimizer, method, trainer.progress());
-//
-// Loading is all or nothing: the file's magic, version, size and CRC-32 are checked first, then
-// every component is restored into a copy, and only when all of them have been read does the
-// result replace the caller's objects. A truncated, corrupted or mismatching file (another
-// architecture, activation, scalar type, optimizer or method) gives a data_error naming the
-// file and what differs, and leaves everything untouched.
-//
-// File layout, version 1 (integers little-endian, see core/state_stream.hpp):
-//   8 bytes "BLVLCKPT" | u32 version | u64 payload size | payload | u32 CRC-32 of the payload
-// payload: u64 number of components, then per component a section "component" holding what
-// its save_state wrote (each begins with its own name, e.g. "program", "adam", "bp").
+/// \file
+/// Checkpoints: a program and any other checkpointable components (optimizer, method,
+/// training_progress, your own) in one versioned binary file, written atomically.
+///
+///   save_checkpoint("run.ckpt", net, optimizer, method, trainer.progress());
+///   load_checkpoint("run.ckpt", net, optimizer, method, trainer.progress());
+///
+/// Loading is all or nothing: the file's magic, version, size and CRC-32 are checked first, then
+/// every component is restored into a copy, and only when all of them have been read does the
+/// result replace the caller's objects. A truncated, corrupted or mismatching file (another
+/// architecture, activation, scalar type, optimizer or method) gives a data_error naming the
+/// file and what differs, and leaves everything untouched.
+///
+/// File layout, version 1 (integers little-endian, see core/state_stream.hpp):
+///   8 bytes "BLVLCKPT" | u32 version | u64 payload size | payload | u32 CRC-32 of the payload
+/// payload: u64 number of components, then per component a section "component" holding what
+/// its save_state wrote (each begins with its own name, e.g. "program", "adam", "bp").
 
 #include <zlib.h>
 

@@ -1,7 +1,8 @@
 #pragma once
-// Whole-file reads and atomic writes. A file is written under a unique temporary name in the
-// same directory, flushed to disk (fsync), and renamed over the target: a reader, or a run that
-// is killed mid-write, sees either the old file or the complete new one, never a mix.
+/// \file
+/// Whole-file reads and atomic writes. A file is written under a unique temporary name in the
+/// same directory, flushed to disk (fsync), and renamed over the target: a reader, or a run that
+/// is killed mid-write, sees either the old file or the complete new one, never a mix.
 
 #include <fcntl.h>
 #include <sys/stat.h>

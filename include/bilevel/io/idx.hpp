@@ -1,14 +1,15 @@
 #pragma once
-// Reader and writer for the idx format of MNIST and Fashion-MNIST: a 4-byte magic number
-// (0, 0, type code, number of dimensions), one big-endian 32-bit size per dimension, then the
-// payload in row-major order. Only the unsigned-byte type (0x08) is supported, since that is
-// all those data sets use. Files may be plain or gzip-compressed: zlib's gzread passes plain
-// files through unchanged, so one code path reads both.
-//
-// The reader treats every file as untrusted: it never allocates more than the bytes it has
-// actually read, refuses payloads above 2^32 bytes, and requires the payload to match the
-// header exactly, so a truncated download or a wrong file fails loudly instead of silently
-// training on garbage.
+/// \file
+/// Reader and writer for the idx format of MNIST and Fashion-MNIST: a 4-byte magic number
+/// (0, 0, type code, number of dimensions), one big-endian 32-bit size per dimension, then the
+/// payload in row-major order. Only the unsigned-byte type (0x08) is supported, since that is
+/// all those data sets use. Files may be plain or gzip-compressed: zlib's gzread passes plain
+/// files through unchanged, so one code path reads both.
+///
+/// The reader treats every file as untrusted: it never allocates more than the bytes it has
+/// actually read, refuses payloads above 2^32 bytes, and requires the payload to match the
+/// header exactly, so a truncated download or a wrong file fails loudly instead of silently
+/// training on garbage.
 
 #include <zlib.h>
 

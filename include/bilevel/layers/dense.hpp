@@ -1,8 +1,9 @@
 #pragma once
-// A dense affine layer a = W z_prev + b followed by an activation pair (docs/methods.md §1).
-// The layer owns no numbers: W and b are views of slices of the program's flat parameter buffer
-// (and, with the same offsets, of a flat gradient buffer), so optimizers, checkpoints and
-// allreduce each touch one array.
+/// \file
+/// A dense affine layer a = W z_prev + b followed by an activation pair (docs/methods.md §1).
+/// The layer owns no numbers: W and b are views of slices of the program's flat parameter buffer
+/// (and, with the same offsets, of a flat gradient buffer), so optimizers, checkpoints and
+/// allreduce each touch one array.
 
 #include <type_traits>
 #include <utility>

@@ -1,10 +1,11 @@
 #pragma once
-// Weight initialisation, reproducible bit for bit from a seed: every draw comes from
-// random_source (never from std distributions, whose output differs between standard libraries).
-//
-// Draw order: one draw per weight, column-major over W (W(0,0), W(1,0), ..., W(0,1), ...),
-// which is also the order of W in the flat parameter buffer. Biases draw nothing (they are 0),
-// so two layers initialised one after the other from the same source get disjoint draws.
+/// \file
+/// Weight initialisation, reproducible bit for bit from a seed: every draw comes from
+/// random_source (never from std distributions, whose output differs between standard libraries).
+///
+/// Draw order: one draw per weight, column-major over W (W(0,0), W(1,0), ..., W(0,1), ...),
+/// which is also the order of W in the flat parameter buffer. Biases draw nothing (they are 0),
+/// so two layers initialised one after the other from the same source get disjoint draws.
 
 #include <Eigen/Core>
 #include <cmath>

@@ -1,5 +1,6 @@
 #pragma once
-// Squared error l(z, y) = ||z - y||^2 / 2 per sample (docs/methods.md §1, §4); dl/dz = z - y.
+/// \file
+/// Squared error l(z, y) = ||z - y||^2 / 2 per sample (docs/methods.md §1, §4); dl/dz = z - y.
 
 #include <string>
 #include <string_view>

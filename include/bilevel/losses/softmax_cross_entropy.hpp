@@ -1,7 +1,8 @@
 #pragma once
-// Softmax cross-entropy on the output layer's values taken as logits (the output activation
-// folded into the loss, docs/methods.md §1): l(a, y) = (sum y) logsumexp(a) - <y, a>, per sample.
-// Use it with an identity output pair; dl/da = softmax(a) (sum y) - y.
+/// \file
+/// Softmax cross-entropy on the output layer's values taken as logits (the output activation
+/// folded into the loss, docs/methods.md §1): l(a, y) = (sum y) logsumexp(a) - <y, a>, per sample.
+/// Use it with an identity output pair; dl/da = softmax(a) (sum y) - y.
 
 #include <cmath>
 #include <limits>

@@ -1,7 +1,8 @@
 #pragma once
-// Adam (Kingma & Ba 2015) with bias correction, and AdamW (Loshchilov & Hutter 2019) when
-// weight decay is decoupled. Steps one flat parameter buffer laid out as
-// [weights ... | biases ...]; weight decay applies to the weight prefix only.
+/// \file
+/// Adam (Kingma & Ba 2015) with bias correction, and AdamW (Loshchilov & Hutter 2019) when
+/// weight decay is decoupled. Steps one flat parameter buffer laid out as
+/// [weights ... | biases ...]; weight decay applies to the weight prefix only.
 
 #include <Eigen/Core>
 #include <algorithm>

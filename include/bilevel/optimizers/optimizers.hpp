@@ -1,5 +1,6 @@
 #pragma once
-// All optimisers and learning-rate schedules.
+/// \file
+/// All optimisers and learning-rate schedules.
 
 #include "adam.hpp"
 #include "schedule.hpp"

@@ -1,7 +1,8 @@
 #pragma once
-// Learning-rate schedules over (0-based) epochs, as a small copyable value:
-//   auto schedule = lr_schedule<float>::cosine(1e-3f, 50);
-//   optimizer.set_learning_rate(schedule.at(epoch));
+/// \file
+/// Learning-rate schedules over (0-based) epochs, as a small copyable value:
+///   auto schedule = lr_schedule<float>::cosine(1e-3f, 50);
+///   optimizer.set_learning_rate(schedule.at(epoch));
 
 #include <cmath>
 #include <numbers>

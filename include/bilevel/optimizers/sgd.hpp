@@ -1,6 +1,7 @@
 #pragma once
-// Stochastic gradient descent with optional (Nesterov) momentum and coupled L2 weight decay,
-// stepping one flat parameter buffer laid out as [weights ... | biases ...].
+/// \file
+/// Stochastic gradient descent with optional (Nesterov) momentum and coupled L2 weight decay,
+/// stepping one flat parameter buffer laid out as [weights ... | biases ...].
 
 #include <Eigen/Core>
 #include <algorithm>

@@ -1,6 +1,7 @@
 #pragma once
-// The training loop: shuffled minibatches, a method's gradient (or its own step), an optimizer,
-// and evaluation. Timing covers the training steps only, not evaluation.
+/// \file
+/// The training loop: shuffled minibatches, a method's gradient (or its own step), an optimizer,
+/// and evaluation. Timing covers the training steps only, not evaluation.
 
 #include <algorithm>
 #include <chrono>

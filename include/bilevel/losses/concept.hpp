@@ -1,12 +1,11 @@
 #pragma once
-// What an outer loss l(z_L, y) provides: per-sample values and per-sample gradients in z_L.
+/// \file
+/// What an outer loss l(z_L, y) provides: per-sample values and per-sample gradients in z_L.
 
 #include <concepts>
 #include <string>
 
 #include "../core/types.hpp"
-#include "mse.hpp"
-#include "softmax_cross_entropy.hpp"
 
 namespace bilevel {
 

@@ -1,0 +1,9 @@
+#pragma once
+/// \file
+/// The core: matrix types, errors, random sources, parallel loops, saved-state streams.
+
+#include "error.hpp"
+#include "parallel.hpp"
+#include "random.hpp"
+#include "state_stream.hpp"
+#include "types.hpp"

@@ -1,0 +1,6 @@
+#pragma once
+/// \file
+/// Layers and their initialisation.
+
+#include "dense.hpp"
+#include "init.hpp"

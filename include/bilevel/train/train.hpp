@@ -1,0 +1,6 @@
+#pragma once
+/// \file
+/// Data sets and the training loop.
+
+#include "dataset.hpp"
+#include "trainer.hpp"
