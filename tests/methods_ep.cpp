@@ -934,3 +934,28 @@ TEST_CASE("EP rejects bad settings and shapes", "[ep]") {
                                      {Matrix<double>::Zero(4, 5), Matrix<double>::Zero(2, 4)}),
                   shape_error);
 }
+
+TEST_CASE("EP's reported energy is the Hopfield energy of the rates, written out for sigmoid units",
+          "[ep]") {
+  // With sigmoid units a state and its rate differ (with the hard sigmoid they coincide on
+  // [0, 1]): E = sum_k ||s_k||^2 / 2 - r_k . (W_k r_{k-1} + b_k), r_0 = x, r_1 = sigmoid(s_1),
+  // and the identity output's rate r_2 = s_2.
+  random_source random(31);
+  auto net = make_mlp<double, sigmoid>({4, 5, 3});
+  net.initialize(init_scheme::glorot_uniform, random);
+  const Matrix<double> x = uniform_matrix(random, 4, 6);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 6);
+  ep<double> method;
+  Vector<double> gradient;
+  const step_report report = method.gradient(net, x, y, gradient);
+  const auto& s = method.free_state();
+  const Matrix<double> r1 = (1 + (-s[0].array()).exp()).inverse().matrix();
+  Matrix<double> drive1 = net.weights(0) * x, drive2 = net.weights(1) * r1;
+  drive1.colwise() += net.bias(0);
+  drive2.colwise() += net.bias(1);
+  const RowVector<double> energy = s[0].colwise().squaredNorm() / 2 +
+                                   s[1].colwise().squaredNorm() / 2 -
+                                   r1.cwiseProduct(drive1).colwise().sum() -
+                                   s[1].cwiseProduct(drive2).colwise().sum();
+  CHECK(report.inner_energy == Approx(energy.mean()).epsilon(1e-12));
+}
