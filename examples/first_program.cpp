@@ -20,11 +20,17 @@ int main(int argc, char** argv) {
   adam<float> optimizer({.learning_rate = 1e-3f}, net.parameter_count(), net.weight_count());
   trainer loop(net, method, optimizer, /* batch */ 50, /* shuffling seed */ 2);
 
-  for (int epoch = 1; epoch <= 2; ++epoch) {
-    const epoch_report report = loop.run_epoch(train);
-    std::cout << "epoch " << epoch << ": loss " << report.loss << ", test error "
-              << classification_error(net, test) << '\n';
-  }
+  // The library's run loop: epochs, evaluation, checkpoints; what to print is a callback.
+  run_record record;  // best epoch, totals: checkpointed with the rest
+  run_callbacks<float> callbacks;
+  callbacks.epoch_finished = [](const epoch_result& epoch) {
+    std::cout << "epoch " << epoch.epoch << ": loss " << epoch.training.loss << ", test error "
+              << epoch.test_error << '\n';
+  };
   // Everything a resumed run needs; load_checkpoint restores it (README "Reliability").
-  save_checkpoint("first_program.ckpt", net, optimizer, method, loop.progress());
+  callbacks.save = [&] {
+    save_checkpoint("first_program.ckpt", net, optimizer, method, loop.progress(), record);
+  };
+  run_epochs(loop, {.train = &train, .test = &test}, {.epochs = 2, .evaluate_train = false},
+             record, callbacks);
 }

@@ -15,8 +15,11 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "bilevel/activations/registry.hpp"
+#include "bilevel/methods/registry.hpp"
 #include "bilevel/version.hpp"
 #include "options.hpp"
 #include "outputs.hpp"
@@ -139,30 +142,37 @@ method_defaults defaults_for(const std::string& method) {
 /// activation or schedule (a typo'd method or a flag meant for another method should not pass
 /// silently).
 void warn_ignored_flags(const CLI::App& app, const options& opts) {
+  // Method flags: the registry says which methods read each (bilevel/methods/registry.hpp).
+  const std::vector<std::pair<const char*, const char*>> method_flags = {
+      {"--beta", "beta"},
+      {"--gamma", "gamma"},
+      {"--lambda", "lambda"},
+      {"--mu", "mu"},
+      {"--mu-growth", "mu_growth"},
+      {"--inner-iterations", "inner_iterations"},
+      {"--inner-step", "inner_step"},
+      {"--tolerance", "tolerance"},
+      {"--inner-start", "start"},
+      {"--nudged-iterations", "nudged_iterations"},
+      {"--one-sided", "one_sided"},
+      {"--ep-particles", "particles"},
+      {"--ep-converged", "converged"},
+      {"--layer-scales", "layer_scales"}};
   struct scope {
-    const char* flag;
-    std::string setting;       // what decides whether the flag applies
+    std::string flag;
+    std::string setting;  // what decides whether the flag applies
     std::vector<std::string> applies_to;
   };
-  const std::vector<scope> scopes = {
-      {"--beta", opts.method, {"fenbp", "chl", "ep", "pcn"}},
-      {"--gamma", opts.method, {"chl"}},
-      {"--lambda", opts.method, {"lpom", "fln"}},
-      {"--mu", opts.method, {"mac", "altmin"}},
-      {"--mu-growth", opts.method, {"mac"}},
-      {"--inner-iterations", opts.method, {"chl", "ep", "pcn", "mac", "lpom", "fln", "altmin"}},
-      {"--inner-step", opts.method, {"ep", "pcn", "altmin"}},
-      {"--tolerance", opts.method, {"chl", "ep", "pcn", "mac", "lpom", "fln"}},
-      {"--inner-start", opts.method, {"chl", "pcn", "mac", "lpom", "fln"}},
-      {"--nudged-iterations", opts.method, {"ep"}},
-      {"--one-sided", opts.method, {"ep"}},
-      {"--ep-particles", opts.method, {"ep"}},
-      {"--ep-converged", opts.method, {"ep"}},
-      {"--layer-scales", opts.method, {"ep"}},
-      {"--momentum", opts.optimizer, {"momentum", "nesterov"}},
-      {"--leaky-slope", opts.activation, {"leaky_relu"}},
-      {"--schedule-every", opts.schedule, {"step"}},
-      {"--schedule-factor", opts.schedule, {"step"}}};
+  std::vector<scope> scopes = {{"--momentum", opts.optimizer, {"momentum", "nesterov"}},
+                               {"--leaky-slope", opts.activation, {"leaky_relu"}},
+                               {"--schedule-every", opts.schedule, {"step"}},
+                               {"--schedule-factor", opts.schedule, {"step"}}};
+  for (const auto& [flag, option] : method_flags) {
+    scope s{flag, opts.method, {}};
+    for (const std::string& method : bilevel::method_names())
+      if (bilevel::method_reads(method, option)) s.applies_to.push_back(method);
+    scopes.push_back(std::move(s));
+  }
   for (const scope& s : scopes) {
     if (app.count(s.flag) == 0 ||
         std::find(s.applies_to.begin(), s.applies_to.end(), s.setting) != s.applies_to.end())
@@ -210,8 +220,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--method", opts.method,
                  "bp, fenbp (Fenchel BP), chl, ep, pcn, zil (Z-IL), mac, lpom, fln, altmin")
-      ->check(CLI::IsMember({"bp", "fenbp", "chl", "ep", "pcn", "zil", "mac", "lpom", "fln",
-                             "altmin"}))
+      ->check(CLI::IsMember(bilevel::method_names()))
       ->capture_default_str();
   app.add_option("--beta", opts.beta,
                  "Spacing per sample: fenbp (one value, or one per layer), chl, ep, pcn (the "
@@ -257,8 +266,8 @@ int main(int argc, char** argv) {
                  "pcn 784,500,500,10; altmin 784,100,100,10)");
   app.add_option("--activation", opts.activation,
                  "Hidden activation pair (method default: relu; ep hard_sigmoid; pcn sigmoid)")
-      ->check(CLI::IsMember({"relu", "leaky_relu", "hard_sigmoid", "hard_tanh", "sigmoid", "tanh",
-                             "softmax", "identity"}));
+      ->check(CLI::IsMember(std::vector<std::string>(bilevel::activation_names.begin(),
+                                                     bilevel::activation_names.end())));
   app.add_option("--leaky-slope", opts.leaky_slope, "Slope of leaky_relu for a < 0, in (0, 1)")
       
       ->check(finite_in(0, false, 1))->capture_default_str();

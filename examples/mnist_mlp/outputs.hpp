@@ -7,11 +7,13 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
 
 #include "bilevel/core/error.hpp"
+#include "bilevel/io/idx.hpp"
 #include "options.hpp"
 
 namespace mnist_mlp {
@@ -60,8 +62,7 @@ inline void require_writable(const std::string& flag, const fs::path& path) {
 inline std::vector<std::pair<std::string, std::filesystem::path>> trainer_inputs(
     const options& opts) {
   std::vector<std::pair<std::string, std::filesystem::path>> inputs;
-  for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}) {
+  for (const std::string_view name : bilevel::mnist_file_names) {
     const std::filesystem::path plain = std::filesystem::path(opts.data) / name;
     inputs.emplace_back("--data", plain);
     inputs.emplace_back("--data", std::filesystem::path(plain).concat(".gz"));

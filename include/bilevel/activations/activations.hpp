@@ -8,6 +8,7 @@
 #include "hard_tanh.hpp"
 #include "identity.hpp"
 #include "leaky_relu.hpp"
+#include "registry.hpp"
 #include "relu.hpp"
 #include "sigmoid.hpp"
 #include "softmax.hpp"

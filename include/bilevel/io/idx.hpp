@@ -307,8 +307,13 @@ labelled_set<S> load_idx_pair(const std::filesystem::path& images,
   return set;
 }
 
-/// Loads MNIST or Fashion-MNIST from `dir`, which must hold train-images-idx3-ubyte,
-/// train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each plain or
+/// The four idx files of MNIST and Fashion-MNIST: training images and labels, test images and
+/// labels. load_mnist reads each plain or with a .gz suffix.
+inline constexpr std::array<std::string_view, 4> mnist_file_names = {
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte"};
+
+/// Loads MNIST or Fashion-MNIST from `dir`, which must hold the mnist_file_names, each plain or
 /// with a .gz suffix (the plain file wins if both exist). Labels must be 0 to 9; images must
 /// have `pixels` pixels unless that is 0 (checked before their payload is read).
 template <Scalar S>
@@ -321,7 +326,7 @@ mnist_data<S> load_mnist(const std::filesystem::path& dir, Index pixels = 0) {
                             status_error.message()));
   if (!std::filesystem::is_directory(status))
     throw data_error(concat("load_mnist: data directory ", dir.string(), ": not a directory"));
-  const auto find = [&dir](const char* name) {
+  const auto find = [&dir](std::string_view name) {
     std::filesystem::path plain = dir / name;
     std::filesystem::path compressed = plain;
     compressed += ".gz";
@@ -338,10 +343,10 @@ mnist_data<S> load_mnist(const std::filesystem::path& dir, Index pixels = 0) {
   };
   constexpr Index classes = 10;
   mnist_data<S> data;
-  data.train = load_idx_pair<S>(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"),
-                                pixels, classes);
-  data.test = load_idx_pair<S>(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"),
-                               pixels, classes);
+  data.train = load_idx_pair<S>(find(mnist_file_names[0]), find(mnist_file_names[1]), pixels,
+                                classes);
+  data.test = load_idx_pair<S>(find(mnist_file_names[2]), find(mnist_file_names[3]), pixels,
+                               classes);
   if (data.train.rows != data.test.rows || data.train.cols != data.test.cols) {
     throw data_error(concat("load_mnist: ", dir.string(), ": training images are ", data.train.rows,
                             "x", data.train.cols, " but test images are ", data.test.rows, "x",

@@ -3,6 +3,7 @@
 /// Every training method: back-propagation and the inference learning methods (docs/methods.md §5).
 
 #include "altmin.hpp"
+#include "any_method.hpp"
 #include "batch_reduction.hpp"
 #include "bilevel_surrogate.hpp"
 #include "bp.hpp"
@@ -17,5 +18,6 @@
 #include "method.hpp"
 #include "pcn.hpp"
 #include "penalizer_energy.hpp"
+#include "registry.hpp"
 #include "stopping_rule.hpp"
 #include "top_down.hpp"

@@ -3,4 +3,5 @@
 /// Data sets and the training loop.
 
 #include "dataset.hpp"
+#include "run_loop.hpp"
 #include "trainer.hpp"

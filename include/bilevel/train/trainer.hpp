@@ -138,6 +138,9 @@ class trainer {
     detail::require(batch_size > 0, "trainer", "the batch size", "> 0", batch_size);
     detail::require(!native_ || StepMethod<Method, Program>, "trainer", "step_mode::native",
                     "a method with its own train_step", method.name());
+    if constexpr (requires { method.has_native_step(); })  // any_method: known at run time
+      detail::require(!native_ || method.has_native_step(), "trainer", "step_mode::native",
+                      "a method with its own train_step (mac, lpom, fln, altmin)", method.name());
   }
 
   /// One pass over `train` in a fresh random order (or its own, set_sample_order); the last
@@ -234,6 +237,9 @@ class trainer {
   /// Epochs run so far (a resumed run counts those before the checkpoint too).
   Index epoch() const { return progress_.epoch; }
   bool native_steps() const { return native_; }
+  Program& program() { return net_; }
+  Method& method() { return method_; }
+  Optimizer& optimizer() { return optimizer_; }
   training_progress& progress() { return progress_; }
   const training_progress& progress() const { return progress_; }
 
