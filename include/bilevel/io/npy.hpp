@@ -90,7 +90,7 @@ void store_little(F value, std::uint8_t* bytes) {
   for (std::size_t b = 0; b < sizeof(F); ++b) bytes[b] = std::uint8_t(bits >> (8 * b));
 }
 
-/// Header text fit for an error message: printable ASCII kept, other bytes as \xNN, cut after
+/// Header text fit for an error message: printable ASCII kept, other bytes as \\xNN, cut after
 /// 120 characters (a forged header may be megabytes of anything).
 inline std::string npy_quote(std::string_view text) {
   constexpr std::size_t shown = 120;
@@ -340,7 +340,8 @@ inline std::string json_string(std::string_view text) {
   return out + "\"";
 }
 
-/// A number as JSON: shortest round-tripping form; null for NaN and Inf, which JSON lacks.
+/// A number as JSON: 17 significant digits, which read back as the same double; null for NaN
+/// and Inf, which JSON lacks.
 inline std::string json_number(double value) {
   if (!std::isfinite(value)) return "null";
   std::ostringstream out;
@@ -394,8 +395,8 @@ npy_array<S> parse_npy(std::span<const std::uint8_t> bytes, std::string_view con
             : ""));
   }
   if (bytes.size() < magic_size + 2)
-    throw data_error(concat(where, "truncated preamble: expected 2 version bytes after the magic, found ",
-                            bytes.size() - magic_size));
+    throw data_error(concat(where, "truncated preamble: expected 2 version bytes after the ",
+                            "magic, found ", bytes.size() - magic_size));
   const unsigned major = bytes[magic_size], minor = bytes[magic_size + 1];
   if ((major != 1 && major != 2) || minor != 0)
     throw data_error(concat(where, "unsupported .npy format version ", major, ".", minor,
