@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# python3-numpy: tests/io_npy.cpp has NumPy load the .npy files the library writes.
 packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev libcli11-dev
-          nlohmann-json3-dev python3 pkg-config gnuplot-nox dataset-fashion-mnist
+          nlohmann-json3-dev python3 python3-numpy pkg-config gnuplot-nox dataset-fashion-mnist
           doxygen libopenmpi-dev openmpi-bin)
 scripts/install-packages.sh "${packages[@]}"
 
