@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <span>
@@ -18,6 +19,7 @@
 
 #include "bilevel/activations/relu.hpp"
 #include "bilevel/io/idx.hpp"
+#include "bilevel/io/npy.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/optimizers/sgd.hpp"
 #include "bilevel/train/trainer.hpp"
@@ -168,15 +170,18 @@ TEST_CASE("the trainer with --csv writes the epochs' metrics and --quiet leaves 
   while (std::fgets(buffer.data(), int(buffer.size()), file)) rows.emplace_back(buffer.data());
   std::fclose(file);
   REQUIRE(rows.size() == 3);
-  CHECK(rows[0].rfind("epoch,method,lr,train_error,validation_error,test_error,loss,", 0) == 0);
+  CHECK(rows[0].rfind("epoch,method,beta,lr,train_error,validation_error,test_error,loss,", 0) ==
+        0);
   for (int epoch = 1; epoch <= 2; ++epoch) {
     std::vector<std::string> fields;
     std::stringstream row(rows[std::size_t(epoch)]);
     for (std::string field; std::getline(row, field, ',');) fields.push_back(field);
-    REQUIRE(fields.size() >= 6);
+    REQUIRE(fields.size() >= 7);
     CHECK(fields[0] == std::to_string(epoch));
     CHECK(fields[1] == "bp");
-    CHECK(std::stod(fields[5]) == Approx(run.lines[std::size_t(epoch - 1)]["test_error"].get<double>()));
+    CHECK(fields[2].empty());  // bp has no spacing
+    CHECK(std::stod(fields[6]) ==
+          Approx(run.lines[std::size_t(epoch - 1)]["test_error"].get<double>()));
   }
 }
 
@@ -370,4 +375,30 @@ TEST_CASE("the trainer passes each batch's sample indices, shuffled or in the se
       CHECK((method.samples == in_order) == (order == sample_order::fixed));
     }
   }
+}
+
+TEST_CASE("the trainer's --export writes a model that reproduces the reported test error",
+          "[trainer][npy]") {
+  data_directory data("export");
+  const fs::path model = data.path / "model";
+  // Refused before training: the directory must exist.
+  const run_result missing = run_trainer("--data " + data.path.string() + small_run +
+                                         " --method bp --epochs 1 --export " + model.string());
+  CHECK(missing.status == 1);
+  CHECK(missing.lines.empty());
+  CHECK_THAT(missing.error, Catch::Contains("--export " + model.string()));
+
+  fs::create_directory(model);
+  const run_result run = run_trainer("--data " + data.path.string() + small_run +
+                                     " --method fenbp --epochs 2 --quiet --export " +
+                                     model.string());
+  REQUIRE(run.status == 0);
+  const std::vector<Index> layers = {16, 64, 64, 10};  // small_run's --layers
+  auto net = make_mlp<float, relu>(layers);
+  import_npy(model, net);
+  const auto files = load_mnist<float>(data.path);
+  const auto test = make_dataset<float>(files.test.images, files.test.labels, 10);
+  CHECK(classification_error(net, test) ==
+        Approx(run.lines.back()["final_test_error"].get<double>()).epsilon(1e-5));
+  CHECK(json::parse(std::ifstream(model / "manifest.json"))["layer_sizes"] == json(layers));
 }

@@ -60,6 +60,7 @@ struct options {
   Index save_every = 1;
   // Output.
   std::string csv;
+  std::string export_dir;  ///< --export: the trained parameters as NumPy files
   bool quiet = false;
 };
 

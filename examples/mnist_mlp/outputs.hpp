@@ -1,5 +1,5 @@
 #pragma once
-// The trainer's output files (--save, --csv), checked before any training: an output that is
+// The trainer's output files (--save, --csv, --export), checked before any training: an output that is
 // the same file as an input or as the other output would destroy data, and one that cannot be
 // written would fail only after the first epoch.
 
@@ -55,6 +55,19 @@ inline void require_writable(const std::string& flag, const fs::path& path) {
                                 ": " + std::generic_category().message(errno));
 }
 
+/// Throws data_error naming `flag` unless `directory` exists and lets us create files.
+inline void require_writable_directory(const std::string& flag, const fs::path& directory) {
+  std::error_code error;
+  const auto status = fs::status(directory, error);
+  if (error)
+    throw bilevel::data_error(flag + " " + directory.string() + ": " + error.message());
+  if (!fs::is_directory(status))
+    throw bilevel::data_error(flag + " " + directory.string() + ": not a directory");
+  if (::access(directory.c_str(), W_OK | X_OK) != 0)
+    throw bilevel::data_error(flag + " " + directory.string() + ": " +
+                              std::generic_category().message(errno));
+}
+
 }  // namespace detail
 
 /// The files the trainer may read: the four idx files under --data (plain or .gz) and the
@@ -79,6 +92,7 @@ inline void check_outputs(const options& opts) {
   if (!opts.save.empty()) outputs.emplace_back("--save", opts.save);
   if (!opts.csv.empty()) outputs.emplace_back("--csv", opts.csv);
   for (const auto& [flag, path] : outputs) detail::require_writable(flag, path);
+  if (!opts.export_dir.empty()) detail::require_writable_directory("--export", opts.export_dir);
   if (outputs.size() == 2 && detail::same_file(outputs[0].second, outputs[1].second))
     throw bilevel::config_error("--save and --csv name the same file, " + opts.save +
                                 ": the metrics would overwrite the checkpoint");

@@ -3,6 +3,7 @@
 // program, the method and the optimizer, train, and print one JSON object per epoch.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -103,7 +104,23 @@ inline json beta_json(const options& opts) {
   return betas.size() == 1 ? json(betas.front()) : json(betas);
 }
 
-inline json finite_or_null(double value) { return std::isfinite(value) ? json(value) : json(); }
+/// A measured value as the JSON report gives it: to `digits` significant digits (reports are
+/// read by people and tables; checkpoints keep every bit), null when not finite.
+inline json reported(double value, int digits = 6) {
+  if (!std::isfinite(value)) return nullptr;
+  std::ostringstream text;
+  text << std::setprecision(digits) << value;
+  return std::stod(text.str());
+}
+
+/// --beta as the CSV gives it: empty for a method without a spacing, per-layer values
+/// separated by ';' (the cells are separated by ',').
+inline std::string beta_cell(const options& opts) {
+  if (!bilevel::method_reads(opts.method, "beta")) return "";
+  std::string cell = opts.beta;
+  std::replace(cell.begin(), cell.end(), ',', ';');
+  return cell;
+}
 
 /// The bytes of a matrix's or a vector's entries (for checksums).
 template <class Container>
@@ -205,7 +222,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
                                flags);
     group.share(net, optimizer, method, trainer.progress(), record);
     csv_log csv(speak ? opts.csv : std::string(),
-                {"epoch", "method", "lr", "train_error", "validation_error", "test_error", "loss",
+                {"epoch", "method", "beta", "lr", "train_error", "validation_error", "test_error", "loss",
                  "seconds", "samples_per_s", "inner_residual", "inner_energy",
                  "unconverged_share", "safeguarded_share", "idle_layer_steps"});
     if (!opts.resume.empty()) csv.keep_rows_until(trainer.epoch());
@@ -248,23 +265,23 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
               {"init", opts.init},
               {"activation", opts.activation},
               {"lr", epoch.learning_rate},
-              {"train_error", epoch.train_error},
-              {"validation_error", finite_or_null(epoch.validation_error)},
-              {"test_error", epoch.test_error},
-              {"loss", report.loss},
-              {"seconds", report.seconds},
-              {"samples_per_s", report.samples_per_second},
-              {"inner_residual", finite_or_null(report.inner_residual)},
-              {"inner_energy", finite_or_null(report.inner_energy)},
-              {"unconverged_share", report.unconverged_share},
-              {"safeguarded_share", finite_or_null(report.safeguarded_share)},
+              {"train_error", reported(epoch.train_error)},
+              {"validation_error", reported(epoch.validation_error)},
+              {"test_error", reported(epoch.test_error)},
+              {"loss", reported(report.loss)},
+              {"seconds", reported(report.seconds, 4)},
+              {"samples_per_s", reported(report.samples_per_second, 4)},
+              {"inner_residual", reported(report.inner_residual, 3)},
+              {"inner_energy", reported(report.inner_energy)},
+              {"unconverged_share", reported(report.unconverged_share, 4)},
+              {"safeguarded_share", reported(report.safeguarded_share, 4)},
               {"idle_layer_steps", report.idle_layer_steps}};
       if (speak) print_line(last);
       const auto text = [](double value) {
         return std::isfinite(value) ? (std::ostringstream() << std::setprecision(9) << value).str()
                                     : std::string();
       };
-      csv.add({std::to_string(epoch.epoch), method.name(), text(epoch.learning_rate),
+      csv.add({std::to_string(epoch.epoch), method.name(), beta_cell(opts), text(epoch.learning_rate),
                text(epoch.train_error), text(epoch.validation_error), text(epoch.test_error),
                text(report.loss), text(report.seconds), text(report.samples_per_second),
                text(report.inner_residual), text(report.inner_energy),
@@ -309,17 +326,18 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
                     {"threads", Eigen::nbThreads()},
                     {"processes", group.size()},
                     {"train_samples", train_set.size()},
-                    {"train_seconds", record.total_seconds},
-                    {"initial_test_error", record.initial_test_error}};
+                    {"train_seconds", reported(record.total_seconds, 4)},
+                    {"initial_test_error", reported(record.initial_test_error)}};
     if (!last.is_null()) {
       summary["final_train_error"] = last["train_error"];
       summary["final_test_error"] = last["test_error"];
     }
     if (record.best_epoch > 0) {
       summary["best_epoch"] = record.best_epoch;
-      summary["best_validation_error"] = record.best_validation;
-      summary["test_error_at_best_validation"] = record.test_at_best;
+      summary["best_validation_error"] = reported(record.best_validation);
+      summary["test_error_at_best_validation"] = reported(record.test_at_best);
     }
+    if (speak && !opts.export_dir.empty()) bilevel::export_npy(opts.export_dir, net);
     if (speak) print_line(summary);
     return 0;
   });
