@@ -38,6 +38,7 @@ function(build_and_run name)
       ${ARGN})
   set(configure_output "${run_output}")
   run("${name}: build" ${CMAKE_COMMAND} --build ${build} --verbose)
+  set(build_output "${run_output}" PARENT_SCOPE)
   foreach(forbidden "warning:" "-Werror" "-march=")
     string(FIND "${run_output}" "${forbidden}" at)
     if(NOT at EQUAL -1)
@@ -86,6 +87,18 @@ if(result EQUAL 0)
   message(FATAL_ERROR "find_package(bilevel ${major}.${next_minor}) accepted ${BILEVEL_VERSION}")
 endif()
 message(STATUS "find_package(bilevel ${major}.${next_minor}) refused: ok")
+
+# bilevel::optimized: its settings reach the consumer's compile and link lines (the consumer
+# sets no build type, the case these settings are for).
+build_and_run(find-package-optimized -DCMAKE_PREFIX_PATH=${prefix} -DBILEVEL_CONSUMER_OPTIMIZED=ON
+              -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF)
+foreach(expected "-O3" "-fopenmp" "-DEIGEN_NO_DEBUG" "-DEIGEN_STACK_ALLOCATION_LIMIT=2097152")
+  string(FIND "${build_output}" "${expected}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "find-package-optimized: no '${expected}' in the build log:\n"
+                        "${build_output}")
+  endif()
+endforeach()
 
 # The optional mpi component, when bilevel was configured with it (-DWITH_MPI=ON).
 if(WITH_MPI)
