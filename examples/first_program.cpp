@@ -4,14 +4,15 @@
 
 #include <iostream>
 #include <string>
+#include <utility>
 
 int main(int argc, char** argv) {
   using namespace bilevel;
   const std::string directory = argc > 1 ? argv[1] : "data/mnist";
-  const auto files = load_mnist<float>(directory, 784);  // idx files, plain or .gz
-  // Inputs as columns (784 x N), targets one-hot (10 x N).
-  const auto train = make_dataset<float>(files.train.images, files.train.labels, 10);
-  const auto test = make_dataset<float>(files.test.images, files.test.labels, 10);
+  auto files = load_mnist<float>(directory, 784);  // idx files, plain or .gz
+  // Inputs as columns (784 x N), targets one-hot (10 x N); the images move, not copied.
+  const auto train = make_dataset<float>(std::move(files.train.images), files.train.labels, 10);
+  const auto test = make_dataset<float>(std::move(files.test.images), files.test.labels, 10);
 
   auto net = make_mlp<float, relu>({784, 256, 128, 64, 10});  // softmax cross-entropy on logits
   random_source random(1);

@@ -169,7 +169,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     throw bilevel::config_error("--step-mode native needs a method with its own step (mac, "
                                 "lpom, fln, altmin), got " + opts.method);
 
-  const auto data = bilevel::load_mnist<S>(opts.data, net.input_size());
+  auto data = bilevel::load_mnist<S>(opts.data, net.input_size());
   const Index pixels = data.train.images.rows(), classes = 10;
   bilevel::detail::require(net.input_size() == pixels, "setup", "the first --layers entry",
                            bilevel::detail::concat("the image size ", pixels), net.input_size());
@@ -182,10 +182,6 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       "setup", "--train-samples + --validation",
       bilevel::detail::concat("<= the training file's ", available, " images"),
       bilevel::detail::concat(opts.train_samples, " + ", opts.validation));
-  const auto all = bilevel::make_dataset<S>(data.train.images, data.train.labels, classes);
-  const auto train_set = bilevel::slice(all, 0, opts.train_samples);
-  const auto validation_set = bilevel::slice(all, available - opts.validation, opts.validation);
-  const auto test_set = bilevel::make_dataset<S>(data.test.images, data.test.labels, classes);
   // Every process must train and report on the same data: compare the files' checksums. A
   // checkpoint records them too, so that --resume refuses other data.
   flags_record flags{resumption_flags(opts)};
@@ -197,6 +193,17 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     group.require_same(bytes, name);
     flags.flags.push_back({name, std::to_string(bilevel::detail::crc32_of(bytes))});
   }
+
+  // The images move into the data sets, and the training file's columns are split once: one
+  // copy of every image is held while training.
+  const auto [train_set, validation_set] = [&] {
+    const auto all =
+        bilevel::make_dataset<S>(std::move(data.train.images), data.train.labels, classes);
+    return std::pair{bilevel::slice(all, 0, opts.train_samples),
+                     bilevel::slice(all, available - opts.validation, opts.validation)};
+  }();
+  const auto test_set =
+      bilevel::make_dataset<S>(std::move(data.test.images), data.test.labels, classes);
 
   bilevel::random_source init_random(opts.seed);
   net.initialize(bilevel::parse_init_scheme(opts.init), init_random);
