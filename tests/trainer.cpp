@@ -257,6 +257,32 @@ TEST_CASE("an idx file whose count exceeds its payload gives a one-line error",
   CHECK(run.error.find('\n') == run.error.size() - 1);
 }
 
+TEST_CASE("the trainer's --export writes a model that reproduces the reported test error",
+          "[trainer][npy]") {
+  data_directory data("export");
+  const fs::path model = data.path / "model";
+  // Refused before training: the directory must exist.
+  const run_result missing = run_trainer("--data " + data.path.string() + small_run +
+                                         " --method bp --epochs 1 --export " + model.string());
+  CHECK(missing.status == 1);
+  CHECK(missing.lines.empty());
+  CHECK_THAT(missing.error, Catch::Contains("--export " + model.string()));
+
+  fs::create_directory(model);
+  const run_result run = run_trainer("--data " + data.path.string() + small_run +
+                                     " --method fenbp --epochs 2 --quiet --export " +
+                                     model.string());
+  REQUIRE(run.status == 0);
+  const std::vector<Index> layers = {16, 64, 64, 10};  // small_run's --layers
+  auto net = make_mlp<float, relu>(layers);
+  import_npy(model, net);
+  const auto files = load_mnist<float>(data.path);
+  const auto test = make_dataset<float>(files.test.images, files.test.labels, 10);
+  CHECK(classification_error(net, test) ==
+        Approx(run.lines.back()["final_test_error"].get<double>()).epsilon(1e-5));
+  CHECK(json::parse(std::ifstream(model / "manifest.json"))["layer_sizes"] == json(layers));
+}
+
 #endif
 
 TEST_CASE("the trainer loop stops with a numeric_error naming epoch and batch on a NaN",
@@ -375,30 +401,4 @@ TEST_CASE("the trainer passes each batch's sample indices, shuffled or in the se
       CHECK((method.samples == in_order) == (order == sample_order::fixed));
     }
   }
-}
-
-TEST_CASE("the trainer's --export writes a model that reproduces the reported test error",
-          "[trainer][npy]") {
-  data_directory data("export");
-  const fs::path model = data.path / "model";
-  // Refused before training: the directory must exist.
-  const run_result missing = run_trainer("--data " + data.path.string() + small_run +
-                                         " --method bp --epochs 1 --export " + model.string());
-  CHECK(missing.status == 1);
-  CHECK(missing.lines.empty());
-  CHECK_THAT(missing.error, Catch::Contains("--export " + model.string()));
-
-  fs::create_directory(model);
-  const run_result run = run_trainer("--data " + data.path.string() + small_run +
-                                     " --method fenbp --epochs 2 --quiet --export " +
-                                     model.string());
-  REQUIRE(run.status == 0);
-  const std::vector<Index> layers = {16, 64, 64, 10};  // small_run's --layers
-  auto net = make_mlp<float, relu>(layers);
-  import_npy(model, net);
-  const auto files = load_mnist<float>(data.path);
-  const auto test = make_dataset<float>(files.test.images, files.test.labels, 10);
-  CHECK(classification_error(net, test) ==
-        Approx(run.lines.back()["final_test_error"].get<double>()).epsilon(1e-5));
-  CHECK(json::parse(std::ifstream(model / "manifest.json"))["layer_sizes"] == json(layers));
 }

@@ -61,6 +61,7 @@
 #include "../couplings/fenchel.hpp"
 #include "../program.hpp"
 #include "batch_reduction.hpp"
+#include "descent.hpp"
 #include "stopping_rule.hpp"
 
 namespace bilevel::detail {
@@ -266,16 +267,19 @@ class lifted_objective {
       if (std::sqrt(squared) <= tolerance) break;
       work.saved_weights = W;
       work.saved_bias = b;
-      bool accepted = false;
-      for (int halving = 0; halving < 60 && !accepted; ++halving) {
-        W = work.saved_weights - step * weight_gradient;
-        b = work.saved_bias - step * bias_gradient;
-        net.affine(k, z_[index], work.next);
-        S trial = objective(work.next);
-        shards.mean(std::span<S>(&trial, 1));
-        accepted = trial <= before - step * squared / 2;  // Armijo
-        if (!accepted) step /= 2;
-      }
+      const bool accepted = detail::armijo_backtracking(
+                                step, before, squared, S(0.5), 60,
+                                [&](S t) {
+                                  W = work.saved_weights - t * weight_gradient;
+                                  b = work.saved_bias - t * bias_gradient;
+                                },
+                                [&] {
+                                  net.affine(k, z_[index], work.next);
+                                  S trial = objective(work.next);
+                                  shards.mean(std::span<S>(&trial, 1));
+                                  return trial;
+                                })
+                                .accepted;
       if (!accepted) {  // rounding dominates: keep the parameters
         W = work.saved_weights;
         b = work.saved_bias;

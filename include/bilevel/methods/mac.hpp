@@ -97,6 +97,7 @@
 #include "../core/error.hpp"
 #include "../program.hpp"
 #include "batch_reduction.hpp"
+#include "descent.hpp"
 #include "method.hpp"
 #include "penalizer_energy.hpp"
 #include "stopping_rule.hpp"
@@ -504,20 +505,21 @@ class mac {
       const S value = work.objective();
       const S squared = work.gradient().squaredNorm();
       if (!(squared > 0) || !std::isfinite(value)) break;
-      bool accepted = false;
-      for (Index attempt = 0; attempt <= settings_.max_backtracks; ++attempt) {
-        weights = work.saved_weights - work.step * work.weight_gradient();
-        bias = work.saved_bias - work.step * work.bias_gradient();
-        S trial = layer_value(net, i, y, false);
-        shards.mean(std::span<S>(&trial, 1));
-        if (trial <= value - settings_.armijo * work.step * squared) {
-          accepted = true;
-          if (attempt == 0) work.step = std::min(S(2) * work.step, settings_.w_step);
-          break;
-        }
-        work.step /= S(2);
-      }
-      if (!accepted) {
+      const detail::line_search_result search = detail::armijo_backtracking(
+          work.step, value, squared, settings_.armijo, settings_.max_backtracks + 1,
+          [&](S t) {
+            weights = work.saved_weights - t * work.weight_gradient();
+            bias = work.saved_bias - t * work.bias_gradient();
+          },
+          [&] {
+            S trial = layer_value(net, i, y, false);
+            shards.mean(std::span<S>(&trial, 1));
+            return trial;
+          });
+      // A step accepted at once may grow, up to w_step.
+      if (search.accepted && search.tries == 1)
+        work.step = std::min(S(2) * work.step, settings_.w_step);
+      if (!search.accepted) {
         weights = work.saved_weights;
         bias = work.saved_bias;
         work.step = settings_.w_step;

@@ -8,6 +8,7 @@
 #include "bilevel_surrogate.hpp"
 #include "bp.hpp"
 #include "chl.hpp"
+#include "descent.hpp"
 #include "ep.hpp"
 #include "fenchel_bp.hpp"
 #include "fln.hpp"
