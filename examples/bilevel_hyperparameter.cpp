@@ -1,5 +1,5 @@
 // bilevel_hyperparameter: learns the weight lambda of a ridge regression by gradient descent on
-// a validation loss, with the generic bilevel gradients of bilevel/methods/bilevel_surrogate.hpp
+// a validation loss, with the generic bilevel gradients of bilevel/surrogate/bilevel_surrogate.hpp
 // (docs/methods.md §4, §5.7):
 //
 //   inner:  z*(lambda) = argmin_z E(z, lambda) = 1/2 ||A z - b||^2 + lambda/2 ||z||^2   (training)
@@ -17,7 +17,7 @@
 #include <cstdio>
 
 #include "bilevel/core/random.hpp"
-#include "bilevel/methods/bilevel_surrogate.hpp"
+#include "bilevel/surrogate/bilevel_surrogate.hpp"
 
 namespace {
 

@@ -24,21 +24,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-/// A directory of its own per test case, removed afterwards.
-struct scratch_directory {
-  fs::path path;
-  explicit scratch_directory(const std::string& name)
-      : path(fs::temp_directory_path() / ("bilevel-checkpoint-" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~scratch_directory() {
-    std::error_code ignored;
-    fs::permissions(path, fs::perms::owner_all, ignored);
-    fs::remove_all(path, ignored);
-  }
-};
-
 dataset<double> blob_set(std::uint64_t seed, Index count) {
   random_source random(seed);
   dataset<double> set;
@@ -81,7 +66,7 @@ Vector<double> run(const Program& initial, const Method& method_prototype,
 template <class Program, class Method, class Optimizer>
 void check_exact_resume(const Program& initial, const Method& method, const Optimizer& optimizer,
                         step_mode mode, const std::string& name) {
-  scratch_directory directory("resume-" + name);
+  scratch_directory directory("bilevel-checkpoint-resume-" + name + "-");
   const fs::path file = directory.path / "run.ckpt";
   const Vector<double> straight = run(initial, method, optimizer, mode, 4, -1, file);
   const Vector<double> resumed = run(initial, method, optimizer, mode, 4, 2, file);
@@ -177,7 +162,7 @@ TEST_CASE("resuming is bit-identical for iterative methods with state: EP's rand
 
 TEST_CASE("a checkpoint restores parameters, pair hyperparameters, optimizer and progress",
           "[checkpoint]") {
-  scratch_directory directory("round-trip");
+  scratch_directory directory("bilevel-checkpoint-round-trip-");
   const fs::path file = directory.path / "state.ckpt";
   using net_type = program<double, softmax_cross_entropy, leaky_relu, scaled_relu, identity>;
   net_type saved({3, 4, 4, 2}, {leaky_relu(0.2), scaled_relu{2.5}, identity{}});
@@ -208,7 +193,7 @@ TEST_CASE("a checkpoint restores parameters, pair hyperparameters, optimizer and
 }
 
 TEST_CASE("a damaged checkpoint is refused and nothing changes", "[checkpoint]") {
-  scratch_directory directory("damaged");
+  scratch_directory directory("bilevel-checkpoint-damaged-");
   const fs::path file = directory.path / "state.ckpt";
   auto net = small_net<relu>(6);
   adam<double> optimizer = adam_for(net.parameter_count(), net.weight_count());
@@ -340,7 +325,7 @@ TEST_CASE("counts in a checkpoint are bounded, so that counting on cannot overfl
 }
 
 TEST_CASE("checkpoints are written atomically", "[checkpoint]") {
-  scratch_directory directory("atomic");
+  scratch_directory directory("bilevel-checkpoint-atomic-");
   const fs::path file = directory.path / "model.ckpt";
   auto net = small_net<relu>(10);
   save_checkpoint(file, net);

@@ -1,12 +1,38 @@
 #pragma once
 // Shared test helpers: random programs and batches, central finite differences of the loss.
 
+#include <filesystem>
+#include <random>
+#include <string>
+#include <system_error>
 #include <vector>
 
 #include "bilevel/core/random.hpp"
 #include "bilevel/program.hpp"
 
 namespace bilevel::testing {
+
+/// A fresh directory under the system temp dir, named `prefix` and random digits, removed with
+/// everything in it when the test case ends (pass or fail).
+class scratch_directory {
+ public:
+  explicit scratch_directory(const std::string& prefix) {
+    std::random_device entropy;
+    path = std::filesystem::temp_directory_path() /
+           (prefix + std::to_string(entropy()) + "-" + std::to_string(entropy()));
+    std::filesystem::create_directories(path);
+  }
+  ~scratch_directory() {
+    std::error_code ignored;  // a test may have taken its permissions away
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all, ignored);
+    std::filesystem::remove_all(path, ignored);
+  }
+  scratch_directory(const scratch_directory&) = delete;
+  scratch_directory& operator=(const scratch_directory&) = delete;
+  std::filesystem::path operator/(const std::string& name) const { return path / name; }
+
+  std::filesystem::path path;
+};
 
 template <class S>
 Matrix<S> random_matrix(random_source& random, Index rows, Index cols, double scale = 1.0) {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "helpers.hpp"
+
 namespace fs = std::filesystem;
 using bilevel::data_error;
 using bilevel::idx_array;
@@ -22,22 +24,9 @@ using Catch::Contains;
 
 namespace {
 
-/// A fresh directory under the system temp dir, removed when the test case ends (pass or fail).
-struct idx_temp_dir {
-  fs::path path;
-  idx_temp_dir() {
-    std::random_device entropy;
-    path = fs::temp_directory_path() /
-           ("bilevel-idx-test-" + std::to_string(entropy()) + "-" + std::to_string(entropy()));
-    fs::create_directories(path);
-  }
-  ~idx_temp_dir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  idx_temp_dir(const idx_temp_dir&) = delete;
-  idx_temp_dir& operator=(const idx_temp_dir&) = delete;
-  fs::path operator/(const std::string& name) const { return path / name; }
+/// A scratch directory for one test case.
+struct idx_temp_dir : bilevel::testing::scratch_directory {
+  idx_temp_dir() : scratch_directory("bilevel-idx-test-") {}
 };
 
 std::vector<std::uint8_t> iota_bytes(std::size_t count, std::uint8_t start = 0) {

@@ -43,22 +43,9 @@ namespace {
 
 using bytes_t = std::vector<std::uint8_t>;
 
-/// A fresh directory under the system temp dir, removed when the test case ends.
-struct npy_temp_dir {
-  fs::path path;
-  npy_temp_dir() {
-    std::random_device entropy;
-    path = fs::temp_directory_path() /
-           ("bilevel-npy-test-" + std::to_string(entropy()) + "-" + std::to_string(entropy()));
-    fs::create_directories(path);
-  }
-  ~npy_temp_dir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  npy_temp_dir(const npy_temp_dir&) = delete;
-  npy_temp_dir& operator=(const npy_temp_dir&) = delete;
-  fs::path operator/(const std::string& name) const { return path / name; }
+/// A scratch directory for one test case.
+struct npy_temp_dir : testing::scratch_directory {
+  npy_temp_dir() : scratch_directory("bilevel-npy-test-") {}
 };
 
 bytes_t file_bytes(const fs::path& path) {

@@ -12,5 +12,6 @@
 #include "methods/methods.hpp"
 #include "optimizers/optimizers.hpp"
 #include "program.hpp"
+#include "surrogate/surrogate.hpp"
 #include "train/train.hpp"
 #include "version.hpp"

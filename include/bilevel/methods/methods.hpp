@@ -5,7 +5,6 @@
 #include "altmin.hpp"
 #include "any_method.hpp"
 #include "batch_reduction.hpp"
-#include "bilevel_surrogate.hpp"
 #include "bp.hpp"
 #include "chl.hpp"
 #include "descent.hpp"

@@ -9,7 +9,11 @@
 #include <limits>
 #include <vector>
 
-#include "bilevel/methods/bilevel_surrogate.hpp"
+#include "bilevel/activations/tanh.hpp"
+#include "bilevel/couplings/fenchel.hpp"
+#include "bilevel/methods/bp.hpp"
+#include "bilevel/surrogate/bilevel_surrogate.hpp"
+#include "bilevel/surrogate/program_problem.hpp"
 #include "helpers.hpp"
 
 using namespace bilevel;
@@ -508,4 +512,112 @@ TEST_CASE("surrogate: shape mismatches are shape errors naming the function", "[
                     Contains("contrastive_gradient") && Contains("gradient_theta must be 3x1, got 2x1"));
   CHECK_THROWS_WITH(implicit_gradient(wrong_solver{}, loss4, theta.head(2).eval(), settings),
                     Contains("implicit_gradient") && Contains("z returned by the problem's solve"));
+}
+
+namespace {
+
+/// A 3-4-3-2 tanh MLP (softmax cross-entropy on logits) with random parameters, one sample.
+struct program_case {
+  mlp<double, tanh_pair> net = make_mlp<double, tanh_pair>({3, 4, 3, 2});
+  Matrix<double> x, y;
+  program_case() {
+    random_source random(12);
+    randomize(net, random, 0.8);
+    x = random_matrix<double>(random, 3, 1);
+    y = random_one_hot<double>(random, 2, 1);
+  }
+  Vector<double> bp_gradient() {
+    bp<double> method;
+    Vector<double> gradient;
+    method.gradient(net, x, y, gradient);
+    return gradient;
+  }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("surrogate: a program's energy derivatives equal finite differences",
+                   "[surrogate]", penalizer_coupling, fenchel_coupling) {
+  program_case c;
+  const program_problem<mlp<double, tanh_pair>, TestType> problem(c.net, c.x);
+  REQUIRE(problem.z_size() == 4 + 3 + 2);
+  REQUIRE(problem.theta_size() == c.net.parameter_count());
+  // Away from the forward pass, where every term of the gradients is non-zero; states inside
+  // tanh's range (-1, 1), where the Fenchel coupling is finite.
+  random_source random(5);
+  Vector<double> z = problem.forward_states(c.net.parameters());
+  for (Index i = 0; i < z.size(); ++i) z(i) = 0.8 * z(i) + 0.1 * random.uniform(-1, 1);
+  const Vector<double>& theta = c.net.parameters();
+  Vector<double> gz, gtheta;
+  problem.gradient_z(z, theta, gz);
+  problem.gradient_theta(z, theta, gtheta);
+  const double h = 1e-6;
+  Vector<double> fd_z(z.size()), fd_theta(theta.size());
+  for (Index i = 0; i < z.size(); ++i) {
+    Vector<double> plus = z, minus = z;
+    plus(i) += h;
+    minus(i) -= h;
+    fd_z(i) = (problem.energy(plus, theta) - problem.energy(minus, theta)) / (2 * h);
+  }
+  for (Index i = 0; i < theta.size(); ++i) {
+    Vector<double> plus = theta, minus = theta;
+    plus(i) += h;
+    minus(i) -= h;
+    fd_theta(i) = (problem.energy(z, plus) - problem.energy(z, minus)) / (2 * h);
+  }
+  CHECK(relative_error(gz, fd_z) < 1e-7);
+  CHECK(relative_error(gtheta, fd_theta) < 1e-7);
+  // The forward pass is the free minimiser: E = 0 and no gradient there.
+  const Vector<double> forward = problem.forward_states(theta);
+  CHECK(std::abs(problem.energy(forward, theta)) < 1e-14);
+  problem.gradient_z(forward, theta, gz);
+  CHECK(gz.norm() < 1e-14);
+}
+
+TEST_CASE("surrogate: on a program, the implicit gradient is BP's and the contrastive ones "
+          "tend to it", "[surrogate]") {
+  program_case c;
+  const program_problem problem(c.net, c.x);
+  const program_loss loss(c.net, c.y);
+  const Vector<double> bp_gradient = c.bp_gradient();
+  surrogate_settings<double> settings;
+  settings.z_start = problem.forward_states(c.net.parameters());
+  // The symmetric estimate's O(beta^2) at beta 1e-3 is below what a residual of 1e-10 leaves.
+  settings.inner.tolerance = 1e-13;
+
+  const implicit_result<double> implicit =
+      implicit_gradient(problem, loss, c.net.parameters(), settings);
+  REQUIRE(implicit.converged());
+  CHECK(implicit.loss == Approx(double(c.net.loss_values(implicit.z.tail(2), c.y)(0))));
+  CHECK(relative_error(implicit.gradient, bp_gradient) < 1e-7);
+
+  // One-sided: error O(beta); symmetric: O(beta^2) (docs/methods.md §4).
+  std::vector<double> one_sided, symmetric;
+  for (const double beta : {1e-2, 1e-3}) {
+    for (const bool both : {false, true}) {
+      const contrastive_result<double> result =
+          contrastive_gradient(problem, loss, c.net.parameters(), beta, settings, both);
+      REQUIRE(result.converged());
+      (both ? symmetric : one_sided).push_back(relative_error(result.gradient, bp_gradient));
+    }
+  }
+  CAPTURE(one_sided, symmetric);
+  CHECK(one_sided[1] < one_sided[0] / 5);  // a tenth of beta, about a tenth of the error
+  CHECK(one_sided[1] < 1e-2);
+  CHECK(symmetric[1] < symmetric[0] / 50);  // about a hundredth
+  CHECK(symmetric[1] < 1e-6);
+}
+
+TEST_CASE("surrogate: program adapters refuse samples and targets of the wrong shape",
+          "[surrogate][reliability]") {
+  program_case c;
+  using problem_type = program_problem<mlp<double, tanh_pair>>;
+  CHECK_THROWS_WITH(problem_type(c.net, Matrix<double>::Zero(3, 2)),
+                    Catch::Contains("program_problem") && Catch::Contains("x"));
+  CHECK_THROWS_AS(program_loss(c.net, Matrix<double>::Zero(3, 1)), shape_error);
+  const problem_type problem(c.net, c.x);
+  Vector<double> out;
+  CHECK_THROWS_WITH(problem.gradient_z(Vector<double>::Zero(5), c.net.parameters(), out),
+                    Catch::Contains("program_problem::gradient_z") && Catch::Contains("z"));
+  CHECK_THROWS_AS(problem.energy(Vector<double>::Zero(9), Vector<double>::Zero(3)), shape_error);
 }
