@@ -98,10 +98,11 @@ inline bilevel::lr_schedule<double> make_schedule(const options& opts) {
   return schedule::constant(opts.lr);
 }
 
-inline json beta_json(const options& opts) {
-  if (!bilevel::method_reads(opts.method, "beta")) return nullptr;
-  const auto betas = parse_list<double>(opts.beta, "--beta");
-  return betas.size() == 1 ? json(betas.front()) : json(betas);
+/// The method's spacing as the JSON report gives it: null for a method without one (its
+/// method_options::beta is left empty), a number, or one number per layer.
+inline json beta_json(const bilevel::method_options& settings) {
+  if (settings.beta.empty()) return nullptr;
+  return settings.beta.size() == 1 ? json(settings.beta.front()) : json(settings.beta);
 }
 
 /// A measured value as the JSON report gives it: to `digits` significant digits (reports are
@@ -162,7 +163,8 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     }
   }();
   // Method flags are checked before the data is read.
-  auto method = bilevel::make_method<S>(opts.method, method_settings(opts), net.depth());
+  const bilevel::method_options method_flags = method_settings(opts);  // --beta parsed once
+  auto method = bilevel::make_method<S>(opts.method, method_flags, net.depth());
   const auto mode =
       opts.step_mode == "native" ? bilevel::step_mode::native : bilevel::step_mode::gradient;
   if (mode == bilevel::step_mode::native && !method.has_native_step())
@@ -250,7 +252,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     if (!opts.resume.empty() && talk)
       std::cerr << "mnist_mlp: resumed from " << opts.resume << " after epoch " << trainer.epoch()
                 << '\n';
-    const json beta = beta_json(opts);
+    const json beta = beta_json(method_flags);
     json last;
     bilevel::run_callbacks<S> callbacks;
     callbacks.error = [&](const bilevel::dataset<S>& set) { return group.error(net, set, method); };
