@@ -24,6 +24,7 @@ import glob, os, re, shutil, subprocess, sys
 root = os.getcwd()
 work = os.environ.get("MUTATE_DIR", "/tmp/bilevel-mutants")
 source, build = os.path.join(work, "src"), os.path.join(work, "build")
+test_programs = ["bilevel_tests", "bilevel_openmp_tests"]  # the main suite, the thread-pool tests
 
 def fail(message):
     sys.exit(f"mutate.sh: {message}")
@@ -74,7 +75,7 @@ def prepare():
     if configure.returncode != 0:
         fail("cmake configure failed:\n" + configure.stdout[-3000:])
     built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
-                 "bilevel_tests"])
+                 *test_programs])
     if built.returncode != 0:
         fail("the unmutated tests do not build:\n" + built.stdout[-3000:])
 
@@ -113,7 +114,7 @@ def check(slip):
     try:
         select(test_files(slip["tests"]))
         built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
-                     "bilevel_tests"])
+                     *test_programs])
         if built.returncode != 0:
             return "error", "the slip does not compile (not a plausible slip)"
         if slip["tests"].startswith("["):

@@ -1,10 +1,12 @@
 // The inner objectives of docs/methods.md §3: values, gradients against finite differences,
-// non-negativity of the Fenchel coupling and equality of its proximal form.
+// non-negativity of the Fenchel coupling and equality of its proximal form; the penalizer
+// coupling summed over a program (MAC's and PCN's energy) against its layers' couplings.
 
 #include <catch2/catch.hpp>
 
 #include "bilevel/activations/activations.hpp"
 #include "bilevel/couplings/couplings.hpp"
+#include "bilevel/program.hpp"
 #include "helpers.hpp"
 
 using namespace bilevel;
@@ -77,4 +79,46 @@ TEST_CASE("the penalizer coupling is half the squared distance to f(a)", "[coupl
   a << -2.0, 0.25;
   // relu: f(a) = (0, 0.25): 1/2 (1 + 0.0625)
   CHECK(penalizer_coupling::value<double>(relu{}, z, a)(0) == Approx(0.53125));
+}
+
+TEMPLATE_TEST_CASE("a program's penalizer energy is its layers' penalizer couplings plus the "
+                   "weighted loss, and its signals are the couplings' gradients in a",
+                   "[couplings]", tanh_pair, relu, softmax) {
+  random_source random(10);
+  auto net = make_mlp<double, TestType>({4, 6, 5, 3});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 4, 7);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 7);
+  const double penalty = 2.5, loss_weight = 0.75;
+  detail::penalizer_energy<double> energy;
+  energy.start(net, x, penalty, loss_weight);
+  typename detail::penalizer_energy<double>::point p;
+  energy.size(net, p);
+  for (std::size_t k = 1; k < 3; ++k)
+    p.d[k] = random_matrix<double>(random, p.d[k].rows(), 7, 0.3);
+  energy.evaluate(net, y, p, true);
+
+  // The same states in plain form: z_k = z^0_k + d_k, a_k = W_k z_{k-1} + b_k.
+  const std::vector<Matrix<double>>& z = energy.states(p);
+  RowVector<double> expected = RowVector<double>::Zero(7);
+  for (Index k = 1; k <= 3; ++k) {
+    const auto u = std::size_t(k);
+    const Matrix<double> a =
+        (net.weights(k - 1) * z[u - 1]).colwise() + Vector<double>(net.bias(k - 1));
+    net.layer(k - 1).visit([&](const auto& pair) {
+      if (k == 3) {  // the output: the program's loss on f_L(a_L)
+        Matrix<double> output(a.rows(), a.cols());
+        activate<double>(pair, a, output);
+        RowVector<double> losses;
+        net.loss_values(output, y, losses);
+        expected += loss_weight * losses;
+        return;
+      }
+      expected += penalty * penalizer_coupling::value<double>(pair, z[u], a);
+      Matrix<double> gradient_a(a.rows(), a.cols());
+      penalizer_coupling::gradient_a<double>(pair, z[u], a, gradient_a);
+      CHECK((p.signal[u] - penalty * gradient_a).norm() < 1e-12 * (1 + gradient_a.norm()));
+    });
+  }
+  CHECK((p.energy - expected).cwiseAbs().maxCoeff() < 1e-12 * (1 + expected.cwiseAbs().maxCoeff()));
 }

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "bilevel/activations/activations.hpp"
+#include "bilevel/couplings/fenchel.hpp"
 #include "bilevel/losses/mse.hpp"
 #include "bilevel/methods/bp.hpp"
 #include "bilevel/methods/fenchel_bp.hpp"

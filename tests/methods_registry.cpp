@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "bilevel/activations/registry.hpp"
 #include "bilevel/methods/registry.hpp"
@@ -185,4 +187,13 @@ TEST_CASE("the activation registry calls back with the pair of each name", "[reg
   CHECK(slope == 0.2);
   CHECK_THROWS_WITH(with_activation("swish", {}, [](const auto&) { return 0; }),
                     Contains("with_activation: unknown pair \"swish\"") && Contains("relu, "));
+}
+
+TEST_CASE("the list of built-in pair types matches the registered names, in order",
+          "[registry]") {
+  STATIC_REQUIRE(std::tuple_size_v<builtin_pairs> == activation_names.size());
+  const auto names = std::apply(
+      [](const auto&... pair) { return std::vector<std::string>{std::string(pair.name())...}; },
+      builtin_pairs{});
+  CHECK(names == std::vector<std::string>(activation_names.begin(), activation_names.end()));
 }

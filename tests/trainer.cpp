@@ -109,6 +109,20 @@ TEST_CASE("the trainer is deterministic given the seed", "[trainer]") {
   CHECK(first.lines[1]["test_error"] == second.lines[1]["test_error"]);
 }
 
+TEST_CASE("the trainer flushes denormals unless --keep-denormals, with the same results",
+          "[trainer]") {
+  data_directory data("denormals");
+  const std::string arguments =
+      "--data " + data.path.string() + small_run + " --method fenbp --epochs 2 --seed 5";
+  const run_result flushed = run_trainer(arguments);
+  const run_result kept = run_trainer(arguments + " --keep-denormals");
+  REQUIRE(flushed.status == 0);
+  REQUIRE(kept.status == 0);
+  CHECK(flushed.lines.back()["denormals"] == "flushed");
+  CHECK(kept.lines.back()["denormals"] == "kept");
+  CHECK(flushed.lines[1]["test_error"] == kept.lines[1]["test_error"]);
+}
+
 TEST_CASE("a flag given twice takes its last value, so wrappers can set defaults",
           "[trainer]") {
   data_directory data("repeat");

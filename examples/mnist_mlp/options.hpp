@@ -36,6 +36,7 @@ struct options {
   double leaky_slope = 0.01;
   std::uint64_t seed = 1;
   int threads = 1;
+  bool keep_denormals = false;  ///< --keep-denormals: gradual underflow (default: flushed)
   Index train_samples = 50000;
   Index validation = 10000;
   std::string precision = "float";
@@ -73,8 +74,8 @@ struct flag_value {
 
 /// The flags that decide what is trained: every field of `options` but those that may differ
 /// between the processes of one MPI job or between a run and its resumption (where files are,
-/// threads, output). MPI processes compare them before they train together; checkpoints store
-/// them, and --resume refuses a run whose flags differ (resumption_flags).
+/// threads, denormal flushing, output). MPI processes compare them before they train together;
+/// checkpoints store them, and --resume refuses a run whose flags differ (resumption_flags).
 inline std::vector<flag_value> training_flags(const options& o) {
   const auto text = [](const auto& value) {
     std::ostringstream out;
@@ -168,8 +169,10 @@ struct flags_record {
             ")");
     }
     if (!differences.empty())
-      in.fail("the training flags", "those of the run that saved it (only --epochs, outputs, "
-              "--data's location and --threads may change on --resume)", differences);
+      in.fail("the training flags",
+              "those of the run that saved it (only --epochs, outputs, --data's location, "
+              "--threads and --keep-denormals may change on --resume)",
+              differences);
   }
 };
 

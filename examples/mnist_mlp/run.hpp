@@ -333,6 +333,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
                     {"seed", opts.seed},
                     {"precision", opts.precision},
                     {"threads", Eigen::nbThreads()},
+                    {"denormals", bilevel::denormals_flushed() ? "flushed" : "kept"},
                     {"processes", group.size()},
                     {"train_samples", train_set.size()},
                     {"train_seconds", reported(record.total_seconds, 4)},

@@ -41,8 +41,7 @@
 ///   ~~~
 ///
 /// The free functions below (activate, vjp, potential, conjugate, grad_conj, prox_conj,
-/// difference, fenchel_signal) give both forms one batch interface, so methods never care which
-/// it is.
+/// difference) give both forms one batch interface, so methods never care which it is.
 
 #include <cmath>
 #include <concepts>
@@ -303,43 +302,6 @@ void difference(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h, M
     }
   };
   detail::by_columns<S>(out, on_block, a, h);
-}
-
-/// Fenchel BP error signal (docs/methods.md §5.2): delta = (f(a) - f(a - beta g)) / beta, given the
-/// forward activation z = f(a). Computed as -difference(a, -beta g) / beta where the pair offers
-/// an exact difference, so that on one linear piece it is slope * g to rounding for every beta
-/// and smooth pairs keep their digits; exactly g for linear pairs. Only pairs without one
-/// subtract z - f(a - beta g), whose relative error is about u / beta.
-template <class S, ActivationPair<S> P>
-void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& z,
-                    const MatrixCRef<S>& g, S beta, MatrixRef<S> delta) {
-  const auto on_block = [&pair, beta](MatrixRef<S> out, const MatrixCRef<S>& a_block,
-                                      [[maybe_unused]] const MatrixCRef<S>& z_block,
-                                      const MatrixCRef<S>& g_block) {
-    if constexpr (detail::linear_pair<P>) {
-      out = g_block;
-    } else if constexpr (detail::has_columnwise_difference<P, S>) {
-      const Matrix<S> step = -beta * g_block;
-      pair.f_difference(a_block, MatrixCRef<S>(step), out);
-      out /= -beta;
-    } else if constexpr (ColumnwisePair<P, S>) {
-      const Matrix<S> perturbed = a_block - beta * g_block;
-      pair.f(MatrixCRef<S>(perturbed), out);
-      out = (z_block - out) / beta;
-    } else if constexpr (detail::has_difference_expr<P, S>) {
-      out.array() = pair.f_difference_expr(a_block.array(), -beta * g_block.array()) / -beta;
-    } else if constexpr (detail::has_scalar_difference<P, S>) {
-      out = a_block.binaryExpr(
-          g_block, [&pair, beta](S x, S y) { return S(pair.f_difference(x, -beta * y)) / -beta; });
-    } else if constexpr (detail::has_f_expr<P, S>) {
-      out.array() =
-          (z_block.array() - pair.f_expr(a_block.array() - beta * g_block.array())) / beta;
-    } else {
-      out = z_block - (a_block - beta * g_block).unaryExpr([&pair](S x) { return S(pair.f(x)); });
-      out /= beta;
-    }
-  };
-  detail::by_columns<S>(delta, on_block, a, z, g);
 }
 
 }  // namespace bilevel

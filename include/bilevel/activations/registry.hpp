@@ -3,11 +3,12 @@
 /// Activation pairs by name: `with_activation(name, options, body)` calls `body` with the
 /// built-in pair of that name, so that code choosing its pair at run time (a command line)
 /// compiles its training once per pair and runs fully typed after one dispatch. Adding a
-/// built-in pair: its header, its tests and its line here.
+/// built-in pair: its header, its tests and its lines here (name, type, dispatch).
 
 #include <array>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "../core/error.hpp"
@@ -30,6 +31,11 @@ struct activation_options {
 /// The registered names, as each pair's name() spells it.
 inline constexpr std::array<std::string_view, 8> activation_names = {
     "relu", "leaky_relu", "hard_sigmoid", "hard_tanh", "sigmoid", "tanh", "softmax", "identity"};
+
+/// The same pairs as types, in the same order: for code generic over every built-in pair (the
+/// tests' TEMPLATE_LIST_TEST_CASEs).
+using builtin_pairs =
+    std::tuple<relu, leaky_relu, hard_sigmoid, hard_tanh, sigmoid, tanh_pair, softmax, identity>;
 
 /// `body(pair)` with the built-in pair called `name`; every call of body must return the same
 /// type. Throws config_error listing the registered names for an unknown one.

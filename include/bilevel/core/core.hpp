@@ -1,7 +1,9 @@
 #pragma once
 /// \file
-/// The core: matrix types, errors, random sources, parallel loops, saved-state streams.
+/// The core: matrix types, errors, random sources, parallel loops, saved-state streams, the
+/// denormal-flushing switch.
 
+#include "denormals.hpp"
 #include "error.hpp"
 #include "parallel.hpp"
 #include "random.hpp"

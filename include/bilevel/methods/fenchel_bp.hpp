@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../couplings/fenchel.hpp"
 #include "top_down.hpp"
 
 namespace bilevel {

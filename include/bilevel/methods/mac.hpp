@@ -16,7 +16,7 @@
 ///   s_k = mu J_f(a_k)^T (f(a_k) - z_k)  (k < L),     s_L = J_{f_L}(a_L)^T dl/dz_L,
 /// ~~~
 /// so that dF/dz_k = mu eps_k + W_{k+1}^T s_{k+1} (hidden k) and dF/dW_k = s_k z_{k-1}^T. F is
-/// held in displacement form, d = z - z^0 from the forward pass z^0 (methods/penalizer_energy.hpp,
+/// held in displacement form, d = z - z^0 from the forward pass z^0 (couplings/penalizer_energy.hpp,
 /// w = mu and c = 1; docs/methods.md §5.6b).
 ///
 /// One training step (train_step, StepMethod):
@@ -99,7 +99,7 @@
 #include "batch_reduction.hpp"
 #include "descent.hpp"
 #include "method.hpp"
-#include "penalizer_energy.hpp"
+#include "../couplings/penalizer_energy.hpp"
 #include "stopping_rule.hpp"
 
 namespace bilevel {
@@ -382,8 +382,9 @@ class mac {
         for (Index k = 1; k < L; ++k) {
           const auto u = std::size_t(k);
           displacement_ = now_.d[u].colwise().norm();
-          rule_.observe(k - 1, step_norms_[u], displacement_,
-                        energy_.rounding_scale(k, displacement_));
+          detail::displacement_rounding_scale(displacement_, energy_.spacing(),
+                                              energy_.base_norm(k), rounding_);
+          rule_.observe(k - 1, step_norms_[u], displacement_, rounding_);
         }
         if (rule_.end_iteration()) break;
         bool any_moving = false;
@@ -534,7 +535,7 @@ class mac {
   typename detail::penalizer_energy<S>::point now_, trial_;
   detail::displacement_rule<S> rule_;
   std::vector<Matrix<S>> z_;
-  RowVector<S> losses_, step_, displacement_;
+  RowVector<S> losses_, step_, displacement_, rounding_;
   std::vector<RowVector<S>> step_norms_;
   std::vector<progress> progress_;
   std::vector<Index> failures_;

@@ -17,7 +17,6 @@
 #include "mac.hpp"
 #include "method.hpp"
 #include "pcn.hpp"
-#include "penalizer_energy.hpp"
 #include "registry.hpp"
 #include "stopping_rule.hpp"
 #include "top_down.hpp"

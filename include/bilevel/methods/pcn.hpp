@@ -7,7 +7,7 @@
 /// ~~~{.unparsed}
 ///   F_s(z) = sum_{k<L} 1/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2 + s l(f_L(W_L z_{L-1} + b_L), y),
 /// ~~~
-/// z_0 = x; only the hidden z move (methods/penalizer_energy.hpp, w = 1 and c = s). s = 1 is
+/// z_0 = x; only the hidden z move (couplings/penalizer_energy.hpp, w = 1 and c = s). s = 1 is
 /// the classic method; s -> 0 makes the estimate BP's, with an error O(s).
 ///
 /// Notation: eps_k = z_k - f(a_k) (k < L), and one pre-activation signal per layer
@@ -50,9 +50,9 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../couplings/penalizer_energy.hpp"
 #include "../program.hpp"
 #include "method.hpp"
-#include "penalizer_energy.hpp"
 #include "stopping_rule.hpp"
 
 namespace bilevel {
@@ -173,8 +173,9 @@ class pcn {
       for (Index k = 1; k < L; ++k) {
         const auto u = std::size_t(k);
         displacement_ = state_.d[u].colwise().norm();
-        rule_.observe(k - 1, step_norms_[u], displacement_,
-                      energy_.rounding_scale(k, displacement_));
+        detail::displacement_rounding_scale(displacement_, energy_.spacing(),
+                                            energy_.base_norm(k), rounding_);
+        rule_.observe(k - 1, step_norms_[u], displacement_, rounding_);
       }
       if (rule_.end_iteration()) break;
       for (Index j = 0; j < B; ++j)
@@ -208,7 +209,7 @@ class pcn {
   detail::penalizer_energy<S> energy_;
   typename detail::penalizer_energy<S>::point state_;
   detail::displacement_rule<S> rule_;
-  RowVector<S> moving_, displacement_, losses_;
+  RowVector<S> moving_, displacement_, rounding_, losses_;
   std::vector<RowVector<S>> step_norms_;
 };
 

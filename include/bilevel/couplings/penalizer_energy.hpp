@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// The energy MAC and PCN minimise over the hidden states (docs/methods.md §3, §5.4), held in
+/// The energy MAC and PCN minimise over the hidden states (docs/methods.md §3, §5.4): the
+/// penalizer coupling of every hidden layer (penalizer.hpp) plus the weighted loss, held in
 /// displacement form (§5.6b). Per sample, with z_0 = x,
 /// ~~~{.unparsed}
 ///   F(z) = sum_{k<L} w/2 ||z_k - f_k(W_k z_{k-1} + b_k)||^2 + c l(f_L(W_L z_{L-1} + b_L), y),
@@ -38,7 +39,6 @@
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"
 #include "../program.hpp"
-#include "stopping_rule.hpp"
 
 namespace bilevel::detail {
 
@@ -73,7 +73,7 @@ class penalizer_energy {
   };
 
   /// A new batch: the forward pass of x, F's weights w (penalty) and c (loss), and the norms
-  /// ||z^0_k|| per sample (for rounding_scale). Sizes the work buffers (no allocation for a
+  /// ||z^0_k|| per sample (for base_norm). Sizes the work buffers (no allocation for a
   /// batch of the same size).
   template <class Program>
   void start(const Program& net, const MatrixCRef<S>& x, S penalty, S loss_weight) {
@@ -270,22 +270,20 @@ class penalizer_energy {
   }
 
   const forward_state<S>& forward() const { return forward_; }
-  /// The scale layer k's iterates round at (methods/stopping_rule.hpp), given its displacement
-  /// norms ||d_k||: those, plus s ||z^0_k|| for the signal, which is the spacing s = c / w times
-  /// quantities of the size of z (the loss gradient p - y of a well-fitted sample cancels to
-  /// rounding relative to its terms, not to itself).
-  const RowVector<S>& rounding_scale(Index k, const RowVector<S>& displacement) {
-    displacement_rounding_scale(displacement, loss_weight_ / penalty_, base_norm_[std::size_t(k)],
-                                rounding_);
-    return rounding_;
-  }
+  /// The spacing s = c / w and the norms ||z^0_k|| per sample: what, besides the displacement
+  /// norms ||d_k||, sets the scale layer k's iterates round at (displacement_rounding_scale,
+  /// methods/stopping_rule.hpp). The signal is s times quantities of the size of z (the loss
+  /// gradient p - y of a well-fitted sample cancels to rounding relative to its terms, not to
+  /// itself).
+  S spacing() const { return loss_weight_ / penalty_; }
+  const RowVector<S>& base_norm(Index k) const { return base_norm_[std::size_t(k)]; }
 
  private:
   S penalty_ = S(1), loss_weight_ = S(1);
   forward_state<S> forward_;
   std::vector<Matrix<S>> a_, shift_, difference_, error_, back_, z_;
   std::vector<RowVector<S>> base_norm_;
-  RowVector<S> losses_, rounding_;
+  RowVector<S> losses_;
 };
 
 }  // namespace bilevel::detail
