@@ -19,12 +19,18 @@ TEST_CASE("flushing denormals reaches every thread of the OpenMP pool", "[denorm
   restore_gradual_underflow restore;
   const int threads = std::max(2, omp_get_max_threads());
   // Start the pool first: its threads exist before the switch, so the switch must reach them.
-  std::vector<float> results(std::size_t(threads), -1.0f);
+  std::vector<underflow> results(std::size_t(threads), underflow{1u, 1u});
 #pragma omp parallel num_threads(threads)
-  results[std::size_t(omp_get_thread_num())] = probe_underflow().halved_normal;
-  for (const float result : results) REQUIRE(result != 0.0f);  // gradual underflow before
+  results[std::size_t(omp_get_thread_num())] = probe_underflow();
+  for (const underflow& result : results) {  // gradual underflow before
+    REQUIRE(result.halved_normal != 0u);
+    REQUIRE(result.scaled_subnormal != 0u);
+  }
   REQUIRE(flush_denormals(true));
 #pragma omp parallel num_threads(threads)
-  results[std::size_t(omp_get_thread_num())] = probe_underflow().halved_normal;
-  for (const float result : results) CHECK(result == 0.0f);
+  results[std::size_t(omp_get_thread_num())] = probe_underflow();
+  for (const underflow& result : results) {
+    CHECK(result.halved_normal == 0u);
+    CHECK(result.scaled_subnormal == 0u);
+  }
 }
