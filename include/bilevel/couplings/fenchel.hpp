@@ -45,10 +45,11 @@ struct fenchel_coupling {
 
 /// The Fenchel coupling's linearised contrastive signal, Fenchel BP's error (docs/methods.md
 /// §5.2): delta = (f(a) - f(a - beta g)) / beta, the free optimum z = f(a) of E(., a) minus the
-/// one clamped by beta <g, z>, divided by beta; given the forward activation z = f(a). Computed as -difference(a, -beta g) / beta where the pair offers
-/// an exact difference, so that on one linear piece it is slope * g to rounding for every beta
-/// and smooth pairs keep their digits; exactly g for linear pairs. Only pairs without one
-/// subtract z - f(a - beta g), whose relative error is about u / beta.
+/// one clamped by beta <g, z>, divided by beta; given the forward activation z = f(a).
+/// Computed as -difference(a, -beta g) / beta where the pair offers an exact difference, so
+/// that on one linear piece it is slope * g to rounding for every beta and smooth pairs keep
+/// their digits; exactly g for linear pairs. Only pairs without one subtract z - f(a - beta g),
+/// whose relative error is about u / beta.
 template <class S, ActivationPair<S> P>
 void fenchel_signal(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& z,
                     const MatrixCRef<S>& g, S beta, MatrixRef<S> delta) {
