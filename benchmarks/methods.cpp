@@ -100,6 +100,22 @@ void idx_loading(benchmark::State& state) {
   state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(pixels.size()));
 }
 
+constexpr auto cold = bilevel::inner_start::forward;
+constexpr auto warm = bilevel::inner_start::first_order;
+
+/// `Method` with its defaults but the given spacing (its weight on the couplings for MAC, LPOM
+/// and FLN) and start.
+template <class Method>
+Method at_spacing(S spacing, bilevel::inner_start start) {
+  auto config = Method().config();
+  if constexpr (requires { config.beta; }) config.beta = spacing;
+  if constexpr (requires { config.spacing; }) config.spacing = spacing;
+  if constexpr (requires { config.mu; }) config.mu = spacing;
+  if constexpr (requires { config.lambda; }) config.lambda = {spacing};
+  config.start = start;
+  return Method(config);
+}
+
 }  // namespace
 
 #define METHOD_STEP(name, method, native)                                             \
@@ -111,13 +127,21 @@ METHOD_STEP(fenbp, bilevel::fenchel_bp<S>(0.01f), false)
     ->Args({512, 1})
     ->Args({50, 2})
     ->Args({512, 2});
-METHOD_STEP(chl, bilevel::chl<S>{}, false);
 METHOD_STEP(ep, bilevel::ep<S>{}, false);
-METHOD_STEP(pcn, bilevel::pcn<S>{}, false);
 METHOD_STEP(zil, bilevel::pcn<S>::zil(), false);
-METHOD_STEP(mac, bilevel::mac<S>{}, false);
-METHOD_STEP(lpom, bilevel::lpom<S>{}, false);
-METHOD_STEP(fln, bilevel::fln<S>{}, false);
+// The methods with inner solvers at the trainer's default spacings (examples/mnist_mlp: CHL
+// beta 0.1, PCN s = 1, MAC mu 10, LPOM and FLN lambda 10), each started from the forward pass
+// (cold) and from the first-order start of docs/methods.md §5.6b (warm).
+METHOD_STEP(chl_cold, at_spacing<bilevel::chl<S>>(0.1f, cold), false);
+METHOD_STEP(chl_warm, at_spacing<bilevel::chl<S>>(0.1f, warm), false);
+METHOD_STEP(pcn_cold, at_spacing<bilevel::pcn<S>>(1.0f, cold), false);
+METHOD_STEP(pcn_warm, at_spacing<bilevel::pcn<S>>(1.0f, warm), false);
+METHOD_STEP(mac_cold, at_spacing<bilevel::mac<S>>(10.0f, cold), false);
+METHOD_STEP(mac_warm, at_spacing<bilevel::mac<S>>(10.0f, warm), false);
+METHOD_STEP(lpom_cold, at_spacing<bilevel::lpom<S>>(10.0f, cold), false);
+METHOD_STEP(lpom_warm, at_spacing<bilevel::lpom<S>>(10.0f, warm), false);
+METHOD_STEP(fln_cold, at_spacing<bilevel::fln<S>>(10.0f, cold), false);
+METHOD_STEP(fln_warm, at_spacing<bilevel::fln<S>>(10.0f, warm), false);
 METHOD_STEP(altmin, bilevel::altmin<S>{}, true);
 
 BENCHMARK_CAPTURE(pair_elementwise, relu_f, bilevel::relu{}, false);

@@ -1,6 +1,7 @@
 #pragma once
 // Shared test helpers: random programs and batches, central finite differences of the loss.
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -97,6 +98,32 @@ Vector<double> finite_difference_gradient(Program net, const Matrix<double>& x,
 
 inline double relative_error(const Vector<double>& actual, const Vector<double>& expected) {
   return (actual - expected).norm() / expected.norm();
+}
+
+/// For an inner solver that retires its converged samples (active set): solves every column of
+/// (x, y) alone with a fresh method from make(), reads its state with state_of(method), and
+/// returns the largest distance over samples and layers between that state and the same
+/// sample's column of `batch_state` (its solve within the batch), relative to the state's norm.
+/// `sweeps` gets each lone solve's inner iterations.
+template <class Make, class StateOf, class Program>
+double largest_batch_dependence(Make make, StateOf state_of, const Program& net,
+                                const Matrix<double>& x, const Matrix<double>& y,
+                                const std::vector<Matrix<double>>& batch_state,
+                                std::vector<Index>& sweeps) {
+  double largest = 0;
+  sweeps.clear();
+  Vector<double> gradient;
+  for (Index j = 0; j < x.cols(); ++j) {
+    auto method = make();
+    const Matrix<double> xj = x.col(j), yj = y.col(j);
+    sweeps.push_back(method.gradient(net, xj, yj, gradient).inner_iterations);
+    const std::vector<Matrix<double>>& alone = state_of(method);
+    for (std::size_t k = 1; k < alone.size(); ++k) {
+      const double distance = (batch_state[k].col(j) - alone[k].col(0)).norm();
+      largest = std::max(largest, distance / std::max(alone[k].norm(), 1e-300));
+    }
+  }
+  return largest;
 }
 
 }  // namespace bilevel::testing

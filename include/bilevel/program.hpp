@@ -217,9 +217,17 @@ class program {
   /// The same into `out`, resized to 1 x B; without allocation after the first batch when the
   /// loss offers value(z, y, out) (the built-in losses do).
   void loss_values(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, RowVector<S>& out) const {
+    out.resize(z_out.cols());
+    loss_values(z_out, y, RowVectorRef<S>(out));
+  }
+
+  /// The same into a view of B values (the leading samples of a longer row, say).
+  void loss_values(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, RowVectorRef<S> out) const {
     detail::require_shape("program::loss_values", "y", z_out.rows(), z_out.cols(), y.rows(),
                           y.cols());
-    out.resize(z_out.cols());
+    detail::require(out.size() == z_out.cols(), "program::loss_values", "values",
+                    detail::concat(z_out.cols()),
+                    out.size());
     if constexpr (requires { loss_.template value<S>(z_out, y, Eigen::Ref<RowVector<S>>(out)); }) {
       detail::parallel_columns(z_out.rows(), z_out.cols(), [&](Index first, Index count) {
         loss_.template value<S>(z_out.middleCols(first, count), y.middleCols(first, count),
@@ -233,13 +241,24 @@ class program {
   /// Per-sample gradient dl/dz_L into `g` (n_L x B, already sized); in blocks of columns in
   /// parallel where that pays (core/parallel.hpp) when the loss writes into a MatrixRef.
   void loss_gradient(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, Matrix<S>& g) const {
-    if constexpr (requires { loss_.template gradient<S>(z_out, y, MatrixRef<S>(g)); }) {
+    if constexpr (requires { loss_.template gradient<S>(z_out, y, MatrixRef<S>(g)); })
+      loss_gradient(z_out, y, MatrixRef<S>(g));
+    else
+      loss_.template gradient<S>(z_out, y, g);
+  }
+
+  /// The same into a view (the leading samples of a longer buffer, say); a loss that writes
+  /// only into a Matrix goes through a temporary there.
+  void loss_gradient(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, MatrixRef<S> g) const {
+    if constexpr (requires { loss_.template gradient<S>(z_out, y, g); }) {
       detail::parallel_columns(z_out.rows(), z_out.cols(), [&](Index first, Index count) {
         loss_.template gradient<S>(z_out.middleCols(first, count), y.middleCols(first, count),
                                    MatrixRef<S>(g.middleCols(first, count)));
       });
     } else {
-      loss_.template gradient<S>(z_out, y, g);
+      Matrix<S> full(g.rows(), g.cols());
+      loss_.template gradient<S>(z_out, y, full);
+      g = full;
     }
   }
 

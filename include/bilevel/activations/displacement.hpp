@@ -89,12 +89,14 @@ void prox_conj_displacement(const P& pair, const MatrixCRef<S>& a, const MatrixC
 }
 
 /// Per sample (column): sum over its entries of D_G(a + h, a) = G(a + h) - G(a) - f(a) h,
-/// into `out` (1 x B). Exact per linear piece of f for linear pairs and pairs that give
-/// G_divergence(a, h) (the built-in piecewise-linear ones); the direct form otherwise.
+/// into `out` (1 x B, sized by the caller). Exact per linear piece of f for linear pairs and
+/// pairs that give G_divergence(a, h) (the built-in piecewise-linear ones); the direct form
+/// otherwise.
 template <class S, ActivationPair<S> P>
 void potential_divergence(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h,
-                          RowVector<S>& out) {
-  out.resize(a.cols());
+                          RowVectorRef<S> out) {
+  detail::require(out.size() == a.cols(), "potential_divergence", "columns of out",
+                  detail::concat(a.cols()), out.size());
   if constexpr (ColumnwisePair<P, S>) {
     Matrix<S> forward(a.rows(), a.cols());
     pair.f(a, MatrixRef<S>(forward));

@@ -23,6 +23,11 @@ using MatrixCRef = Eigen::Ref<const Matrix<S>>;
 /// Writable view of a matrix or a block of columns.
 template <class S>
 using MatrixRef = Eigen::Ref<Matrix<S>>;
+/// Read-only and writable views of a row of per-sample values, or of its leading samples.
+template <class S>
+using RowVectorCRef = Eigen::Ref<const RowVector<S>>;
+template <class S>
+using RowVectorRef = Eigen::Ref<RowVector<S>>;
 
 /// Views of a slice of a flat parameter (or gradient) buffer as a matrix or vector.
 template <class S>

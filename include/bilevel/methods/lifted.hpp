@@ -51,6 +51,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <span>
 #include <vector>
 
@@ -97,6 +98,7 @@ class lifted_objective {
              const lifted_weights<S>& weights, inner_start start) {
     net.forward(x, forward_);
     size_work_buffers(net);
+    width_ = x.cols();
     for (std::size_t k = 0; k < e_.size(); ++k) {
       d_[k + 1].setZero();
       v_[k + 1].setZero();
@@ -110,6 +112,9 @@ class lifted_objective {
   /// Block coordinate descent from the current state, top block first, until the stopping
   /// rule holds for every sample and block or `stopping.max_iterations` sweeps; each block takes
   /// up to `block_iterations` updates per sweep (fewer where the rule holds for the block).
+  /// Active set: a sample that met the rule at the end of a sweep is retired, it keeps that
+  /// state and the sweeps go on over the others only (J is separable over samples, §5.6b), so
+  /// a batch costs the sweeps its samples need, not the slowest sample's count for all.
   template <class Program>
   lifted_solve solve(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
                      const stopping_settings<S>& stopping, block_update update,
@@ -120,25 +125,32 @@ class lifted_objective {
     safeguarded_ = 0;
     fixed_point_updates_ = 0;
     rule_.start(top, B, stopping.tolerance);
-    for (Index m = 1; m <= top; ++m) base_[std::size_t(m)] = forward_.z[std::size_t(m)].colwise().norm();
+    for (std::size_t i = 1; i < d_.size(); ++i) base_[i] = forward_.z[i].colwise().norm();
+    labels_ = y;
+    order_.resize(std::size_t(B));
+    std::iota(order_.begin(), order_.end(), Index(0));
     for (result.sweeps = 1; result.sweeps <= stopping.max_iterations; ++result.sweeps) {
-      for (Index m = 1; m <= top; ++m) previous_[std::size_t(m)] = d_[std::size_t(m)];
+      const MatrixCRef<S> active_labels = live(labels_);
+      for (Index m = 1; m <= top; ++m) live(previous_[std::size_t(m)]) = live(d_[std::size_t(m)]);
       for (Index m = top; m >= 1; --m) {
         if (update == block_update::fixed_point)
-          fixed_point_block(net, y, weights, m, block_iterations, stopping.tolerance);
+          fixed_point_block(net, active_labels, weights, m, block_iterations, stopping.tolerance);
         else
-          proximal_block(net, y, weights, m, block_iterations, stopping.tolerance);
+          proximal_block(net, active_labels, weights, m, block_iterations, stopping.tolerance);
       }
       for (Index m = 1; m <= top; ++m) {
         const auto i = std::size_t(m);
-        step_norm_ = (d_[i] - previous_[i]).colwise().norm();
-        displacement_norm_ = d_[i].colwise().norm();
-        rule_.observe(m - 1, step_norm_, displacement_norm_, rounding_scale(m, weights));
+        live(step_norm_) = (live(d_[i]) - live(previous_[i])).colwise().norm();
+        live(displacement_norm_) = live(d_[i]).colwise().norm();
+        rule_.observe(m - 1, live(step_norm_), live(displacement_norm_),
+                      rounding_scale(m, weights));
       }
       if (rule_.end_iteration()) break;
+      width_ = rule_.retire_converged([this](Index p, Index q) { swap_samples(p, q); });
     }
     result.sweeps = std::min(result.sweeps, stopping.max_iterations);
     result.unconverged = rule_.unconverged();
+    restore_sample_order();
     if (update == block_update::fixed_point && fixed_point_updates_ > 0)
       result.safeguarded = double(safeguarded_) / double(fixed_point_updates_);
     materialize(net);
@@ -356,6 +368,7 @@ class lifted_objective {
     blocks_.resize(L);
     layers_.resize(L);
     z_[0] = forward_.z[0];
+    for (RowVector<S>* r : {&step_norm_, &displacement_norm_, &rounding_}) r->resize(B);
     for (std::size_t k = 0; k < L; ++k) {
       const Index rows = forward_.a[k].rows();
       for (Matrix<S>* m : {&d_[k + 1], &v_[k + 1], &previous_[k + 1], &z_[k + 1], &e_[k], &a_[k]})
@@ -391,9 +404,9 @@ class lifted_objective {
   void coupling_residual(const Program& net, Index k, const Matrix<S>& e, const Matrix<S>& d,
                          Matrix<S>& out) const {
     net.layer(k - 1).visit([&](const auto& pair) {
-      difference<S>(pair, forward_.a[std::size_t(k - 1)], e, out);
+      difference<S>(pair, live(forward_.a[std::size_t(k - 1)]), live(e), live(out));
     });
-    out -= d;
+    live(out) -= live(d);
   }
 
   /// delta_L = J_{f_L}(a_L)^T grad l(f_L(a_L)) for an unlifted output whose activation
@@ -419,53 +432,57 @@ class lifted_objective {
     const auto i = std::size_t(m);
     block_work& work = blocks_[i - 1];
     if (m == L) {  // lifted output: w grad l(z_L)
-      work.output = forward_.z[i] + d;
-      if (with_loss) net.loss_values(work.output, y, *loss);
-      net.loss_gradient(work.output, y, out);
-      out *= weights.loss_weight;
+      live(work.output) = live(forward_.z[i]) + live(d);
+      if (with_loss) net.loss_values(live(work.output), y, live(*loss));
+      net.loss_gradient(live(work.output), y, live(out));
+      live(out) *= weights.loss_weight;
     } else if (m + 1 == L && !weights.output_lifted) {  // under the true loss of f_L(a_L)
       Matrix<S>& a = work.above_residual;
-      a = forward_.a[i] + e_above;
+      live(a) = live(forward_.a[i]) + live(e_above);
       net.layer(m).visit([&](const auto& pair) {
-        activate<S>(pair, a, work.output);
-        if (with_loss) net.loss_values(work.output, y, *loss);
-        net.loss_gradient(work.output, y, work.output_gradient);
-        vjp<S>(pair, a, work.output_gradient, work.output_signal);
+        activate<S>(pair, live(a), live(work.output));
+        if (with_loss) net.loss_values(live(work.output), y, live(*loss));
+        net.loss_gradient(live(work.output), y, live(work.output_gradient));
+        vjp<S>(pair, live(a), live(work.output_gradient), live(work.output_signal));
       });
-      out.noalias() = weights.loss_weight * net.weights(m).transpose() * work.output_signal;
+      live(out).noalias() =
+          weights.loss_weight * net.weights(m).transpose() * live(work.output_signal);
     } else {
       coupling_residual(net, m + 1, e_above, d_[i + 1], work.above_residual);
-      out.noalias() = weights.lambda[i] * net.weights(m).transpose() * work.above_residual;
+      live(out).noalias() =
+          weights.lambda[i] * net.weights(m).transpose() * live(work.above_residual);
     }
+  }
+
+  /// The scale block m's iterates round at (methods/stopping_rule.hpp): its displacement
+  /// ||d_m||, and s_m ||z^0_m|| for the signal it is driven by, which is s_m = w / lambda_m times
+  /// quantities of the size of z (the loss gradient p - y of a well-fitted sample cancels to
+  /// rounding relative to its terms, not to itself). Needs displacement_norm_ of block m; for
+  /// the active samples.
+  RowVectorCRef<S> rounding_scale(Index m, const lifted_weights<S>& weights) {
+    const auto i = std::size_t(m);
+    live(rounding_) = displacement_rounding_scale(
+        live(displacement_norm_), weights.loss_weight / weights.lambda[i - 1], live(base_[i]));
+    return live(rounding_);
   }
 
   /// Up to `iterations` proximal-gradient steps on block m, stopping early where the stopping
   /// rule holds for the block (relative to its own displacement). Never increases J.
-  /// The scale block m's iterates round at (methods/stopping_rule.hpp): its displacement
-  /// ||d_m||, and s_m ||z^0_m|| for the signal it is driven by, which is s_m = w / lambda_m times
-  /// quantities of the size of z (the loss gradient p - y of a well-fitted sample cancels to
-  /// rounding relative to its terms, not to itself). Needs displacement_norm_ of block m.
-  const RowVector<S>& rounding_scale(Index m, const lifted_weights<S>& weights) {
-    const auto i = std::size_t(m);
-    displacement_rounding_scale(displacement_norm_, weights.loss_weight / weights.lambda[i - 1],
-                                base_[i], rounding_);
-    return rounding_;
-  }
-
   template <class Program>
   void proximal_block(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
                       Index m, Index iterations, S tolerance) {
     const auto i = std::size_t(m);
     block_work& work = blocks_[i - 1];
     feedback(net, y, weights, m, d_[i], above(m), work.feedback, false);
-    block_rule_.start(1, d_[i].cols(), tolerance);
+    block_rule_.start(1, width_, tolerance);
     for (Index t = 0; t < iterations; ++t) {
       if (!proximal_step(net, y, weights, m, nullptr)) break;  // at a minimiser up to rounding
       accept(m, work.candidate, work.candidate_above, work.candidate_feedback,
              work.candidate_preimage, nullptr);
-      step_norm_ = work.move.colwise().norm();
-      displacement_norm_ = d_[i].colwise().norm();
-      block_rule_.observe(0, step_norm_, displacement_norm_, rounding_scale(m, weights));
+      live(step_norm_) = live(work.move).colwise().norm();
+      live(displacement_norm_) = live(d_[i]).colwise().norm();
+      block_rule_.observe(0, live(step_norm_), live(displacement_norm_),
+                          rounding_scale(m, weights));
       if (block_rule_.end_iteration()) break;
     }
   }
@@ -490,17 +507,17 @@ class lifted_objective {
     S& step = step_size(m, weights);
     for (int halving = 0; halving < 60; ++halving) {
       const S c = step * lambda;
-      work.shift = d_[i] + c * e_[i - 1] - step * work.feedback;
+      live(work.shift) = live(d_[i]) + c * live(e_[i - 1]) - step * live(work.feedback);
       net.layer(m - 1).visit([&](const auto& pair) {
-        prox_conj_displacement<S>(pair, forward_.a[i - 1], work.shift, c, next);
+        prox_conj_displacement<S>(pair, live(forward_.a[i - 1]), live(work.shift), c, live(next));
       });
-      next_preimage = (work.shift - next) / c;  // c w + f(a + w) - f(a) = rho
-      work.move = next - d_[i];
-      if (!top) next_above.noalias() = net.weights(m) * next;
+      live(next_preimage) = (live(work.shift) - live(next)) / c;  // c w + f(a + w) - f(a) = rho
+      live(work.move) = live(next) - live(d_[i]);
+      if (!top) live(next_above).noalias() = net.weights(m) * live(next);
       feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, columns != nullptr,
                next_loss);
       S curvature = 0, squared = 0;
-      for (Index j = 0; j < next.cols(); ++j) {
+      for (Index j = 0; j < width_; ++j) {
         if (columns && !(*columns)[std::size_t(j)]) continue;
         curvature += (next_feedback.col(j) - work.feedback.col(j)).dot(work.move.col(j));
         squared += work.move.col(j).squaredNorm();
@@ -514,20 +531,22 @@ class lifted_objective {
     return false;
   }
 
-  /// Takes block m's candidate as its state (all samples, or where `columns` says so).
-  void accept(Index m, Matrix<S>& next, Matrix<S>& next_above, Matrix<S>& next_feedback,
-              Matrix<S>& next_preimage, const std::vector<char>* columns) {
+  /// Takes block m's candidate as its state (all active samples, or where `columns` says so).
+  /// Copies, not swaps: the retired samples' state stays where it is.
+  void accept(Index m, const Matrix<S>& next, const Matrix<S>& next_above,
+              const Matrix<S>& next_feedback, const Matrix<S>& next_preimage,
+              const std::vector<char>* columns) {
     const auto i = std::size_t(m);
     const bool top = m == Index(e_.size());
     block_work& work = blocks_[i - 1];
     if (!columns) {
-      d_[i].swap(next);
-      v_[i].swap(next_preimage);
-      work.feedback.swap(next_feedback);
-      if (!top) e_[i].swap(next_above);
+      live(d_[i]) = live(next);
+      live(v_[i]) = live(next_preimage);
+      live(work.feedback) = live(next_feedback);
+      if (!top) live(e_[i]) = live(next_above);
       return;
     }
-    for (Index j = 0; j < next.cols(); ++j) {
+    for (Index j = 0; j < width_; ++j) {
       if (!(*columns)[std::size_t(j)]) continue;
       d_[i].col(j) = next.col(j);
       v_[i].col(j) = next_preimage.col(j);
@@ -542,7 +561,7 @@ class lifted_objective {
   void fixed_point_block(const Program& net, const MatrixCRef<S>& y,
                          const lifted_weights<S>& weights, Index m, Index iterations, S tolerance) {
     const auto i = std::size_t(m);
-    const Index L = net.depth(), B = d_[i].cols();
+    const Index L = net.depth(), B = width_;
     const bool top = m == L;
     const bool loss_next = top || (m + 1 == L && !weights.output_lifted);
     block_work& work = blocks_[i - 1];
@@ -550,38 +569,40 @@ class lifted_objective {
     feedback(net, y, weights, m, d_[i], above(m), work.feedback, loss_next, &work.loss);
     block_rule_.start(1, B, tolerance);
     for (Index t = 0; t < iterations; ++t) {
-      work.before = d_[i];
+      live(work.before) = live(d_[i]);
       // The candidate z_m = f(a_m - q_m / lambda_m), u = a_m^0 + v.
-      work.candidate_preimage = e_[i - 1] - work.feedback / lambda;
+      live(work.candidate_preimage) = live(e_[i - 1]) - live(work.feedback) / lambda;
       net.layer(m - 1).visit([&](const auto& pair) {
-        difference<S>(pair, forward_.a[i - 1], work.candidate_preimage, work.candidate);
+        difference<S>(pair, live(forward_.a[i - 1]), live(work.candidate_preimage),
+                      live(work.candidate));
       });
-      if (!top) work.candidate_above.noalias() = net.weights(m) * work.candidate;
+      if (!top) live(work.candidate_above).noalias() = net.weights(m) * live(work.candidate);
       feedback(net, y, weights, m, work.candidate, top ? work.candidate : work.candidate_above,
                work.candidate_feedback, loss_next, &work.candidate_loss);
       // J(z+) - J(z) per sample: the divergence upstairs minus lambda_m D_{G_m}(u+, u).
-      work.preimage_move = work.candidate_preimage - v_[i];
-      work.shift = forward_.a[i - 1] + v_[i];  // u, with z_m = f(u)
+      live(work.preimage_move) = live(work.candidate_preimage) - live(v_[i]);
+      live(work.shift) = live(forward_.a[i - 1]) + live(v_[i]);  // u, with z_m = f(u)
       net.layer(m - 1).visit([&](const auto& pair) {
-        potential_divergence<S>(pair, work.shift, work.preimage_move, work.row);
+        potential_divergence<S>(pair, live(work.shift), live(work.preimage_move), live(work.row));
       });
-      work.move = work.candidate - d_[i];
+      live(work.move) = live(work.candidate) - live(d_[i]);
       if (loss_next) {
         // w [l(z+) - l(z) - <grad l(z), z+ - z>] for a lifted output (work.feedback = w grad l),
         // w [L(a+) - L(a) - <delta_L, a+ - a>] with L = l o f_L under an unlifted one, where
         // <w delta_L, W_L (z+ - z)> = <q_m, z+ - z>.
-        work.change = weights.loss_weight * (work.candidate_loss - work.loss) -
-                      work.feedback.cwiseProduct(work.move).colwise().sum();
+        live(work.change) = weights.loss_weight * (live(work.candidate_loss) - live(work.loss)) -
+                            live(work.feedback).cwiseProduct(live(work.move)).colwise().sum();
       } else {
         // lambda_{m+1} D_{G_{m+1}}(a_{m+1}^+, a_{m+1}), about a_{m+1} = a_{m+1}^0 + e_{m+1}.
-        work.above_move = work.candidate_above - e_[i];
-        work.above_base = forward_.a[i] + e_[i];
+        live(work.above_move) = live(work.candidate_above) - live(e_[i]);
+        live(work.above_base) = live(forward_.a[i]) + live(e_[i]);
         net.layer(m).visit([&](const auto& pair) {
-          potential_divergence<S>(pair, work.above_base, work.above_move, work.change);
+          potential_divergence<S>(pair, live(work.above_base), live(work.above_move),
+                                  live(work.change));
         });
-        work.change *= weights.lambda[i];
+        live(work.change) *= weights.lambda[i];
       }
-      work.change -= lambda * work.row;
+      live(work.change) -= lambda * live(work.row);
       Index rejected = 0;
       for (Index j = 0; j < B; ++j) {
         const bool keep = work.change(j) <= 0;
@@ -601,17 +622,43 @@ class lifted_objective {
           if (loss_next) copy_columns(work.fallback_loss, work.loss, work.accepted);
         }
       }
-      step_norm_ = (d_[i] - work.before).colwise().norm();
-      displacement_norm_ = d_[i].colwise().norm();
-      block_rule_.observe(0, step_norm_, displacement_norm_, rounding_scale(m, weights));
+      live(step_norm_) = (live(d_[i]) - live(work.before)).colwise().norm();
+      live(displacement_norm_) = live(d_[i]).colwise().norm();
+      block_rule_.observe(0, live(step_norm_), live(displacement_norm_),
+                          rounding_scale(m, weights));
       if (block_rule_.end_iteration()) break;
     }
   }
 
-  static void copy_columns(const RowVector<S>& from, RowVector<S>& to,
-                           const std::vector<char>& columns) {
-    for (Index j = 0; j < from.size(); ++j)
+  void copy_columns(const RowVector<S>& from, RowVector<S>& to,
+                    const std::vector<char>& columns) const {
+    for (Index j = 0; j < width_; ++j)
       if (columns[std::size_t(j)]) to(j) = from(j);
+  }
+
+  /// The leading width_ samples of a per-sample buffer: all of them, except during a solve
+  /// that has retired some (solve()).
+  auto live(Matrix<S>& m) const { return m.leftCols(width_); }
+  auto live(const Matrix<S>& m) const { return m.leftCols(width_); }
+  auto live(RowVector<S>& r) const { return r.head(width_); }
+  auto live(const RowVector<S>& r) const { return r.head(width_); }
+
+  /// Exchanges samples p and q in every per-sample buffer a solve reads, and in order_.
+  void swap_samples(Index p, Index q) {
+    std::swap(order_[std::size_t(p)], order_[std::size_t(q)]);
+    labels_.col(p).swap(labels_.col(q));
+    for (std::size_t k = 0; k < e_.size(); ++k) {
+      for (Matrix<S>* m : {&forward_.a[k], &forward_.z[k + 1], &d_[k + 1], &v_[k + 1], &e_[k]})
+        m->col(p).swap(m->col(q));
+      std::swap(base_[k + 1](p), base_[k + 1](q));
+    }
+  }
+
+  /// Puts every sample back in its own column after a solve that retired some.
+  void restore_sample_order() {
+    for (Index p = 0; p < Index(order_.size()); ++p)
+      while (order_[std::size_t(p)] != p) swap_samples(p, order_[std::size_t(p)]);
+    width_ = Index(order_.size());
   }
 
   /// The first-order start of §5.6b, bottom up, from BP's errors g_k at z_k.
@@ -673,6 +720,11 @@ class lifted_objective {
   std::vector<weight_work> layers_;
   RowVector<S> total_, step_norm_, displacement_norm_, rounding_;
   std::vector<RowVector<S>> base_;  ///< ||z^0_m|| per sample, per block
+  /// The samples a solve still iterates on are the first width_ columns; position p holds
+  /// sample order_[p], and labels_ the labels in that order.
+  Index width_ = 0;
+  std::vector<Index> order_;
+  Matrix<S> labels_;
   displacement_rule<S> rule_, block_rule_;
   Index safeguarded_ = 0, fixed_point_updates_ = 0;
   bool output_lifted_ = true;

@@ -173,8 +173,8 @@ class pcn {
       for (Index k = 1; k < L; ++k) {
         const auto u = std::size_t(k);
         displacement_ = state_.d[u].colwise().norm();
-        detail::displacement_rounding_scale(displacement_, energy_.spacing(),
-                                            energy_.base_norm(k), rounding_);
+        rounding_ = detail::displacement_rounding_scale(displacement_, energy_.spacing(),
+                                                    energy_.base_norm(k));
         rule_.observe(k - 1, step_norms_[u], displacement_, rounding_);
       }
       if (rule_.end_iteration()) break;

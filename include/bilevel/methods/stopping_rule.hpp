@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -57,35 +58,52 @@ enum class inner_start { forward, first_order };
 namespace detail {
 
 /// The rounding scale b = ||z_t - z^0|| + s ||z^0|| of a solver on the displacement d = z - z^0
-/// (file comment), per sample: `signal_weight` is s, the loss's weight over the coupling's.
-template <Scalar S>
-void displacement_rounding_scale(const RowVector<S>& displacement, S signal_weight,
-                                 const RowVector<S>& base_norm, RowVector<S>& out) {
-  out = displacement + signal_weight * base_norm;
+/// (file comment), per sample: `signal_weight` is s, the loss's weight over the coupling's. An
+/// expression over its arguments, to be assigned.
+template <class Displacement, class BaseNorm, Scalar S>
+auto displacement_rounding_scale(const Displacement& displacement, S signal_weight,
+                                 const BaseNorm& base_norm) {
+  return displacement + signal_weight * base_norm;
 }
 
 /// Tracks the rule above over the iterations of one solve; one row of per-sample values per
 /// block. Its buffers are reused from one solve to the next (no allocation after the first).
+/// An active-set solver retires the samples that met the rule (retire_converged) and goes on
+/// with the others in the leading positions.
 template <Scalar S>
 class displacement_rule {
  public:
   static constexpr S roundoff_factor = S(64);
 
   /// A new solve over `blocks` blocks and `samples` samples.
+  /// The buffers only grow: a solve over fewer samples than the last uses their leading part.
   void start(Index blocks, Index samples, S tolerance) {
     tolerance_ = tolerance;
     iteration_ = 0;
-    history_.resize(std::size_t(blocks));
-    for (auto& steps : history_)
-      for (RowVector<S>& step : steps) step.setZero(samples);
-    passed_.setOnes(samples);
-    converged_.setZero(samples);
+    blocks_ = std::size_t(blocks);
+    if (history_.size() < blocks_) history_.resize(blocks_);
+    for (std::size_t k = 0; k < blocks_; ++k) {
+      for (RowVector<S>& step : history_[k]) {
+        if (step.size() < samples) step.resize(samples);
+        step.head(samples).setZero();
+      }
+    }
+    if (passed_.size() < samples) {
+      passed_.resize(samples);
+      converged_.resize(samples);
+    }
+    passed_.setOnes();
+    converged_.head(samples).setZero();
+    active_ = samples;
   }
 
   /// Block k's per-sample norms after this iteration: of its step Delta_t, of its displacement
   /// z_t - z^0 and of the scale b its rounding sits at (file comment).
-  void observe(Index block, const RowVector<S>& step, const RowVector<S>& displacement,
-               const RowVector<S>& rounding_scale) {
+  /// Rows of the active samples (all, unless some were retired).
+  void observe(Index block, const RowVectorCRef<S>& step, const RowVectorCRef<S>& displacement,
+               const RowVectorCRef<S>& rounding_scale) {
+    require(step.size() == active_, "displacement_rule::observe", "samples", concat(active_),
+            step.size());
     // steps[0] = s_{t-1}, steps[1] = s_{t-2}, steps[2] = s_{t-3}
     std::array<RowVector<S>, 3>& steps = history_[std::size_t(block)];
     const S unit = std::numeric_limits<S>::epsilon() / 2;
@@ -115,19 +133,41 @@ class displacement_rule {
   /// all did.
   bool end_iteration() {
     ++iteration_;
-    converged_ = passed_;
+    converged_.head(active_) = passed_.head(active_);
     passed_.setOnes();
-    return (converged_.array() != 0).all();
+    return (converged_.head(active_).array() != 0).all();
   }
 
-  /// Samples that did not meet the rule in the last iteration.
-  Index unconverged() const { return Index((converged_.array() == 0).count()); }
+  /// Moves the active samples that met the rule in the last iteration behind the others and
+  /// returns how many stay active, in positions 0 .. count - 1. `swap(p, q)` is called for every
+  /// exchange of positions, for the caller to exchange its own per-sample state.
+  template <class Swap>
+  Index retire_converged(Swap&& swap) {
+    Index kept = 0;
+    for (Index p = 0; p < active_; ++p) {
+      if (converged_(p) != 0) continue;
+      if (p != kept) {
+        for (std::size_t k = 0; k < blocks_; ++k)
+          for (RowVector<S>& step : history_[k]) std::swap(step(p), step(kept));
+        std::swap(converged_(p), converged_(kept));
+        swap(p, kept);
+      }
+      ++kept;
+    }
+    active_ = kept;
+    return kept;
+  }
+
+  /// Active samples that did not meet the rule in the last iteration.
+  Index unconverged() const { return Index((converged_.head(active_).array() == 0).count()); }
   /// Whether sample j met the rule in the last iteration.
   bool converged(Index j) const { return converged_(j) != 0; }
 
  private:
   S tolerance_ = S(1e-3);
   Index iteration_ = 0;
+  std::size_t blocks_ = 0;
+  Index active_ = 0;  ///< samples not retired, in the leading positions
   std::vector<std::array<RowVector<S>, 3>> history_;
   RowVector<S> passed_, converged_;
 };

@@ -1,0 +1,80 @@
+// The stopping rule of docs/methods.md §5.6b (methods/stopping_rule.hpp): on a geometric
+// sequence of steps it stops once the steps still to come are within the tolerance of the
+// displacement, and not much later; an active-set solver's retired samples leave the others'
+// histories with them.
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <vector>
+
+#include "bilevel/core/error.hpp"
+#include "bilevel/methods/stopping_rule.hpp"
+
+using namespace bilevel;
+
+namespace {
+
+constexpr double tolerance = 1e-3;
+
+/// Step t of the samples below: 0 (still), ratio^t (converging linearly) or 1 (never).
+double step_of(int sample, int t) {
+  if (sample == 0) return 0;
+  if (sample == 1) return std::pow(0.5, t);
+  return 1;
+}
+
+/// Iterations until the rule holds for sample 1 observed alone.
+int iterations_alone() {
+  detail::displacement_rule<double> rule;
+  rule.start(1, 1, tolerance);
+  const RowVector<double> displacement = RowVector<double>::Ones(1);
+  for (int t = 0;; ++t) {
+    rule.observe(0, RowVector<double>::Constant(1, step_of(1, t)), displacement, displacement);
+    if (rule.end_iteration()) return t + 1;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("on a geometric sequence the rule stops once the rest is within tolerance, not much "
+          "later",
+          "[stopping_rule]") {
+  const int stopped = iterations_alone();
+  // After iteration t (steps 0..t-1 taken) the rest is sum_{i >= t} 0.5^i = 2 * 0.5^t, against
+  // tolerance * displacement = 1e-3.
+  const auto rest = [](int t) { return 2 * std::pow(0.5, t); };
+  CHECK(rest(stopped) <= tolerance);
+  // The estimate from two steps is conservative by 1 + 1 / ratio = 3: at most two more.
+  CHECK(rest(stopped - 3) > tolerance);
+}
+
+TEST_CASE("retiring converged samples moves the others forward with their own histories",
+          "[stopping_rule]") {
+  const int alone = iterations_alone();
+  detail::displacement_rule<double> rule;
+  rule.start(1, 3, tolerance);
+  std::vector<int> sample_at = {0, 1, 2};  // which sample each position holds
+  Index active = 3;
+  int retired_1 = -1;
+  for (int t = 0; t < 40; ++t) {
+    RowVector<double> step(active);
+    for (Index p = 0; p < active; ++p) step(p) = step_of(sample_at[std::size_t(p)], t);
+    const RowVector<double> ones = RowVector<double>::Ones(active);
+    rule.observe(0, step, ones, ones);
+    REQUIRE_FALSE(rule.end_iteration());  // sample 2 never converges
+    active = rule.retire_converged(
+        [&](Index p, Index q) { std::swap(sample_at[std::size_t(p)], sample_at[std::size_t(q)]); });
+    if (t == 0) {  // sample 0 is still from the start and leaves first
+      CHECK(active == 2);
+      CHECK(sample_at[2] == 0);
+    }
+    if (retired_1 < 0 && active == 1) retired_1 = t + 1;
+    CHECK(rule.unconverged() == active);
+  }
+  CHECK(sample_at[0] == 2);
+  // Sample 1 moved from position 1 to 0 and stops when it would alone.
+  CHECK(retired_1 == alone);
+  CHECK_THROWS_AS(rule.observe(0, RowVector<double>::Ones(2), RowVector<double>::Ones(2),
+                               RowVector<double>::Ones(2)),
+                  config_error);
+}
