@@ -44,9 +44,12 @@ struct fixture {
 /// state after a first, untimed step (same_start.hpp).
 template <class Method>
 void step(benchmark::State& state, Method method, bool native) {
-  // ReLU hidden layers; hard sigmoid for EP, which needs a bounded pair there (methods/ep.hpp).
-  using hidden = std::conditional_t<std::is_same_v<Method, bilevel::ep<S>>, bilevel::hard_sigmoid,
-                                    bilevel::relu>;
+  // ReLU hidden layers; hard sigmoid for EP, which needs a bounded pair there (methods/ep.hpp),
+  // and the logistic sigmoid of the trainer's PCN (and Z-IL): at ReLU kinks PCN's fixed-rate
+  // inference chatters and would only show its cap (methods/pcn.hpp).
+  using hidden = std::conditional_t<
+      std::is_same_v<Method, bilevel::ep<S>>, bilevel::hard_sigmoid,
+      std::conditional_t<std::is_same_v<Method, bilevel::pcn<S>>, bilevel::sigmoid, bilevel::relu>>;
   fixture<hidden> f(state.range(0));
   Eigen::setNbThreads(int(state.range(1)));
   const auto take_step = [&] {
@@ -131,7 +134,8 @@ METHOD_STEP(ep, bilevel::ep<S>{}, false);
 METHOD_STEP(zil, bilevel::pcn<S>::zil(), false);
 // The methods with inner solvers at the trainer's default spacings (examples/mnist_mlp: CHL
 // beta 0.1, PCN s = 1, MAC mu 10, LPOM and FLN lambda 10), each started from the forward pass
-// (cold) and from the first-order start of docs/methods.md §5.6b (warm).
+// (cold) and from the first-order start of docs/methods.md §5.6b (warm); the trainer's default
+// is cold for CHL, PCN and MAC, warm for LPOM and FLN.
 METHOD_STEP(chl_cold, at_spacing<bilevel::chl<S>>(0.1f, cold), false);
 METHOD_STEP(chl_warm, at_spacing<bilevel::chl<S>>(0.1f, warm), false);
 METHOD_STEP(pcn_cold, at_spacing<bilevel::pcn<S>>(1.0f, cold), false);

@@ -43,11 +43,27 @@ print("\nEvery method's step at batch 50 (gradient + Adam; AltMin its native ste
       "Cost model: inner iterations x one BP step.\n")
 print("| method | step (us) | step / BP | inner iterations | step / (iterations x BP) |")
 print("|---|---|---|---|---|")
-for name in ("bp", "fenbp", "chl", "ep", "pcn", "zil", "mac", "lpom", "fln", "altmin"):
+for name in ("bp", "fenbp", "ep", "zil", "altmin"):
     run = median[f"step/{name}/50/1"]
     t, iterations = run["real_time"], run["inner_iterations"]
     model = f"{t / (iterations * bp):.2f}" if iterations > 0 else "-"
     print(f"| {name} | {t:.0f} | {t / bp:.2f} | {iterations:.1f} | {model} |")
+
+print("\nThe methods with inner solvers at the trainer's default spacings, solved to the stopping "
+      "rule (docs/methods.md §5.6b), from the forward pass (cold) and from the first-order start "
+      "(warm); * marks the trainer's default start. Step over BP's step, and inner iterations "
+      "(sweeps or steps until the last sample of the batch converged).\n")
+print("| method | spacing | cold: step / BP | cold: iterations | warm: step / BP | warm: iterations |")
+print("|---|---|---|---|---|---|")
+for name, spacing, default in (("chl", "beta 0.1", "cold"), ("pcn", "s 1 (sigmoid)", "cold"),
+                               ("mac", "mu 10", "cold"), ("lpom", "lambda 10", "warm"),
+                               ("fln", "lambda 10", "warm")):
+    cells = []
+    for start in ("cold", "warm"):
+        run = median[f"step/{name}_{start}/50/1"]
+        mark = "*" if start == default else ""
+        cells += [f"{run['real_time'] / bp:.1f}{mark}", f"{run['inner_iterations']:.0f}"]
+    print(f"| {name} | {spacing} | " + " | ".join(cells) + " |")
 
 print("\nThreads (OpenMP: Eigen's products, our elementwise passes and Adam), BP and Fenchel BP steps:\n")
 print("| step | batch | 1 thread (us) | 2 threads (us) | speedup |")

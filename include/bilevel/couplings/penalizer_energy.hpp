@@ -34,6 +34,8 @@
 /// ~~~
 /// bottom-up, is within O(s^2) of it. It needs BP's backward pass (non-local).
 
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "../activations/concept.hpp"
@@ -70,6 +72,15 @@ class penalizer_energy {
       squared_gradient(j) = other.squared_gradient(j);
       if (slope.size() > 0) slope(j) = other.slope(j);
     }
+
+    /// Exchanges samples p and q in every member.
+    void swap_samples(Index p, Index q) {
+      for (std::vector<Matrix<S>>* members : {&d, &signal, &gradient, &direction})
+        for (Matrix<S>& m : *members)
+          if (m.size() > 0) m.col(p).swap(m.col(q));
+      for (RowVector<S>* row : {&energy, &squared_gradient, &slope})
+        if (row->size() > 0) std::swap((*row)(p), (*row)(q));
+    }
   };
 
   /// A new batch: the forward pass of x, F's weights w (penalty) and c (loss), and the norms
@@ -88,17 +99,36 @@ class penalizer_energy {
     error_.resize(L + 1);
     base_norm_.resize(L + 1);
     z_.resize(L + 1);
+    back_.resize(L);
     z_[0] = x;
     for (std::size_t k = 1; k <= L; ++k) {
       const Index n = net.layer(Index(k - 1)).outputs();
-      a_[k].resize(n, B);
-      shift_[k].resize(n, B);
-      difference_[k].resize(n, B);
+      for (Matrix<S>* m : {&a_[k], &shift_[k], &difference_[k], &error_[k], &z_[k]})
+        m->resize(n, B);
       if (k == 1) difference_[k].setZero();
-      error_[k].resize(n, B);
-      z_[k].resize(n, B);
+      if (k < L) back_[k].resize(n, B);
       base_norm_[k] = forward_.z[k].colwise().norm();
     }
+    losses_.resize(B);
+    width_ = B;
+  }
+
+  /// Evaluations and directions run on the first `width` samples only: those an active-set
+  /// solver still iterates on (all of them after start()). Its retired samples keep what their
+  /// last evaluation gave.
+  void set_width(Index width) { width_ = width; }
+  Index width() const { return width_; }
+
+  /// Exchanges samples p and q in the forward pass, the base norms, the last evaluation's
+  /// output and the given points (an active-set solver's reordering).
+  void swap_samples(Index p, Index q, std::initializer_list<point*> points) {
+    for (std::size_t k = 1; k < z_.size(); ++k) {
+      forward_.a[k - 1].col(p).swap(forward_.a[k - 1].col(q));
+      forward_.z[k].col(p).swap(forward_.z[k].col(q));
+      std::swap(base_norm_[k](p), base_norm_[k](q));
+    }
+    z_.back().col(p).swap(z_.back().col(q));
+    for (point* at : points) at->swap_samples(p, q);
   }
 
   /// Sizes a point for the current batch (no allocation when it already fits).
@@ -160,50 +190,51 @@ class penalizer_energy {
     }
   }
 
-  /// F per sample at p.d, and with `with_gradient` the signals, dF/dz and its squared norm.
+  /// F per sample at p.d, and with `with_gradient` the signals, dF/dz and its squared norm (for
+  /// the first width() samples; y holds their labels).
   template <class Program>
   void evaluate(const Program& net, const MatrixCRef<S>& y, point& p, bool with_gradient) {
     const Index L = net.depth();
-    p.energy.setZero();
+    live(p.energy).setZero();
     for (Index k = 1; k <= L; ++k) {
       const auto u = std::size_t(k);
-      const Matrix<S>& a0 = forward_.a[u - 1];
+      const auto a0 = live(forward_.a[u - 1]);
       net.layer(k - 1).visit([&](const auto& pair) {
         // a_k = a^0_k + e_k and f(a_k) - f(a^0_k); z_0 = x does not move, so e_1 = 0 (and the
         // difference stays 0 from start()).
         if (k > 1) {
-          shift_[u].noalias() = net.weights(k - 1) * p.d[u - 1];
-          a_[u] = a0 + shift_[u];
-          difference<S>(pair, a0, shift_[u], difference_[u]);
+          live(shift_[u]).noalias() = net.weights(k - 1) * live(p.d[u - 1]);
+          live(a_[u]) = a0 + live(shift_[u]);
+          difference<S>(pair, a0, live(shift_[u]), live(difference_[u]));
         }
-        const Matrix<S>& a = k == 1 ? a0 : a_[u];
-        Matrix<S>& e = error_[u];
+        const MatrixCRef<S> a = k == 1 ? MatrixCRef<S>(a0) : MatrixCRef<S>(live(a_[u]));
+        auto e = live(error_[u]);
         if (k < L) {
-          e = p.d[u] - difference_[u];  // eps_k
-          p.energy += (penalty_ / S(2)) * e.colwise().squaredNorm();
+          e = live(p.d[u]) - live(difference_[u]);  // eps_k
+          live(p.energy) += (penalty_ / S(2)) * e.colwise().squaredNorm();
           if (with_gradient) {
-            shift_[u] = -penalty_ * e;
-            vjp<S>(pair, a, shift_[u], p.signal[u]);
+            live(shift_[u]) = -penalty_ * e;
+            vjp<S>(pair, a, live(shift_[u]), live(p.signal[u]));
           }
         } else {
-          z_[u] = forward_.z[u] + difference_[u];
-          net.loss_values(z_[u], y, losses_);
-          p.energy += loss_weight_ * losses_;
+          live(z_[u]) = live(forward_.z[u]) + live(difference_[u]);
+          net.loss_values(live(z_[u]), y, live(losses_));
+          live(p.energy) += loss_weight_ * live(losses_);
           if (with_gradient) {
-            net.loss_gradient(z_[u], y, e);
+            net.loss_gradient(live(z_[u]), y, e);
             e *= loss_weight_;
-            vjp<S>(pair, a, e, p.signal[u]);
+            vjp<S>(pair, a, e, live(p.signal[u]));
           }
         }
       });
     }
     if (!with_gradient) return;
-    p.squared_gradient.setZero();
+    live(p.squared_gradient).setZero();
     for (Index k = 1; k < L; ++k) {
       const auto u = std::size_t(k);
-      p.gradient[u].noalias() = net.weights(k).transpose() * p.signal[u + 1];
-      p.gradient[u] += penalty_ * error_[u];
-      p.squared_gradient += p.gradient[u].colwise().squaredNorm();
+      live(p.gradient[u]).noalias() = net.weights(k).transpose() * live(p.signal[u + 1]);
+      live(p.gradient[u]) += penalty_ * live(error_[u]);
+      live(p.squared_gradient) += live(p.gradient[u]).colwise().squaredNorm();
     }
   }
 
@@ -224,30 +255,29 @@ class penalizer_energy {
     const Index L = net.depth();
     if (L == 1) return;
     const auto top = std::size_t(L - 1);
-    back_.resize(std::size_t(L));
-    back_[top] = p.gradient[top];
+    live(back_[top]) = live(p.gradient[top]);
     for (Index k = L - 2; k >= 1; --k) {
       const auto u = std::size_t(k);
       net.layer(k).visit([&](const auto& pair) {
-        vjp<S>(pair, a_[u + 1], back_[u + 1], shift_[u + 1]);
+        vjp<S>(pair, live(a_[u + 1]), live(back_[u + 1]), live(shift_[u + 1]));
       });
-      back_[u] = p.gradient[u];
-      back_[u].noalias() += net.weights(k).transpose() * shift_[u + 1];
+      live(back_[u]) = live(p.gradient[u]);
+      live(back_[u]).noalias() += net.weights(k).transpose() * live(shift_[u + 1]);
     }
-    p.direction[1] = back_[1];
+    live(p.direction[1]) = live(back_[1]);
     for (Index k = 2; k < L; ++k) {
       const auto u = std::size_t(k);
-      shift_[u].noalias() = net.weights(k - 1) * p.direction[u - 1];
+      live(shift_[u]).noalias() = net.weights(k - 1) * live(p.direction[u - 1]);
       net.layer(k - 1).visit([&](const auto& pair) {
-        vjp<S>(pair, a_[u], shift_[u], difference_[u]);
+        vjp<S>(pair, live(a_[u]), live(shift_[u]), live(difference_[u]));
       });
-      p.direction[u] = back_[u] + difference_[u];
+      live(p.direction[u]) = live(back_[u]) + live(difference_[u]);
     }
-    p.slope.setZero();
+    live(p.slope).setZero();
     for (Index k = 1; k < L; ++k) {
       const auto u = std::size_t(k);
-      p.direction[u] *= -S(1) / penalty_;
-      p.slope += p.direction[u].cwiseProduct(p.gradient[u]).colwise().sum();
+      live(p.direction[u]) *= -S(1) / penalty_;
+      live(p.slope) += live(p.direction[u]).cwiseProduct(live(p.gradient[u])).colwise().sum();
     }
   }
 
@@ -279,7 +309,13 @@ class penalizer_energy {
   const RowVector<S>& base_norm(Index k) const { return base_norm_[std::size_t(k)]; }
 
  private:
+  /// The leading width_ samples of a per-sample buffer.
+  auto live(Matrix<S>& m) const { return m.leftCols(width_); }
+  auto live(const Matrix<S>& m) const { return m.leftCols(width_); }
+  auto live(RowVector<S>& r) const { return r.head(width_); }
+
   S penalty_ = S(1), loss_weight_ = S(1);
+  Index width_ = 0;
   forward_state<S> forward_;
   std::vector<Matrix<S>> a_, shift_, difference_, error_, back_, z_;
   std::vector<RowVector<S>> base_norm_;

@@ -51,7 +51,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <span>
 #include <vector>
 
@@ -61,6 +60,7 @@
 #include "../core/state_stream.hpp"
 #include "../couplings/fenchel.hpp"
 #include "../program.hpp"
+#include "active_set.hpp"
 #include "batch_reduction.hpp"
 #include "descent.hpp"
 #include "stopping_rule.hpp"
@@ -126,11 +126,9 @@ class lifted_objective {
     fixed_point_updates_ = 0;
     rule_.start(top, B, stopping.tolerance);
     for (std::size_t i = 1; i < d_.size(); ++i) base_[i] = forward_.z[i].colwise().norm();
-    labels_ = y;
-    order_.resize(std::size_t(B));
-    std::iota(order_.begin(), order_.end(), Index(0));
+    order_.start(y);
     for (result.sweeps = 1; result.sweeps <= stopping.max_iterations; ++result.sweeps) {
-      const MatrixCRef<S> active_labels = live(labels_);
+      const MatrixCRef<S> active_labels = order_.labels(width_);
       for (Index m = 1; m <= top; ++m) live(previous_[std::size_t(m)]) = live(d_[std::size_t(m)]);
       for (Index m = top; m >= 1; --m) {
         if (update == block_update::fixed_point)
@@ -150,7 +148,8 @@ class lifted_objective {
     }
     result.sweeps = std::min(result.sweeps, stopping.max_iterations);
     result.unconverged = rule_.unconverged();
-    restore_sample_order();
+    order_.restore([this](Index p, Index q) { swap_samples(p, q); });
+    width_ = B;
     if (update == block_update::fixed_point && fixed_point_updates_ > 0)
       result.safeguarded = double(safeguarded_) / double(fixed_point_updates_);
     materialize(net);
@@ -645,8 +644,7 @@ class lifted_objective {
 
   /// Exchanges samples p and q in every per-sample buffer a solve reads, and in order_.
   void swap_samples(Index p, Index q) {
-    std::swap(order_[std::size_t(p)], order_[std::size_t(q)]);
-    labels_.col(p).swap(labels_.col(q));
+    order_.swap(p, q);
     for (std::size_t k = 0; k < e_.size(); ++k) {
       for (Matrix<S>* m : {&forward_.a[k], &forward_.z[k + 1], &d_[k + 1], &v_[k + 1], &e_[k]})
         m->col(p).swap(m->col(q));
@@ -654,12 +652,6 @@ class lifted_objective {
     }
   }
 
-  /// Puts every sample back in its own column after a solve that retired some.
-  void restore_sample_order() {
-    for (Index p = 0; p < Index(order_.size()); ++p)
-      while (order_[std::size_t(p)] != p) swap_samples(p, order_[std::size_t(p)]);
-    width_ = Index(order_.size());
-  }
 
   /// The first-order start of §5.6b, bottom up, from BP's errors g_k at z_k.
   template <class Program>
@@ -720,11 +712,9 @@ class lifted_objective {
   std::vector<weight_work> layers_;
   RowVector<S> total_, step_norm_, displacement_norm_, rounding_;
   std::vector<RowVector<S>> base_;  ///< ||z^0_m|| per sample, per block
-  /// The samples a solve still iterates on are the first width_ columns; position p holds
-  /// sample order_[p], and labels_ the labels in that order.
+  /// The samples a solve still iterates on are the first width_ columns, in order_.
   Index width_ = 0;
-  std::vector<Index> order_;
-  Matrix<S> labels_;
+  sample_order<S> order_;
   displacement_rule<S> rule_, block_rule_;
   Index safeguarded_ = 0, fixed_point_updates_ = 0;
   bool output_lifted_ = true;

@@ -96,6 +96,7 @@
 
 #include "../core/error.hpp"
 #include "../program.hpp"
+#include "active_set.hpp"
 #include "batch_reduction.hpp"
 #include "descent.hpp"
 #include "method.hpp"
@@ -343,8 +344,19 @@ class mac {
     S objective() const { return means(means.size() - 1); }
   };
 
-  /// Where a sample stands in the Z-step.
-  enum class progress : char { moving, converged, stuck };
+  /// Where a sample that has not converged stands in the Z-step.
+  enum class progress : char { moving, stuck };
+
+  /// Exchanges samples p and q in every per-sample buffer of the Z-step.
+  void swap_samples(Index p, Index q) {
+    order_.swap(p, q);
+    energy_.swap_samples(p, q, {&now_, &trial_});
+    std::swap(progress_[std::size_t(p)], progress_[std::size_t(q)]);
+    std::swap(failures_[std::size_t(p)], failures_[std::size_t(q)]);
+    std::swap(step_(p), step_(q));
+    for (std::size_t k = 1; k < step_norms_.size(); ++k)
+      std::swap(step_norms_[k](p), step_norms_[k](q));
+  }
 
   template <class Program>
   bool fits(const Program& net, Index B) const {
@@ -364,7 +376,10 @@ class mac {
     history_.clear();
     energy_.evaluate(net, y, now_, true);
     energy_.gauss_newton_direction(net, now_);
-    history_.push_back(double(now_.energy.mean()));
+    // Active set: a sample that met the rule is retired (it stays where it is); the others are
+    // gathered into the leading columns, and F's batch mean is summed in the samples' order.
+    order_.start(y);
+    history_.push_back(double(order_.mean(now_.energy)));
 
     Index iterations = 0;
     if (L > 1) {
@@ -375,30 +390,34 @@ class mac {
       step_norms_.resize(std::size_t(L));
       for (Index k = 1; k < L; ++k)
         step_norms_[std::size_t(k)] = now_.direction[std::size_t(k)].colwise().norm();
+      for (RowVector<S>* row : {&displacement_, &rounding_}) row->resize(B);
+      Index active = B;
       while (iterations < settings_.z_stopping.max_iterations) {
-        try_steps(net, y);
+        try_steps(net, order_.labels(active));
         ++iterations;
-        history_.push_back(double(now_.energy.mean()));
+        history_.push_back(double(order_.mean(now_.energy)));
         for (Index k = 1; k < L; ++k) {
           const auto u = std::size_t(k);
-          displacement_ = now_.d[u].colwise().norm();
-          rounding_ = detail::displacement_rounding_scale(displacement_, energy_.spacing(),
-                                                    energy_.base_norm(k));
-          rule_.observe(k - 1, step_norms_[u], displacement_, rounding_);
+          displacement_.head(active) = now_.d[u].leftCols(active).colwise().norm();
+          rounding_.head(active) = detail::displacement_rounding_scale(
+              displacement_.head(active), energy_.spacing(), energy_.base_norm(k).head(active));
+          rule_.observe(k - 1, step_norms_[u].head(active), displacement_.head(active),
+                        rounding_.head(active));
         }
         if (rule_.end_iteration()) break;
+        active = rule_.retire_converged([this](Index p, Index q) { swap_samples(p, q); });
+        energy_.set_width(active);
         bool any_moving = false;
-        for (Index j = 0; j < B; ++j) {
-          auto& state = progress_[std::size_t(j)];
-          if (state == progress::moving && rule_.converged(j)) state = progress::converged;
-          any_moving = any_moving || state == progress::moving;
-        }
+        for (Index j = 0; j < active; ++j)
+          any_moving = any_moving || progress_[std::size_t(j)] == progress::moving;
         if (!any_moving) break;
       }
       report.unconverged = rule_.unconverged();
+      order_.restore([this](Index p, Index q) { swap_samples(p, q); });
+      energy_.set_width(B);
     }
     report.inner_iterations = iterations;
-    report.inner_energy = double(now_.energy.mean());
+    report.inner_energy = history_.back();
     report.inner_residual = double(now_.squared_gradient.cwiseSqrt().mean());
   }
 
@@ -410,11 +429,11 @@ class mac {
   /// waits (one evaluation per iteration for the whole batch, rather than a batch-wide
   /// evaluation per halving for the few samples that need them); after max_backtracks refusals
   /// in a row it is stuck. step_norms_ gets each layer's last step taken, which the stopping
-  /// rule sees again (ratio 1) while a sample waits, 0 once it has converged, and infinity
-  /// once it is stuck.
+  /// rule sees again (ratio 1) while a sample waits, and infinity once it is stuck. Runs on the
+  /// samples not yet retired (the first energy_.width(); y holds their labels).
   template <class Program>
   void try_steps(const Program& net, const MatrixCRef<S>& y) {
-    const Index L = Index(now_.d.size()), B = now_.energy.size();
+    const Index L = Index(now_.d.size()), B = energy_.width();
     for (Index j = 0; j < B; ++j) {
       if (progress_[std::size_t(j)] != progress::moving) continue;
       for (Index k = 1; k < L; ++k) {
@@ -426,10 +445,6 @@ class mac {
     energy_.gauss_newton_direction(net, trial_);
     for (Index j = 0; j < B; ++j) {
       auto& state = progress_[std::size_t(j)];
-      if (state == progress::converged) {
-        for (Index k = 1; k < L; ++k) step_norms_[std::size_t(k)](j) = S(0);
-        continue;
-      }
       if (state == progress::stuck) continue;
       if (trial_.energy(j) <= now_.energy(j) + settings_.armijo * step_(j) * now_.slope(j)) {
         for (Index k = 1; k < L; ++k) {
@@ -538,6 +553,7 @@ class mac {
   RowVector<S> losses_, step_, displacement_, rounding_;
   std::vector<RowVector<S>> step_norms_;
   std::vector<progress> progress_;
+  detail::sample_order<S> order_;
   std::vector<Index> failures_;
   std::vector<double> history_;
   std::vector<layer_work> layers_;

@@ -52,6 +52,7 @@
 #include "../core/error.hpp"
 #include "../couplings/penalizer_energy.hpp"
 #include "../program.hpp"
+#include "active_set.hpp"
 #include "method.hpp"
 #include "stopping_rule.hpp"
 
@@ -149,40 +150,49 @@ class pcn {
 
  private:
   /// Gradient descent on F_s until every sample meets the stopping rule or the cap; returns the
-  /// number of steps taken.
+  /// number of steps taken. A sample that met the rule is retired (it stays where it is) and the
+  /// steps go on over the others, gathered into the leading columns (methods/active_set.hpp).
   template <class Program>
   Index inference(const Program& net, const MatrixCRef<S>& y, step_report& report) {
     const Index L = net.depth(), B = state_.energy.size();
     if (L == 1) return 0;
     const S rate = settings_.inference_rate;
     rule_.start(L - 1, B, settings_.stopping.tolerance);
-    moving_.setOnes(B);
+    order_.start(y);
     step_norms_.resize(std::size_t(L));
-    Index steps = 0;
+    for (RowVector<S>* row : {&displacement_, &rounding_}) row->resize(B);
+    for (Index k = 1; k < L; ++k) step_norms_[std::size_t(k)].resize(B);
+    Index steps = 0, active = B;
     while (steps < settings_.stopping.max_iterations) {
       for (Index k = 1; k < L; ++k) {
         const auto u = std::size_t(k);
-        // A sample that met the rule stays where it is (its step is 0 from then on).
-        step_norms_[u] = rate * state_.gradient[u].colwise().norm();
-        step_norms_[u].array() *= moving_.array();
-        for (Index j = 0; j < B; ++j)
-          if (moving_(j) != 0) state_.d[u].col(j) -= rate * state_.gradient[u].col(j);
+        auto gradient = state_.gradient[u].leftCols(active);
+        step_norms_[u].head(active) = rate * gradient.colwise().norm();
+        state_.d[u].leftCols(active) -= rate * gradient;
       }
-      energy_.evaluate(net, y, state_, true);
+      energy_.evaluate(net, order_.labels(active), state_, true);
       ++steps;
       for (Index k = 1; k < L; ++k) {
         const auto u = std::size_t(k);
-        displacement_ = state_.d[u].colwise().norm();
-        rounding_ = detail::displacement_rounding_scale(displacement_, energy_.spacing(),
-                                                    energy_.base_norm(k));
-        rule_.observe(k - 1, step_norms_[u], displacement_, rounding_);
+        displacement_.head(active) = state_.d[u].leftCols(active).colwise().norm();
+        rounding_.head(active) = detail::displacement_rounding_scale(
+            displacement_.head(active), energy_.spacing(), energy_.base_norm(k).head(active));
+        rule_.observe(k - 1, step_norms_[u].head(active), displacement_.head(active),
+                      rounding_.head(active));
       }
       if (rule_.end_iteration()) break;
-      for (Index j = 0; j < B; ++j)
-        if (rule_.converged(j)) moving_(j) = 0;
+      active = rule_.retire_converged([this](Index p, Index q) { swap_samples(p, q); });
+      energy_.set_width(active);
     }
     report.unconverged = rule_.unconverged();
+    order_.restore([this](Index p, Index q) { swap_samples(p, q); });
+    energy_.set_width(B);
     return steps;
+  }
+
+  void swap_samples(Index p, Index q) {
+    order_.swap(p, q);
+    energy_.swap_samples(p, q, {&state_});
   }
 
   /// Z-IL (§5.4): layer k (1-based) is read at t = L - k, when the error sent down from the
@@ -209,7 +219,8 @@ class pcn {
   detail::penalizer_energy<S> energy_;
   typename detail::penalizer_energy<S>::point state_;
   detail::displacement_rule<S> rule_;
-  RowVector<S> moving_, displacement_, rounding_, losses_;
+  RowVector<S> displacement_, rounding_, losses_;
+  detail::sample_order<S> order_;
   std::vector<RowVector<S>> step_norms_;
 };
 
