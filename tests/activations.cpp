@@ -52,7 +52,30 @@ struct clipping_sigmoid : sigmoid {
 struct narrow_tanh : tanh_pair {
   static constexpr activation_range range{0, 1, false};
 };
+// ReLU whose closed-form prox displacement solves c w + d = 2 rho, and whose vectorised
+// divergence is twice the scalar one.
+struct wrong_prox_difference_relu : relu {
+  template <class S> S prox_conj_difference(S a, S rho, S c) const {
+    return relu::prox_conj_difference(a, 2 * rho, c);
+  }
+};
+struct wrong_divergence_expr_relu : relu {
+  template <class A, class H> auto G_divergence_expr(const A& a, const H& h) const {
+    return 2 * relu::G_divergence_expr(a, h);
+  }
+};
 }  // namespace
+
+TEST_CASE("the checker rejects a closed-form prox displacement or a vectorised divergence that "
+          "disagrees with its definition",
+          "[activations]") {
+  const auto prox = check_activation_pair<double>(wrong_prox_difference_relu{});
+  REQUIRE_FALSE(prox.ok());
+  CHECK_THAT(prox.summary(), Catch::Contains("prox_conj_difference(a, rho, c) != the Newton"));
+  const auto divergence = check_activation_pair<double>(wrong_divergence_expr_relu{});
+  REQUIRE_FALSE(divergence.ok());
+  CHECK_THAT(divergence.summary(), Catch::Contains("potential_divergence != the sum"));
+}
 
 TEST_CASE("the checker rejects a declared range that f does not have", "[activations]") {
   const auto clipping = check_activation_pair<double>(clipping_sigmoid{});

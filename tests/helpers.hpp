@@ -2,6 +2,7 @@
 // Shared test helpers: random programs and batches, central finite differences of the loss.
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -100,19 +101,33 @@ inline double relative_error(const Vector<double>& actual, const Vector<double>&
   return (actual - expected).norm() / expected.norm();
 }
 
-/// For an inner solver that retires its converged samples (active set): solves every column of
-/// (x, y) alone with a fresh method from make(), reads its state with state_of(method), and
-/// returns the largest distance over samples and layers between that state and the same
-/// sample's column of `batch_state` (its solve within the batch), relative to the state's norm.
-/// `sweeps` gets each lone solve's inner iterations.
-template <class Make, class StateOf, class Program>
-double largest_batch_dependence(Make make, StateOf state_of, const Program& net,
-                                const Matrix<double>& x, const Matrix<double>& y,
-                                const std::vector<Matrix<double>>& batch_state,
-                                std::vector<Index>& sweeps) {
-  double largest = 0;
-  sweeps.clear();
+/// What batch_dependence measured.
+struct batch_dependence_result {
+  bool batch_converged = false;
+  double largest = 0;  ///< largest relative distance of a sample's state alone from its batch column
+  Index fewest_sweeps = 0, most_sweeps = 0;  ///< over the lone solves
+};
+
+/// For an inner solver that retires its converged samples (active set): 9 samples of growing
+/// size, so that they converge at different sweeps, through a 5-7-6-3 program of `Pair` drawn
+/// from `seed`, solved as one batch by a method from make() and each alone by a fresh one. The
+/// distance between a sample's state alone (state_of(method), layers 1..L) and its column of
+/// the batch's state is taken relative to the state's norm; `largest` is the largest over
+/// samples and layers.
+template <class Pair, class Make, class StateOf>
+batch_dependence_result batch_dependence(std::uint64_t seed, Make make, StateOf state_of) {
+  random_source random(seed);
+  auto net = make_mlp<double, Pair>({5, 7, 6, 3});
+  randomize(net, random, 0.8);
+  Matrix<double> x = random_matrix<double>(random, 5, 9);
+  for (Index j = 0; j < x.cols(); ++j) x.col(j) *= 0.3 * double(j + 1);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 9);
+  batch_dependence_result result;
+  auto batch = make();
   Vector<double> gradient;
+  result.batch_converged = batch.gradient(net, x, y, gradient).converged();
+  const std::vector<Matrix<double>>& batch_state = state_of(batch);
+  std::vector<Index> sweeps;
   for (Index j = 0; j < x.cols(); ++j) {
     auto method = make();
     const Matrix<double> xj = x.col(j), yj = y.col(j);
@@ -120,10 +135,12 @@ double largest_batch_dependence(Make make, StateOf state_of, const Program& net,
     const std::vector<Matrix<double>>& alone = state_of(method);
     for (std::size_t k = 1; k < alone.size(); ++k) {
       const double distance = (batch_state[k].col(j) - alone[k].col(0)).norm();
-      largest = std::max(largest, distance / std::max(alone[k].norm(), 1e-300));
+      result.largest = std::max(result.largest, distance / std::max(alone[k].norm(), 1e-300));
     }
   }
-  return largest;
+  result.fewest_sweeps = *std::min_element(sweeps.begin(), sweeps.end());
+  result.most_sweeps = *std::max_element(sweeps.begin(), sweeps.end());
+  return result;
 }
 
 }  // namespace bilevel::testing

@@ -308,25 +308,14 @@ TEMPLATE_TEST_CASE("a capped z-solve reports its unconverged samples", "[lpom][f
 TEMPLATE_TEST_CASE("a sample's minimiser does not depend on its batch: the solve retires "
                    "converged samples and keeps each one's own data",
                    "[lpom][fln]", lpom<double>, fln<double>) {
-  random_source random(58);
-  auto net = make_mlp<double, relu>({5, 7, 6, 3});
-  randomize(net, random, 0.8);
-  Matrix<double> x = random_matrix<double>(random, 5, 9);
-  for (Index j = 0; j < x.cols(); ++j) x.col(j) *= 0.3 * double(j + 1);
-  const Matrix<double> y = random_one_hot<double>(random, 3, 9);
   auto s = tight<TestType>({3.0});
   s.stopping.tolerance = 1e-9;
-  TestType batch(s);
-  Vector<double> gradient;
-  REQUIRE(batch.gradient(net, x, y, gradient).converged());
-  std::vector<Index> sweeps;
-  const double dependence = largest_batch_dependence(
-      [&] { return TestType(s); }, [](const TestType& m) -> const auto& { return m.state(); },
-      net, x, y, batch.state(), sweeps);
+  const auto measured = batch_dependence<relu>(
+      58, [&] { return TestType(s); }, [](const TestType& m) -> const auto& { return m.state(); });
+  REQUIRE(measured.batch_converged);
   // The samples converge at different sweeps, so the batch's solve retires them in turn.
-  CHECK(*std::min_element(sweeps.begin(), sweeps.end()) <
-        *std::max_element(sweeps.begin(), sweeps.end()));
-  CHECK(dependence < 1e-6);
+  CHECK(measured.fewest_sweeps < measured.most_sweeps);
+  CHECK(measured.largest < 1e-6);
 }
 
 TEST_CASE("LPOM and FLN reject invalid settings", "[lpom][fln]") {

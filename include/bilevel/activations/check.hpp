@@ -12,7 +12,11 @@
 ///                      equals the direct form evaluated in long double, for h from 1e-4 to 10
 ///                      times the sample range
 ///   divergence         G(a + h) - G(a) - f(a) h from the pair's G_divergence is >= 0 and
-///                      equals the direct form in long double
+///                      equals the direct form in long double; its batch form, summed per
+///                      sample, equals the scalar one's sum
+///   prox displacement  the pair's prox_conj_difference(a, rho, c) (scalar and batch forms)
+///                      equals the d = f(a + w) - f(a) with c w + d = rho that safeguarded
+///                      Newton steps find (activations/displacement.hpp)
 ///   declared range     f(a) in [lower, upper], and f(a) = clip(a, lower, upper) if it clips
 ///                      (pairs with a `range` member, activations/range.hpp)
 /// ~~~
@@ -21,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -29,6 +34,7 @@
 #include "../core/random.hpp"
 #include "../core/types.hpp"
 #include "concept.hpp"
+#include "displacement.hpp"
 
 namespace bilevel {
 
@@ -253,6 +259,42 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
           if (std::abs(L(got) - want) > allowed)
             fail("G_divergence(a, h) != G(a + h) - G(a) - f(a) h in long double", i, j, got,
                  S(want));
+        }
+    }
+  }
+  if constexpr (detail::has_scalar_divergence<P, S>) {
+    const Matrix<S> a = detail::uniform_matrix<S>(random, n, m, options.scale);
+    const Matrix<S> h = detail::uniform_matrix<S>(random, n, m, options.scale);
+    RowVector<S> batch(m);
+    potential_divergence<S>(pair, a, h, batch);
+    for (Index j = 0; j < m; ++j) {
+      S sum = 0, size = 0;
+      for (Index i = 0; i < n; ++i) {
+        const S term = S(pair.G_divergence(a(i, j), h(i, j)));
+        sum += term;
+        size += std::abs(term);
+      }
+      if (std::abs(batch(j) - sum) > S(options.difference_ulps) * n * std::numeric_limits<S>::epsilon() * size)
+        fail("potential_divergence != the sum of G_divergence(a, h)", 0, j, batch(j), sum);
+    }
+  }
+
+  if constexpr (detail::has_scalar_prox_conj_difference<P, S>) {
+    const Matrix<S> a = detail::uniform_matrix<S>(random, n, m, options.scale);
+    for (const double c : {0.1, 1.0, 10.0}) {
+      const Matrix<S> rho = detail::uniform_matrix<S>(random, n, m, c * options.scale);
+      Matrix<S> batch(n, m);
+      prox_conj_displacement<S>(pair, a, rho, S(c), batch);
+      for (Index j = 0; j < m; ++j)
+        for (Index i = 0; i < n; ++i) {
+          const S newton = detail::solve_displacement<S>(pair, a(i, j), rho(i, j), S(c));
+          const S scalar = S(pair.prox_conj_difference(a(i, j), rho(i, j), S(c)));
+          const S allowed = S(options.difference_ulps) * std::numeric_limits<S>::epsilon() *
+                            (std::abs(rho(i, j)) + S(c) * std::abs(a(i, j)) + std::abs(newton));
+          if (std::abs(scalar - newton) > allowed)
+            fail("prox_conj_difference(a, rho, c) != the Newton solution", i, j, scalar, newton);
+          if (std::abs(batch(i, j) - newton) > allowed)
+            fail("prox_conj_displacement != the Newton solution", i, j, batch(i, j), newton);
         }
     }
   }

@@ -20,7 +20,11 @@
 ///                                 smooth one), optionally vectorised as f_difference_expr(a, h)
 ///       G_divergence(a, h)        G(a + h) - G(a) - f(a) h >= 0 without cancellation (the
 ///                                 Bregman divergence LPOM's safeguard reads; activations/
-///                                 displacement.hpp)
+///                                 displacement.hpp), optionally vectorised as G_divergence_expr
+///       prox_conj_difference(a, rho, c)   the d = f(a + w) - f(a) with c w + d = rho (c > 0) in
+///                                 closed form (the lifted solvers' z-update about the forward
+///                                 pass, displacement.hpp; solved by safeguarded Newton steps
+///                                 otherwise), optionally vectorised as prox_conj_difference_expr
 ///   A pair whose slope is bounded by less than 1 may say so (any pair form):
 ///       static constexpr double max_slope    sup |f'| (sup ||J_f||_2 for columnwise pairs)
 ///   where a method sizes its steps by curvature (AltMin); 1 is assumed otherwise, the bound of
@@ -117,6 +121,20 @@ template <class P, class S>
 concept has_scalar_divergence = requires(const P& pair, S a, S h) {
   { pair.G_divergence(a, h) } -> std::convertible_to<S>;
 };
+template <class P, class S>
+concept has_divergence_expr =
+    requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a) {
+      pair.G_divergence_expr(a, a);
+    };
+template <class P, class S>
+concept has_scalar_prox_conj_difference = requires(const P& pair, S a, S rho, S c) {
+  { pair.prox_conj_difference(a, rho, c) } -> std::convertible_to<S>;
+};
+template <class P, class S>
+concept has_prox_conj_difference_expr =
+    requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a, S c) {
+      pair.prox_conj_difference_expr(a, a, c);
+    };
 template <class P, class S>
 concept has_difference_expr =
     requires(const P& pair, const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic>& a) {

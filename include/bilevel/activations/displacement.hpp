@@ -67,7 +67,8 @@ S solve_displacement(const P& pair, S a, S rho, S c) {
 }  // namespace detail
 
 /// d = prox_{c G*}(f(a) + c a + rho) - f(a) per element or column (c > 0), without forming the
-/// sum: see the file comment. Columnwise pairs without an exact difference take the direct form.
+/// sum: see the file comment. In closed form for pairs that give prox_conj_difference (the
+/// built-in ReLU-type ones); columnwise pairs take the direct form.
 template <class S, ActivationPair<S> P>
 void prox_conj_displacement(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& rho,
                             S c, MatrixRef<S> d) {
@@ -79,6 +80,10 @@ void prox_conj_displacement(const P& pair, const MatrixCRef<S>& a, const MatrixC
       const Matrix<S> argument = forward + c * base + shift;
       pair.prox_conj(MatrixCRef<S>(argument), c, out);
       out -= forward;
+    } else if constexpr (detail::has_prox_conj_difference_expr<P, S>) {
+      out.array() = pair.prox_conj_difference_expr(base.array(), shift.array(), c);
+    } else if constexpr (detail::has_scalar_prox_conj_difference<P, S>) {
+      out = base.binaryExpr(shift, [&pair, c](S x, S r) { return S(pair.prox_conj_difference(x, r, c)); });
     } else {
       for (Index j = 0; j < out.cols(); ++j)
         for (Index i = 0; i < out.rows(); ++i)
@@ -102,6 +107,8 @@ void potential_divergence(const P& pair, const MatrixCRef<S>& a, const MatrixCRe
     pair.f(a, MatrixRef<S>(forward));
     const Matrix<S> moved = a + h;
     out = pair.G(MatrixCRef<S>(moved)) - pair.G(a) - forward.cwiseProduct(h).colwise().sum();
+  } else if constexpr (detail::has_divergence_expr<P, S>) {
+    out = pair.G_divergence_expr(a.array(), h.array()).colwise().sum().matrix();
   } else {
     for (Index j = 0; j < a.cols(); ++j) {
       S sum = 0;

@@ -6,6 +6,7 @@
 /// Papers: Maas, Hannun & Ng, ICML 2013 workshop (leaky ReLU); Zach 2021 (arXiv:2105.07231), whose
 /// Fenchel coupling (docs/methods.md §3) uses G and G*.
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,15 @@ struct leaky_relu {
   template <class S> S G_divergence(S a, S h) const {
     return S(slope) * h * h / 2 + (1 - S(slope)) * relu{}.G_divergence(a, h);
   }
+  /// The proximal map of c G* about the forward pass, as relu's: d = f(a + w) - f(a) with
+  /// c w + d = rho is (rho + c (a - f(a))) / (c + 1) above the kink w = -a and
+  /// (s rho + c (s a - f(a))) / (c + s) below it; the first rises faster in rho and the two meet
+  /// at the kink, so d is the larger.
+  template <class S> S prox_conj_difference(S a, S rho, S c) const {
+    const S s = S(slope);
+    return std::max((rho + c * (1 - s) * std::min(a, S(0))) / (c + 1),
+                    (s * rho + c * (s - 1) * std::max(a, S(0))) / (c + s));
+  }
   /// t G*'(z) + z = v on each branch: z = v/(1+t) for v >= 0, z = s v/(s+t) otherwise.
   template <class S> S prox_conj(S v, S t) const {
     return v >= 0 ? v / (1 + t) : S(slope) * v / (S(slope) + t);
@@ -63,6 +73,17 @@ struct leaky_relu {
   template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
     using S = typename A::Scalar;
     return S(slope) * h + (1 - S(slope)) * relu{}.f_difference_expr(a, h);
+  }
+  template <class A, class H> auto G_divergence_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    return S(slope) * h * h / 2 + (1 - S(slope)) * relu{}.G_divergence_expr(a, h);
+  }
+  template <class A, class R>
+  auto prox_conj_difference_expr(const A& a, const R& rho, typename A::Scalar c) const {
+    using S = typename A::Scalar;
+    const S s = S(slope);
+    return ((rho + c * (1 - s) * a.min(S(0))) / (c + 1))
+        .max((s * rho + c * (s - 1) * a.max(S(0))) / (c + s));
   }
 };
 

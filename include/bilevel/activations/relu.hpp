@@ -40,6 +40,14 @@ struct relu {
     return t > low ? t * t / 2 : low * (t - low / 2);
   }
 
+  /// The proximal map of c G* about the forward pass (activations/displacement.hpp): the
+  /// d = f(a + w) - f(a) with c w + d = rho. The left side rises with slope c + 1 above the kink
+  /// w = -a and c below it, so d is the larger of the two pieces' solutions,
+  /// (rho + c min(a, 0)) / (c + 1) and -f(a): no Newton steps.
+  template <class S> S prox_conj_difference(S a, S rho, S c) const {
+    return std::max((rho + c * std::min(a, S(0))) / (c + 1), -f(a));
+  }
+
   template <class A> auto f_expr(const A& a) const { return a.max(typename A::Scalar(0)); }
   template <class A> auto df_expr(const A& a) const {
     using S = typename A::Scalar;
@@ -48,6 +56,17 @@ struct relu {
   template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
     using S = typename A::Scalar;
     return (a.min(S(0)) + h).max(-a.max(S(0)));
+  }
+  template <class A, class H> auto G_divergence_expr(const A& a, const H& h) const {
+    using S = typename A::Scalar;
+    const auto low = -a.max(S(0));
+    const auto t = a.min(S(0)) + h;
+    return (t > low).select(t * t / 2, low * (t - low / 2));
+  }
+  template <class A, class R>
+  auto prox_conj_difference_expr(const A& a, const R& rho, typename A::Scalar c) const {
+    using S = typename A::Scalar;
+    return ((rho + c * a.min(S(0))) / (c + 1)).max(-a.max(S(0)));
   }
 };
 

@@ -40,6 +40,7 @@
 
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"
+#include "../methods/active_set.hpp"
 #include "../program.hpp"
 
 namespace bilevel::detail {
@@ -310,9 +311,7 @@ class penalizer_energy {
 
  private:
   /// The leading width_ samples of a per-sample buffer.
-  auto live(Matrix<S>& m) const { return m.leftCols(width_); }
-  auto live(const Matrix<S>& m) const { return m.leftCols(width_); }
-  auto live(RowVector<S>& r) const { return r.head(width_); }
+  template <class Buffer> auto live(Buffer& buffer) const { return active_columns(buffer, width_); }
 
   S penalty_ = S(1), loss_weight_ = S(1);
   Index width_ = 0;

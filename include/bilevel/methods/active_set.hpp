@@ -7,12 +7,23 @@
 /// exchanges its own per-sample buffers along, and puts every sample back at the end.
 
 #include <numeric>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../core/types.hpp"
 
 namespace bilevel::detail {
+
+/// The leading `width` samples of a per-sample buffer (columns of a matrix, entries of a row):
+/// the ones an active-set solver still iterates on.
+template <class Buffer>
+auto active_columns(Buffer& buffer, Index width) {
+  if constexpr (std::remove_const_t<Buffer>::RowsAtCompileTime == 1)
+    return buffer.head(width);
+  else
+    return buffer.leftCols(width);
+}
 
 template <Scalar S>
 class sample_order {

@@ -637,10 +637,7 @@ class lifted_objective {
 
   /// The leading width_ samples of a per-sample buffer: all of them, except during a solve
   /// that has retired some (solve()).
-  auto live(Matrix<S>& m) const { return m.leftCols(width_); }
-  auto live(const Matrix<S>& m) const { return m.leftCols(width_); }
-  auto live(RowVector<S>& r) const { return r.head(width_); }
-  auto live(const RowVector<S>& r) const { return r.head(width_); }
+  template <class Buffer> auto live(Buffer& buffer) const { return active_columns(buffer, width_); }
 
   /// Exchanges samples p and q in every per-sample buffer a solve reads, and in order_.
   void swap_samples(Index p, Index q) {

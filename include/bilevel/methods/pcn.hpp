@@ -190,6 +190,8 @@ class pcn {
     return steps;
   }
 
+  /// Exchanges samples p and q in the inference state and the energy's per-sample buffers, and
+  /// records it in order_ (which also exchanges their labels).
   void swap_samples(Index p, Index q) {
     order_.swap(p, q);
     energy_.swap_samples(p, q, {&state_});
