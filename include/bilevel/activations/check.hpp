@@ -6,6 +6,7 @@
 ///   Fenchel-Young      G(a) + G*(z) - <z, a> >= 0 for any a, z, and = 0 at z = f(a)
 ///   gradient           f = dG, by central differences of G
 ///   VJP                <J_f(a)^T u, v> = <u, d/dh f(a + h v)>, by central differences of f
+///                      (from the vectorised df_expr and from the scalar df, where both exist)
 ///   inverse map        f(grad_conj(z)) = z on the range of f
 ///   prox               z = prox_{tG*}(v) satisfies z = f((v - z) / t)  (Moreau's identity)
 ///   difference         f(a + h) - f(a) from the pair's f_difference (batch and scalar forms)
@@ -160,6 +161,13 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
       const S product = Ju.col(j).dot(v.col(j));
       if (!detail::close(product, central, 100 * tol))
         fail("<J^T u, v> != finite difference of f", 0, j, product, central);
+      // vjp reads df_expr where a pair has one; its scalar df must agree too.
+      if constexpr (detail::has_df_expr<P, S>) {
+        S scalar = 0;
+        for (Index i = 0; i < n; ++i) scalar += S(pair.df(a(i, j))) * u(i, j) * v(i, j);
+        if (!detail::close(scalar, central, 100 * tol))
+          fail("<J^T u, v> from the scalar df != finite difference of f", 0, j, scalar, central);
+      }
     }
   }
 

@@ -52,9 +52,11 @@ struct tanh_pair {
 
   std::string name() const { return "tanh"; }
   template <class S> S f(S a) const { return std::tanh(a); }
+  /// 1 - tanh^2 a = 1 / cosh^2 a = 4 e / (1 + e)^2 with e = exp(-2 |a|): 1 - tanh^2 would cancel
+  /// for large |a|.
   template <class S> S df(S a) const {
-    const S t = std::tanh(a);
-    return 1 - t * t;
+    const S e = std::exp(-2 * std::abs(a));
+    return 4 * e / ((1 + e) * (1 + e));
   }
   /// log cosh a = |a| + log(1 + e^{-2|a|}) - log 2, which does not overflow.
   template <class S> S G(S a) const {
@@ -71,6 +73,10 @@ struct tanh_pair {
   template <class S> S f_difference(S a, S h) const { return detail::tanh_difference(a, h); }
 
   template <class A> auto f_expr(const A& a) const { return a.tanh(); }
+  template <class A> auto df_expr(const A& a) const {
+    using S = typename A::Scalar;
+    return S(4) * (S(-2) * a.abs()).exp() / (S(1) + (S(-2) * a.abs()).exp()).square();
+  }
   template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
     return detail::tanh_difference_expr(a, h);
   }
