@@ -282,7 +282,8 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
         sum += term;
         size += std::abs(term);
       }
-      if (std::abs(batch(j) - sum) > S(options.difference_ulps) * n * std::numeric_limits<S>::epsilon() * size)
+      if (std::abs(batch(j) - sum) >
+          S(options.difference_ulps) * n * std::numeric_limits<S>::epsilon() * size)
         fail("potential_divergence != the sum of G_divergence(a, h)", 0, j, batch(j), sum);
     }
   }

@@ -83,7 +83,8 @@ void prox_conj_displacement(const P& pair, const MatrixCRef<S>& a, const MatrixC
     } else if constexpr (detail::has_prox_conj_difference_expr<P, S>) {
       out.array() = pair.prox_conj_difference_expr(base.array(), shift.array(), c);
     } else if constexpr (detail::has_scalar_prox_conj_difference<P, S>) {
-      out = base.binaryExpr(shift, [&pair, c](S x, S r) { return S(pair.prox_conj_difference(x, r, c)); });
+      out = base.binaryExpr(
+          shift, [&pair, c](S x, S r) { return S(pair.prox_conj_difference(x, r, c)); });
     } else {
       for (Index j = 0; j < out.cols(); ++j)
         for (Index i = 0; i < out.rows(); ++i)
