@@ -29,6 +29,7 @@ method_options unusual_options() {
   o.start = inner_start::first_order;
   o.nudged_iterations = 2;
   o.one_sided = true;
+  o.accelerated = false;
   o.converged = true;
   o.particles = 6;
   o.layer_scales = {0.5, 2, 1};
@@ -52,6 +53,7 @@ method_options only(const method_options& options, Keep keep) {
   if (keep("start")) o.start = options.start;
   if (keep("nudged_iterations")) o.nudged_iterations = options.nudged_iterations;
   if (keep("one_sided")) o.one_sided = options.one_sided;
+  if (keep("accelerated")) o.accelerated = options.accelerated;
   if (keep("converged")) o.converged = options.converged;
   if (keep("particles")) o.particles = options.particles;
   if (keep("layer_scales")) o.layer_scales = options.layer_scales;

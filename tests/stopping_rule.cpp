@@ -81,3 +81,34 @@ TEST_CASE("retiring converged samples moves the others forward with their own hi
                                RowVector<double>::Ones(2)),
                   config_error);
 }
+
+TEST_CASE("a reopened sample is judged afresh: its history is dropped, the others keep theirs",
+          "[stopping_rule]") {
+  const int alone = iterations_alone();
+  detail::displacement_rule<double> rule;
+  rule.start(1, 3, tolerance);
+  const RowVector<double> ones = RowVector<double>::Ones(3);
+  int reopened_at = -1, second_pass = -1;
+  for (int t = 0; t < 3 * alone && second_pass < 0; ++t) {
+    // All take the geometric steps of sample 1; sample 0 restarts them when reopened.
+    const int age_0 = reopened_at < 0 ? t : t - reopened_at;
+    RowVector<double> step(3);
+    step << step_of(1, age_0), step_of(1, t), step_of(1, t);
+    rule.observe(0, step, ones, ones);
+    const bool all = rule.end_iteration();
+    if (t + 1 == alone) {
+      CHECK(all);
+      rule.reopen(0);
+      reopened_at = t + 1;
+      CHECK_FALSE(rule.converged(0));
+      CHECK(rule.converged(1));
+      CHECK(rule.converged(2));
+      CHECK(rule.unconverged() == 1);
+    } else if (reopened_at >= 0 && rule.converged(0)) {
+      second_pass = t + 1 - reopened_at;
+    }
+    if (t + 1 > alone) CHECK(rule.converged(1));
+  }
+  // Judged afresh, sample 0 needs as many iterations as a solve of its own.
+  CHECK(second_pass == alone);
+}

@@ -156,6 +156,7 @@ void warn_ignored_flags(const CLI::App& app, const options& opts) {
       {"--inner-start", "start"},
       {"--nudged-iterations", "nudged_iterations"},
       {"--one-sided", "one_sided"},
+      {"--inference", "accelerated"},
       {"--ep-particles", "particles"},
       {"--ep-converged", "converged"},
       {"--layer-scales", "layer_scales"}};
@@ -328,6 +329,11 @@ int main(int argc, char** argv) {
   app.add_option("--nudged-iterations", opts.nudged_iterations, "ep: steps of each nudged phase")
       ->check(whole_at_least(1))
       ->capture_default_str();
+  app.add_option("--inference", opts.inference,
+                 "pcn: accelerated (Nesterov momentum with restarts, certified by plain steps; "
+                 "the default) or plain (fixed-rate gradient descent): the same equilibrium "
+                 "(docs/methods.md §5.4)")
+      ->check(CLI::IsMember({"accelerated", "plain"}));
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
   app.add_flag("--ep-particles", opts.ep_particles,

@@ -51,6 +51,7 @@ struct options {
   std::string inner_start;     ///< "forward" or "first-order"; empty: the method's own default
   Index nudged_iterations = 4;
   bool one_sided = false;
+  std::string inference;  ///< pcn: "accelerated" or "plain"; empty: the method's own default
   bool ep_particles = false;
   bool ep_converged = false;
   std::string layer_scales;  ///< ep: per-layer factors; empty: none
@@ -112,6 +113,7 @@ inline std::vector<flag_value> training_flags(const options& o) {
           {"--inner-start", o.inner_start},
           {"--nudged-iterations", text(o.nudged_iterations)},
           {"--one-sided", text(o.one_sided)},
+          {"--inference", o.inference},
           {"--ep-particles", text(o.ep_particles)},
           {"--ep-converged", text(o.ep_converged)},
           {"--layer-scales", o.layer_scales},

@@ -36,6 +36,7 @@ struct method_options {
   std::optional<double> inner_step = std::nullopt;  ///< ep, pcn, altmin: the inner step size
   std::optional<double> tolerance = std::nullopt;   ///< chl, pcn, mac, lpom, fln; ep converged
   std::optional<inner_start> start = std::nullopt;  ///< chl, pcn, mac, lpom, fln
+  std::optional<bool> accelerated = std::nullopt;  ///< pcn: momentum on inference (or plain)
   std::optional<Index> nudged_iterations = std::nullopt;  ///< ep
   bool one_sided = false;            ///< ep: one nudged phase of random sign
   bool converged = false;            ///< ep: relax each phase to the stopping rule
@@ -135,7 +136,7 @@ const std::vector<method_entry<S>>& method_registry() {
          return ep<S>(s);
        }},
       {"pcn", "predictive coding (§5.4)",
-       {"beta", "inner_iterations", "inner_step", "tolerance", "start"},
+       {"beta", "inner_iterations", "inner_step", "tolerance", "start", "accelerated"},
        [](O o, Index) -> any_method<S> {
          typename pcn<S>::settings s;
          s.spacing = S(detail::single_beta(o, "pcn", double(s.spacing)));
@@ -143,6 +144,7 @@ const std::vector<method_entry<S>>& method_registry() {
          if (o.inner_step) s.inference_rate = S(*o.inner_step);
          if (o.tolerance) s.stopping.tolerance = S(*o.tolerance);
          if (o.start) s.start = *o.start;
+         if (o.accelerated) s.accelerated = *o.accelerated;
          return pcn<S>(s);
        }},
       {"zil", "Z-IL: predictive coding that equals BP (§5.4)", {},
