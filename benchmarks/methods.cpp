@@ -119,27 +119,43 @@ Method at_spacing(S spacing, bilevel::inner_start start) {
   return Method(config);
 }
 
+/// PCN with plain fixed-rate inference steps instead of its accelerated default.
+bilevel::pcn<S> plain(const bilevel::pcn<S>& method) {
+  auto config = method.config();
+  config.accelerated = false;
+  return bilevel::pcn<S>(config);
+}
+
 }  // namespace
 
 #define METHOD_STEP(name, method, native)                                             \
   BENCHMARK_CAPTURE(step, name, method, native)                                        \
       ->Args({50, 1})                                                                  \
       ->Unit(benchmark::kMicrosecond)
-METHOD_STEP(bp, bilevel::bp<S>{}, false)->Args({512, 1})->Args({50, 2})->Args({512, 2});
-METHOD_STEP(fenbp, bilevel::fenchel_bp<S>(0.01f), false)
+METHOD_STEP(bp, bilevel::bp<S>{}, false)
+    ->Args({128, 1})
     ->Args({512, 1})
     ->Args({50, 2})
+    ->Args({128, 2})
+    ->Args({512, 2});
+METHOD_STEP(fenbp, bilevel::fenchel_bp<S>(0.01f), false)
+    ->Args({128, 1})
+    ->Args({512, 1})
+    ->Args({50, 2})
+    ->Args({128, 2})
     ->Args({512, 2});
 METHOD_STEP(ep, bilevel::ep<S>{}, false);
 METHOD_STEP(zil, bilevel::pcn<S>::zil(), false);
 // The methods with inner solvers at the trainer's default spacings (examples/mnist_mlp: CHL
 // beta 0.1, PCN s = 1, MAC mu 10, LPOM and FLN lambda 10), each started from the forward pass
 // (cold) and from the first-order start of docs/methods.md §5.6b (warm); the trainer's default
-// is cold for CHL, PCN and MAC, warm for LPOM and FLN.
+// is cold for CHL, PCN and MAC, warm for LPOM and FLN. PCN also with plain inference steps.
 METHOD_STEP(chl_cold, at_spacing<bilevel::chl<S>>(0.1f, cold), false);
 METHOD_STEP(chl_warm, at_spacing<bilevel::chl<S>>(0.1f, warm), false);
 METHOD_STEP(pcn_cold, at_spacing<bilevel::pcn<S>>(1.0f, cold), false);
 METHOD_STEP(pcn_warm, at_spacing<bilevel::pcn<S>>(1.0f, warm), false);
+METHOD_STEP(pcn_plain_cold, plain(at_spacing<bilevel::pcn<S>>(1.0f, cold)), false);
+METHOD_STEP(pcn_plain_warm, plain(at_spacing<bilevel::pcn<S>>(1.0f, warm)), false);
 METHOD_STEP(mac_cold, at_spacing<bilevel::mac<S>>(10.0f, cold), false);
 METHOD_STEP(mac_warm, at_spacing<bilevel::mac<S>>(10.0f, warm), false);
 METHOD_STEP(lpom_cold, at_spacing<bilevel::lpom<S>>(10.0f, cold), false);

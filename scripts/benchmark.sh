@@ -56,19 +56,20 @@ print("\nThe methods with inner solvers at the trainer's default spacings, solve
 print("| method | spacing | cold: step / BP | cold: iterations | warm: step / BP | warm: iterations |")
 print("|---|---|---|---|---|---|")
 for name, spacing, default in (("chl", "beta 0.1", "cold"), ("pcn", "s 1 (sigmoid)", "cold"),
-                               ("mac", "mu 10", "cold"), ("lpom", "lambda 10", "warm"),
-                               ("fln", "lambda 10", "warm")):
+                               ("pcn_plain", "s 1 (sigmoid)", ""), ("mac", "mu 10", "cold"),
+                               ("lpom", "lambda 10", "warm"), ("fln", "lambda 10", "warm")):
     cells = []
     for start in ("cold", "warm"):
         run = median[f"step/{name}_{start}/50/1"]
         mark = "*" if start == default else ""
         cells += [f"{run['real_time'] / bp:.1f}{mark}", f"{run['inner_iterations']:.0f}"]
-    print(f"| {name} | {spacing} | " + " | ".join(cells) + " |")
+    label = "pcn, plain steps" if name == "pcn_plain" else name
+    print(f"| {label} | {spacing} | " + " | ".join(cells) + " |")
 
 print("\nThreads (OpenMP: Eigen's products, our elementwise passes and Adam), BP and Fenchel BP steps:\n")
 print("| step | batch | 1 thread (us) | 2 threads (us) | speedup |")
 print("|---|---|---|---|---|")
-for name, batches in (("bp", (50, 512)), ("fenbp", (50, 512))):
+for name, batches in (("bp", (50, 128, 512)), ("fenbp", (50, 128, 512))):
     for batch in batches:
         one, two = time(f"step/{name}/{batch}/1"), time(f"step/{name}/{batch}/2")
         print(f"| {name} | {batch} | {one:.0f} | {two:.0f} | {one / two:.2f} |")

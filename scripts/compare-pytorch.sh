@@ -4,12 +4,13 @@
 # results/pytorch.{json,md}. Methods and settings, the same in both:
 # - bp, fenbp: the Fenchel BP paper's setting (784-256-128-64-10 ReLU, Adam 1e-3, batch 50,
 #   shuffled), mnist_mlp's defaults;
-# - pcn: predictive coding on the same MLP and Adam, batch 50, loss weight s = 1, 20 inference
-#   steps at rate 0.1 from the forward pass. mnist_mlp has no fixed-step mode for PCN: its
-#   stopping rule runs with a tolerance of 1e-30 and a cap of 20 (--inner-iterations), so every
-#   sample takes the 20 steps unless its steps fall below float rounding (64 ulps of ||z||),
-#   where it is retired (bilevel's unconverged_share in the JSON is the share that took all 20;
-#   results/pytorch.md says how many were retired);
+# - pcn: predictive coding on the same MLP and Adam, batch 50, loss weight s = 1, 20 plain
+#   inference steps at rate 0.1 from the forward pass (bilevel's --inference plain: no
+#   momentum). mnist_mlp has no fixed-step mode for PCN: its stopping rule runs with a
+#   tolerance of 1e-30 and a cap of 20 (--inner-iterations), so every sample takes the 20 steps
+#   unless its steps fall below float rounding (64 ulps of ||z||), where it is retired
+#   (bilevel's unconverged_share in the JSON is the share that took all 20; results/pytorch.md
+#   says how many were retired);
 # - ep: Scellier & Bengio's 784-500-10 with their code's settings as ep_mnist runs them (20 free
 #   and 4 nudged steps at step 0.5, beta with a random sign, persistent particles, per-layer SGD,
 #   batch 20 in fixed order).
@@ -22,7 +23,7 @@ scripts/install-packages.sh python3-torch libopenblas0-pthread
 scripts/fetch-mnist.sh --mnist-only data >/dev/null
 pcn_bilevel=(--layers 784,256,128,64,10 --activation relu --batch 50 --optimizer adam --lr 1e-3
              --beta 1 --inner-step 0.1 --inner-iterations 20 --tolerance 1e-30
-             --inner-start forward)
+             --inner-start forward --inference plain)
 pcn_pytorch=(--layers 784,256,128,64,10 --activation relu --batch 50 --lr 1e-3 --beta 1
              --inference-rate 0.1 --inference-steps 20)
 mkdir -p results

@@ -49,10 +49,9 @@ Vector<double> bp_gradient(const Program& net, const Matrix<double>& x, const Ma
   return gradient;
 }
 
-/// PCN taking exactly `steps` plain inference steps (a tolerance no sample meets before them).
+/// PCN taking exactly `steps` inference steps (a tolerance no sample meets before them).
 pcn<double> make_pcn(Index steps, double rate, bool zero_divergence = false, double spacing = 1) {
   pcn<double>::settings config;
-  config.accelerated = false;
   config.stopping = {1e-14, steps};
   config.inference_rate = rate;
   config.zero_divergence = zero_divergence;
@@ -60,11 +59,10 @@ pcn<double> make_pcn(Index steps, double rate, bool zero_divergence = false, dou
   return pcn<double>(config);
 }
 
-/// PCN with its inference solved tightly (plain steps: `accelerated` off).
-pcn<double> tight_pcn(double spacing, bool accelerated = true) {
+/// PCN with its inference solved tightly.
+pcn<double> tight_pcn(double spacing) {
   pcn<double>::settings config;
   config.spacing = spacing;
-  config.accelerated = accelerated;
   config.stopping = {1e-11, 100000};
   return pcn<double>(config);
 }
@@ -385,11 +383,10 @@ TEST_CASE("accelerated inference reaches the same equilibrium in fewer steps", "
   for (const double s : {1.0, 0.1, 1e-3}) {
     CAPTURE(s);
     Vector<double> reference, plain_estimate, estimate;
-    tight_pcn(s, false).gradient(net, x, y, reference);
+    tight_pcn(s).gradient(net, x, y, reference);
     pcn<double>::settings config;
     config.spacing = s;
     config.stopping = {1e-8, 100000};
-    config.accelerated = false;
     const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
     config.accelerated = true;
     pcn<double> accelerated(config);
@@ -404,20 +401,44 @@ TEST_CASE("accelerated inference reaches the same equilibrium in fewer steps", "
   }
 }
 
+TEST_CASE("accelerated inference starts with two plain steps and is read at its iterate",
+          "[pcn]") {
+  // t = 1 at the start gives m = 0 after the first step, so the second step starts from the
+  // first iterate: two accelerated steps are two plain ones. The second extrapolates (m > 0),
+  // and a solve cut off by the cap there must still be read at the iterate, not at y.
+  random_source random(71);
+  auto net = make_mlp<double, tanh_pair>({5, 8, 7, 4});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 5, 6);
+  const Matrix<double> y = random_one_hot<double>(random, 4, 6);
+  pcn<double>::settings config;
+  config.stopping = {1e-14, 2};
+  config.accelerated = true;
+  Vector<double> accelerated, plain;
+  const step_report report = pcn<double>(config).gradient(net, x, y, accelerated);
+  const step_report reference = make_pcn(2, config.inference_rate).gradient(net, x, y, plain);
+  CHECK(report.unconverged == 6);
+  CHECK(relative_error(accelerated, plain) < 1e-14);
+  CHECK(report.inner_energy == Approx(reference.inner_energy).epsilon(1e-14));
+}
+
 TEST_CASE("accelerated inference does not depend on the batch either", "[pcn]") {
+  // At a loose tolerance, so that a sample whose momentum, step or phase got mixed up with
+  // another's when the batch was reordered ends visibly elsewhere (the rule stops it at another
+  // step), while the same path alone and in the batch differs by rounding only.
   const auto measured = batch_dependence<tanh_pair>(
       39,
       [] {
         pcn<double>::settings config;
         config.spacing = 0.3;
-        config.stopping = {1e-11, 100000};
+        config.stopping = {1e-3, 100000};
         config.accelerated = true;
         return pcn<double>(config);
       },
       [](pcn<double>& m) -> const auto& { return m.state(); });
   REQUIRE(measured.batch_converged);
   CHECK(measured.fewest_sweeps < measured.most_sweeps);
-  CHECK(measured.largest < 1e-6);
+  CHECK(measured.largest < 1e-10);
 }
 
 TEST_CASE("PCN's report counts the samples left at the cap", "[pcn]") {

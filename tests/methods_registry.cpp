@@ -29,7 +29,7 @@ method_options unusual_options() {
   o.start = inner_start::first_order;
   o.nudged_iterations = 2;
   o.one_sided = true;
-  o.accelerated = false;
+  o.accelerated = true;
   o.converged = true;
   o.particles = 6;
   o.layer_scales = {0.5, 2, 1};

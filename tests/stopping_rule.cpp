@@ -82,33 +82,39 @@ TEST_CASE("retiring converged samples moves the others forward with their own hi
                   config_error);
 }
 
-TEST_CASE("a reopened sample is judged afresh: its history is dropped, the others keep theirs",
+TEST_CASE("a reopened sample is judged afresh from new steps; a held one keeps its history",
           "[stopping_rule]") {
+  // Sample 0 takes steps of 1 (not converging) and is reopened after five iterations; then its
+  // steps are 2^-20, 2^-21, ..., far below the tolerance. Judged from them alone, the rule needs
+  // three (a contraction of two steps over one); with the old steps of 1 still in its history,
+  // two would do. Sample 1 converges geometrically and is held once when it first meets the
+  // rule: it meets it again at the next iteration, from the same history.
   const int alone = iterations_alone();
   detail::displacement_rule<double> rule;
   rule.start(1, 3, tolerance);
   const RowVector<double> ones = RowVector<double>::Ones(3);
-  int reopened_at = -1, second_pass = -1;
-  for (int t = 0; t < 3 * alone && second_pass < 0; ++t) {
-    // All take the geometric steps of sample 1; sample 0 restarts them when reopened.
-    const int age_0 = reopened_at < 0 ? t : t - reopened_at;
+  const int reopened_at = 5;
+  int first_pass_0 = -1, first_pass_1 = -1;
+  for (int t = 0; t < 2 * alone; ++t) {
     RowVector<double> step(3);
-    step << step_of(1, age_0), step_of(1, t), step_of(1, t);
+    step << (t < reopened_at ? 1.0 : std::pow(0.5, 20 + t - reopened_at)), step_of(1, t), 1.0;
     rule.observe(0, step, ones, ones);
-    const bool all = rule.end_iteration();
-    if (t + 1 == alone) {
-      CHECK(all);
+    REQUIRE_FALSE(rule.end_iteration());  // sample 2 never converges
+    if (t + 1 == reopened_at) {
+      REQUIRE_FALSE(rule.converged(0));
       rule.reopen(0);
-      reopened_at = t + 1;
-      CHECK_FALSE(rule.converged(0));
-      CHECK(rule.converged(1));
-      CHECK(rule.converged(2));
-      CHECK(rule.unconverged() == 1);
-    } else if (reopened_at >= 0 && rule.converged(0)) {
-      second_pass = t + 1 - reopened_at;
     }
-    if (t + 1 > alone) CHECK(rule.converged(1));
+    if (t >= reopened_at && first_pass_0 < 0 && rule.converged(0))
+      first_pass_0 = t + 1 - reopened_at;
+    if (first_pass_1 < 0 && rule.converged(1)) {
+      first_pass_1 = t + 1;
+      rule.hold(1);
+      CHECK_FALSE(rule.converged(1));
+      CHECK(rule.unconverged() == 2 + (rule.converged(0) ? 0 : 1));
+    } else if (first_pass_1 > 0 && t + 1 == first_pass_1 + 1) {
+      CHECK(rule.converged(1));
+    }
   }
-  // Judged afresh, sample 0 needs as many iterations as a solve of its own.
-  CHECK(second_pass == alone);
+  CHECK(first_pass_0 == 3);
+  CHECK(first_pass_1 == alone);
 }

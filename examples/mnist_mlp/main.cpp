@@ -330,9 +330,10 @@ int main(int argc, char** argv) {
       ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--inference", opts.inference,
-                 "pcn: accelerated (Nesterov momentum with restarts, certified by plain steps; "
-                 "the default) or plain (fixed-rate gradient descent): the same equilibrium "
-                 "(docs/methods.md §5.4)")
+                 "pcn: plain (fixed-rate gradient descent, the default) or accelerated "
+                 "(Nesterov momentum with restarts, certified by plain steps; about half the "
+                 "steps on smooth nets, but it can leave the forward pass's basin; "
+                 "docs/methods.md §5.4)")
       ->check(CLI::IsMember({"accelerated", "plain"}));
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");

@@ -109,7 +109,7 @@ TEST_CASE("CHL, EP, PCN and Z-IL steps with Adam allocate nothing after warm-up"
   CHECK(allocations_after_warm_up<ep<float>, hard_sigmoid>(mirrored, mode::gradient) == 0);
   pcn<float> predictive;
   CHECK(allocations_after_warm_up(predictive, mode::gradient) == 0);
-  pcn<float> accelerated({.accelerated = true});
+  pcn<float> accelerated({.accelerated = true});  // momentum's buffers too
   CHECK(allocations_after_warm_up(accelerated, mode::gradient) == 0);
   pcn<float> zero_divergence = pcn<float>::zil();
   CHECK(allocations_after_warm_up(zero_divergence, mode::gradient) == 0);

@@ -79,6 +79,7 @@ class displacement_rule {
   /// The buffers only grow: a solve over fewer samples than the last uses their leading part.
   void start(Index blocks, Index samples, S tolerance) {
     tolerance_ = tolerance;
+    iteration_ = 0;
     blocks_ = std::size_t(blocks);
     if (history_.size() < blocks_) history_.resize(blocks_);
     for (std::size_t k = 0; k < blocks_; ++k) {
@@ -90,9 +91,7 @@ class displacement_rule {
     if (passed_.size() < samples) {
       passed_.resize(samples);
       converged_.resize(samples);
-      age_.resize(samples);
     }
-    age_.head(samples).setZero();
     passed_.setOnes();
     converged_.head(samples).setZero();
     active_ = samples;
@@ -111,14 +110,13 @@ class displacement_rule {
     for (Index j = 0; j < step.size(); ++j) {
       const S floor = roundoff_factor * unit * rounding_scale(j);
       const S s0 = step(j), s1 = steps[0](j), s2 = steps[1](j), s3 = steps[2](j);
-      const Index age = age_(j);
       S recent = s0, contraction = std::numeric_limits<S>::infinity();
-      if (age >= 3) {
+      if (iteration_ >= 3) {
         recent = s0 + s1;
         if (s2 + s3 > 0) contraction = recent / (s2 + s3);
-      } else if (age >= 1 && s1 > 0) {
+      } else if (iteration_ >= 1 && s1 > 0) {
         contraction = s0 / s1;
-        if (age == 2 && s2 > 0) contraction = std::max(contraction, s1 / s2);
+        if (iteration_ == 2 && s2 > 0) contraction = std::max(contraction, s1 / s2);
       }
       const bool still = s0 <= floor;
       const bool contracting =
@@ -134,7 +132,7 @@ class displacement_rule {
   /// Ends an iteration: records which samples met the rule in every block, and returns whether
   /// all did.
   bool end_iteration() {
-    age_.head(active_).array() += 1;
+    ++iteration_;
     converged_.head(active_) = passed_.head(active_);
     passed_.setOnes();
     return (converged_.head(active_).array() != 0).all();
@@ -152,7 +150,6 @@ class displacement_rule {
         for (std::size_t k = 0; k < blocks_; ++k)
           for (RowVector<S>& step : history_[k]) std::swap(step(p), step(kept));
         std::swap(converged_(p), converged_(kept));
-        std::swap(age_(p), age_(kept));
         swap(p, kept);
       }
       ++kept;
@@ -161,13 +158,12 @@ class displacement_rule {
     return kept;
   }
 
-  /// Judges active sample j afresh from the next iteration on, as if its solve started there
-  /// (its history is dropped): for a solver that changes how it iterates on j. It counts as not
-  /// converged.
+  /// Judges active sample j afresh from the next iteration on (its history is dropped, so its
+  /// contraction is read from steps taken after this call only, three of them at least): for a
+  /// solver that changes how it iterates on j. It counts as not converged.
   void reopen(Index j) {
     for (std::size_t k = 0; k < blocks_; ++k)
       for (RowVector<S>& step : history_[k]) step(j) = 0;
-    age_(j) = 0;
     converged_(j) = 0;
   }
 
@@ -182,11 +178,11 @@ class displacement_rule {
 
  private:
   S tolerance_ = S(1e-3);
+  Index iteration_ = 0;
   std::size_t blocks_ = 0;
   Index active_ = 0;  ///< samples not retired, in the leading positions
   std::vector<std::array<RowVector<S>, 3>> history_;
   RowVector<S> passed_, converged_;
-  Eigen::Matrix<Index, 1, Eigen::Dynamic> age_;  ///< iterations observed per sample
 };
 
 }  // namespace detail
