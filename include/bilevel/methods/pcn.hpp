@@ -43,8 +43,8 @@
 /// diverges on nets with larger weights: a fixed rate must stay below 2 over F's largest
 /// curvature), no momentum, tolerance 1e-4 and a cap of 5000 steps, cold start. Gradient descent
 /// at a fixed rate converges linearly where F is smooth, so the rule's estimate is sound there
-/// (measured: within 1.03 times the tolerance); a minimiser on a kink of a piecewise-linear pair (ReLU at
-/// s >= 0.01) makes fixed-rate steps chatter without converging, which the report shows.
+/// (measured: within 1.03 times the tolerance); a minimiser on a kink of a piecewise-linear pair
+/// (ReLU at s >= 0.01) makes fixed-rate steps chatter without converging, which the report shows.
 /// Shrinking the rate where the gradient turns back is no cure: with a summable sequence of
 /// steps the iterate stalls short of a stationary point while the rule, seeing steps shrink,
 /// calls it converged (measured at s = 1 on MNIST: stopped 11% of the estimate away from where
