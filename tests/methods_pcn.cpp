@@ -423,9 +423,9 @@ TEST_CASE("accelerated inference starts with two plain steps and is read at its 
 }
 
 TEST_CASE("accelerated inference does not depend on the batch either", "[pcn]") {
-  // At a loose tolerance, so that a sample whose momentum, step or phase got mixed up with
-  // another's when the batch was reordered ends visibly elsewhere (the rule stops it at another
-  // step), while the same path alone and in the batch differs by rounding only.
+  // At a loose tolerance the rule stops each sample far from its limit, so that the step at
+  // which it stops shows in its state: alone and in the batch, a sample must stop at the same
+  // step and state (to rounding), whatever the others do.
   const auto measured = batch_dependence<tanh_pair>(
       39,
       [] {
