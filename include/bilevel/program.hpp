@@ -20,6 +20,7 @@
 #include "activations/concept.hpp"
 #include "activations/identity.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "core/parallel.hpp"
 #include "core/types.hpp"
 #include "core/random.hpp"
@@ -161,7 +162,7 @@ class program {
       pairs.push_back(std::move(pair));
     }
     Vector<S> parameters = in.read_values<S>("parameters", parameter_count());
-    if (!parameters.allFinite()) in.fail("parameters", "finite", "a NaN or Inf entry");
+    if (!all_finite(parameters)) in.fail("parameters", "finite", "a NaN or Inf entry");
     for (Index k = 0; k < depth(); ++k) layers_[std::size_t(k)].set_pair(std::move(pairs[std::size_t(k)]));
     parameters_ = std::move(parameters);
   }

@@ -43,6 +43,7 @@
 #include <Eigen/Core>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/types.hpp"
 #include "../program.hpp"
 #include "file.hpp"
@@ -538,7 +539,7 @@ void import_npy(const std::filesystem::path& directory, program<S, Loss, Pairs..
     if (array.shape != expected)
       throw data_error(concat(context, ": expected shape ", detail::npy_shape_text(expected),
                               ", found ", detail::npy_shape_text(array.shape)));
-    if (!array.values.allFinite())
+    if (!all_finite(array.values))
       throw data_error(concat(context, ": expected finite values, found a NaN or Inf",
                               sizeof(S) == 4 ? " (or a float64 beyond float's range)" : ""));
     return std::move(array.values);

@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -18,7 +19,7 @@ struct mse {
   /// Throws numeric_error naming `function` unless every target is finite.
   template <class S>
   void check_targets(const MatrixCRef<S>& y, std::string_view function) const {
-    if (!y.allFinite())
+    if (!all_finite(y))
       throw numeric_error(detail::concat(function, ": the targets y must be finite for mse, got ",
                                          "a NaN or Inf entry"));
   }

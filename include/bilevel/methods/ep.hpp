@@ -88,6 +88,7 @@
 
 #include "../activations/concept.hpp"
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/random.hpp"
 #include "../core/state_stream.hpp"
 #include "../core/types.hpp"
@@ -210,7 +211,7 @@ class ep {
     for (Matrix<S>& layer : particles) {
       const Index rows = in.read_index("ep particle layer size", 1, Index(1) << 31);
       const Vector<S> values = in.read_values<S>("ep particles", rows * examples);
-      if (!values.allFinite()) in.fail("ep particles", "finite", "a NaN or Inf entry");
+      if (!all_finite(values)) in.fail("ep particles", "finite", "a NaN or Inf entry");
       layer = Eigen::Map<const Matrix<S>>(values.data(), rows, examples);
     }
     random_ = random;

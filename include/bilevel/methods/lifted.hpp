@@ -57,6 +57,7 @@
 #include "../activations/concept.hpp"
 #include "../activations/displacement.hpp"
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/state_stream.hpp"
 #include "../couplings/fenchel.hpp"
 #include "../program.hpp"
@@ -312,7 +313,7 @@ class lifted_objective {
     const Vector<S> steps = in.read_values<S>("z-block step sizes");
     const Vector<S> weight_steps = in.read_values<S>("W-block step sizes");
     for (const Vector<S>* sizes : {&steps, &weight_steps})
-      if (!((sizes->array() >= S(0)).all() && sizes->allFinite()))
+      if (!((sizes->array() >= S(0)).all() && all_finite(*sizes)))
         in.fail("step sizes", "finite and >= 0", "a negative, NaN or Inf entry");
     steps_.assign(steps.begin(), steps.end());
     weight_steps_.assign(weight_steps.begin(), weight_steps.end());

@@ -95,6 +95,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../program.hpp"
 #include "active_set.hpp"
 #include "batch_reduction.hpp"
@@ -175,7 +176,7 @@ class mac {
     const double mu = in.read_f64("mac mu");
     if (!(std::isfinite(mu) && mu > 0)) in.fail("mac mu", "finite and > 0", mu);
     const Vector<S> steps = in.read_values<S>("mac W-step sizes");
-    if (!(steps.allFinite() && (steps.array() >= S(0)).all()))
+    if (!(all_finite(steps) && (steps.array() >= S(0)).all()))
       in.fail("mac W-step sizes", "finite and >= 0", "a negative, NaN or Inf entry");
     mu_ = S(mu);
     layers_.assign(std::size_t(steps.size()), layer_work{});

@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -92,7 +93,7 @@ void require_batch(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<
   require_sample_columns(function, "x", net.input_size(), x.rows(), x.cols());
   require_shape(function, "y", net.output_size(), x.cols(), y.rows(), y.cols());
   require(x.cols() > 0, function, "the batch size", "> 0", x.cols());
-  if (!x.allFinite())
+  if (!all_finite(x))
     throw numeric_error(concat(function, ": x must be finite, got a NaN or Inf entry"));
   net.check_targets(y, function);
 }

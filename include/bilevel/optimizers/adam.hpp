@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/parallel.hpp"
 #include "../core/state_stream.hpp"
 #include "../core/types.hpp"
@@ -92,9 +93,9 @@ class adam {
                           second_moment.cols());
     detail::require(steps >= 0, "adam::restore", "steps", ">= 0", steps);
     // A non-finite moment or a negative second moment would turn every later step into NaN.
-    detail::require(first_moment.allFinite(), "adam::restore", "first_moment", "finite",
+    detail::require(all_finite(first_moment), "adam::restore", "first_moment", "finite",
                     "a NaN or Inf entry");
-    detail::require(second_moment.allFinite() && (second_moment.array() >= S(0)).all(),
+    detail::require(all_finite(second_moment) && (second_moment.array() >= S(0)).all(),
                     "adam::restore", "second_moment", "finite and elementwise >= 0",
                     "a negative, NaN or Inf entry");
     m_ = std::move(first_moment);

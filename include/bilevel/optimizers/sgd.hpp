@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/state_stream.hpp"
 #include "../core/types.hpp"
 
@@ -69,7 +70,7 @@ class sgd {
     detail::require_shape("sgd::restore", "velocity", n_params_, 1, velocity.rows(),
                           velocity.cols());
     detail::require(steps >= 0, "sgd::restore", "steps", ">= 0", steps);
-    detail::require(velocity.allFinite(), "sgd::restore", "velocity", "finite",
+    detail::require(all_finite(velocity), "sgd::restore", "velocity", "finite",
                     "a NaN or Inf entry");
     velocity_ = std::move(velocity);
     steps_ = steps;

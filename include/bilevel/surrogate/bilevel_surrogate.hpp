@@ -75,6 +75,7 @@
 #include <type_traits>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/types.hpp"
 
 namespace bilevel {
@@ -213,7 +214,7 @@ concept declares_theta_size = requires(const P& problem) {
 
 template <Scalar S>
 void require_finite(const Vector<S>& v, std::string_view function, std::string_view what) {
-  if (!v.allFinite()) throw numeric_error(concat(function, ": ", what, " must be finite"));
+  if (!all_finite(v)) throw numeric_error(concat(function, ": ", what, " must be finite"));
 }
 
 template <Scalar S>
@@ -370,7 +371,7 @@ inner_solve_report descend(const Objective& objective, Vector<S>& z,
     step *= settings.grow;
     ++iteration;
   }
-  if (!z.allFinite() || !std::isfinite(norm)) {
+  if (!all_finite(z) || !std::isfinite(norm)) {
     throw numeric_error(concat(objective.function, ": the inner descent produced non-finite values"));
   }
   report.iterations = iteration;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/finite.hpp"
 #include "../core/random.hpp"
 #include "../core/state_stream.hpp"
 #include "../methods/method.hpp"
@@ -59,7 +60,7 @@ Index correct_predictions(const Program& net, const MatrixCRef<typename Program:
       net.forward(inputs, state);
       output.swap(state.z.back());
     }
-    if (!output.allFinite())  // a NaN output would count as a prediction of class 0
+    if (!all_finite(output))  // a NaN output would count as a prediction of class 0
       throw numeric_error(detail::concat("correct_predictions: the output is not finite for a "
                                          "sample among columns ", begin, " to ", begin + count - 1,
                                          " (the parameters have blown up?)"));
@@ -183,7 +184,7 @@ class trainer {
       }();
       ++report.batches;
       const bool update_finite =
-          native_ ? net_.parameters().allFinite() : gradient_.allFinite();
+          native_ ? all_finite(net_.parameters()) : all_finite(gradient_);
       if (!std::isfinite(step.loss) || !update_finite) {
         throw numeric_error(detail::concat(
             "trainer::run_epoch: ",
@@ -195,7 +196,7 @@ class trainer {
         optimizer_.step(net_.parameters(), gradient_);
         // A finite gradient times a huge rate can still overflow: the last step of a run has no
         // next loss to catch it, so the parameters themselves are checked.
-        if (!net_.parameters().allFinite())
+        if (!all_finite(net_.parameters()))
           throw numeric_error(detail::concat(
               "trainer::run_epoch: a parameter is not finite after the optimizer step in epoch ",
               progress_.epoch, ", batch ", report.batches, " (method ", method_.name(), ")"));
