@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (benchmarks/training_step.cpp, benchmarks/methods.cpp) and writes
-# results/benchmark.json, results/benchmark_methods.json and the tables results/benchmark.md:
+# Runs the benchmarks (benchmarks/training_step.cpp, benchmarks/methods.cpp,
+# benchmarks/layers.cpp) and writes results/benchmark.json, results/benchmark_methods.json,
+# results/benchmark_layers.json and the tables results/benchmark.md:
 # BP and Fenchel BP steps over the GEMM-only and GEMM + Adam floors, every method's step over
 # the BP step next to its cost model, BP and Fenchel BP at 1 and 2 threads, activation pairs per
-# element and idx loading. All ratios come from timings of the same run. Run it on an otherwise
+# element, idx loading, and LeNet-5's convolutions and poolings over their own products. All ratios come from timings of the same run. Run it on an otherwise
 # idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${BENCH_TRAINING_STEP:-build/benchmarks/bench_training_step}
 methods=${BENCH_METHODS:-build/benchmarks/bench_methods}
-for bench in "$step" "$methods"; do
+layers=${BENCH_LAYERS:-build/benchmarks/bench_layers}
+for bench in "$step" "$methods" "$layers"; do
   [ -x "$bench" ] || { echo "benchmark: build first (scripts/setup.sh): $bench missing" >&2; exit 1; }
 done
 mkdir -p results
@@ -17,9 +19,13 @@ mkdir -p results
   --benchmark_report_aggregates_only=true >results/benchmark.json.tmp
 "$methods" --benchmark_format=json --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true >results/benchmark_methods.json.tmp
+"$layers" --benchmark_format=json --benchmark_repetitions=3 \
+  --benchmark_report_aggregates_only=true >results/benchmark_layers.json.tmp
 mv results/benchmark.json.tmp results/benchmark.json
 mv results/benchmark_methods.json.tmp results/benchmark_methods.json
-python3 - results/benchmark.json results/benchmark_methods.json >results/benchmark.md.tmp <<'PY'
+mv results/benchmark_layers.json.tmp results/benchmark_layers.json
+python3 - results/benchmark.json results/benchmark_methods.json results/benchmark_layers.json \
+  >results/benchmark.md.tmp <<'PY'
 import json, sys
 median = {}
 for path in sys.argv[1:]:
@@ -84,6 +90,20 @@ for pair in ("relu", "sigmoid", "tanh", "softmax"):
 idx = median["idx_loading"]
 print(f"\nidx loading (10,000 28x28 images, plain file in the page cache): "
       f"{idx['bytes_per_second'] / 1e9:.2f} GB/s.")
+
+print("\nLeNet-5's image maps at batch 50 (float, one thread): the map against its matrix products "
+      "alone (per image, on preallocated patches); the difference is im2col's gather or scatter:\n")
+print("| map | time (us) | products (us) | map / products | GFLOP/s |")
+print("|---|---|---|---|---|")
+for layer in ("conv1", "conv2"):
+    for part in ("forward", "transpose", "gradient"):
+        run = median[f"conv2d_map/{layer}_{part}"]
+        products = time(f"conv2d_products/{layer}_{part}")
+        print(f"| {layer} {part} | {run['real_time'] / 1e3:.0f} | {products / 1e3:.0f} | "
+              f"{run['real_time'] / products:.1f} | {run['GFLOP/s']:.1f} |")
+for name in ("pool1", "pool1_transpose", "pool2", "pool2_transpose"):
+    run = median[f"avg_pool_map/{name}"]
+    print(f"| {name.replace('_', ' ')} | {run['real_time'] / 1e3:.0f} | - | - | - |")
 PY
 mv results/benchmark.md.tmp results/benchmark.md
 cat results/benchmark.md

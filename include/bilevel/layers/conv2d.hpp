@@ -1,0 +1,181 @@
+#pragma once
+/// \file
+/// 2-D convolution as a linear map of a batch of images (layers/image.hpp's layout): F filters
+/// of C x K x K weights, taken every `stride` pixels over the input zero-padded by `padding`,
+///
+///   a(f, i, j) = b_f + sum_{c, u, v} w_f(c, u, v) x(c, i*stride - padding + u,
+///                                                   j*stride - padding + v),
+///
+/// as deep-learning frameworks define it (cross-correlation). Per image, im2col: the patches
+/// form a P x (C*K*K) matrix X_col, one output position per row (P = output height x width),
+/// and with the filters as the columns of a (C*K*K) x F matrix Wc (filter f's weights in
+/// (c, u, v) order, u the kernel row: PyTorch's (F, C, K, K) layout, read column-major),
+///
+///   A = X_col Wc + 1 b^T                  (P x F, which is the output image's column),
+///   A^T g:   X_col^grad = G Wc^T, scattered back onto the pixels its entries were read from,
+///   dWc = sum over images X_col^T G,      db = sum over images and positions of G,
+///
+/// for an output-side signal g (its image as the P x F matrix G). Each is one matrix product
+/// per image; the patch matrix lives in a buffer of this object, so calls on one object must not
+/// run concurrently.
+
+#include <algorithm>
+
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "image.hpp"
+
+namespace bilevel {
+
+template <Scalar S>
+class conv2d {
+ public:
+  struct geometry {
+    image_shape input;
+    Index filters = 1, kernel = 1, stride = 1, padding = 0;
+  };
+
+  /// Throws config_error for non-positive extents, filters, kernel or stride or a negative
+  /// padding, and shape_error when the kernel is larger than the padded input.
+  explicit conv2d(const geometry& shape) : shape_(shape) {
+    constexpr std::string_view function = "conv2d";
+    detail::require_image_shape(function, "the input", shape.input);
+    detail::require(shape.filters > 0, function, "the number of filters", "> 0", shape.filters);
+    detail::require(shape.kernel > 0, function, "the kernel size", "> 0", shape.kernel);
+    detail::require(shape.stride > 0, function, "the stride", "> 0", shape.stride);
+    detail::require(shape.padding >= 0, function, "the padding", ">= 0", shape.padding);
+    output_ = {shape.filters,
+               detail::window_positions(function, "row", shape.input.height, shape.kernel,
+                                        shape.stride, shape.padding),
+               detail::window_positions(function, "column", shape.input.width, shape.kernel,
+                                        shape.stride, shape.padding)};
+  }
+
+  const geometry& shape() const { return shape_; }
+  const image_shape& input() const { return shape_.input; }
+  const image_shape& output() const { return output_; }
+  Index inputs() const { return shape_.input.size(); }
+  Index outputs() const { return output_.size(); }
+  /// Wc is patch_size() x filters; the bias has one entry per filter.
+  Index patch_size() const { return shape_.input.channels * shape_.kernel * shape_.kernel; }
+  Index weight_count() const { return patch_size() * shape_.filters; }
+  Index parameter_count() const { return weight_count() + shape_.filters; }
+
+  /// out = A x + b for every column of x (inputs() x B into outputs() x B).
+  void apply(const MatrixCRef<S>& weights, const Eigen::Ref<const Vector<S>>& bias,
+             const MatrixCRef<S>& x, MatrixRef<S> out) const {
+    check_weights("conv2d::apply", weights);
+    detail::require_shape("conv2d::apply", "the bias", shape_.filters, 1, bias.rows(), 1);
+    detail::require_sample_columns("conv2d::apply", "x", inputs(), x.rows(), x.cols());
+    detail::require_shape("conv2d::apply", "out", outputs(), x.cols(), out.rows(), out.cols());
+    for (Index j = 0; j < x.cols(); ++j) {
+      gather_patches(x.col(j));
+      MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
+      image.noalias() = patches_ * weights;
+      image.rowwise() += bias.transpose();
+    }
+  }
+
+  /// out = A^T g for every column of g (outputs() x B into inputs() x B); the bias is not part
+  /// of the linear map.
+  void apply_transpose(const MatrixCRef<S>& weights, const MatrixCRef<S>& g,
+                       MatrixRef<S> out) const {
+    check_weights("conv2d::apply_transpose", weights);
+    detail::require_sample_columns("conv2d::apply_transpose", "g", outputs(), g.rows(), g.cols());
+    detail::require_shape("conv2d::apply_transpose", "out", inputs(), g.cols(), out.rows(),
+                          out.cols());
+    for (Index j = 0; j < g.cols(); ++j) {
+      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
+      patches_.noalias() = signal * weights.transpose();
+      auto column = out.col(j);
+      column.setZero();
+      scatter_patches(column);
+    }
+  }
+
+  /// weight_gradient = scale sum_j X_col(x_j)^T G_j and bias_gradient = scale sum_j G_j^T 1:
+  /// the gradient of <g, A x + b> in Wc and b, times `scale` (1 / B for a batch mean).
+  void parameter_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, S scale,
+                          MatrixRef<S> weight_gradient,
+                          Eigen::Ref<Vector<S>> bias_gradient) const {
+    constexpr std::string_view function = "conv2d::parameter_gradient";
+    detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
+    detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
+    check_weights(function, weight_gradient);
+    detail::require_shape(function, "the bias gradient", shape_.filters, 1, bias_gradient.rows(),
+                          1);
+    weight_gradient.setZero();
+    bias_gradient.setZero();
+    for (Index j = 0; j < x.cols(); ++j) {
+      gather_patches(x.col(j));
+      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
+      weight_gradient.noalias() += patches_.transpose() * signal;
+      bias_gradient += signal.colwise().sum().transpose();
+    }
+    weight_gradient *= scale;
+    bias_gradient *= scale;
+  }
+
+ private:
+  template <class Weights>
+  void check_weights(std::string_view function, const Weights& weights) const {
+    detail::require_shape(function, "the weights (C*K*K x filters)", patch_size(),
+                          shape_.filters, weights.rows(), weights.cols());
+  }
+
+  /// Calls visit(pixel, p, entry, count) for every run of patch entries that read input
+  /// pixels: entries p .. p + count - 1 of patch column entry = (c*K + u)*K + v read the pixels
+  /// pixel, pixel + stride, ..., one output row's worth. Output position p = i*OW + j reads
+  /// pixel (c, i*stride - padding + u, j*stride - padding + v); the padding reads nothing.
+  template <class Visit>
+  void for_each_run(const Visit& visit) const {
+    const Index K = shape_.kernel, H = shape_.input.height, W = shape_.input.width;
+    const Index stride = shape_.stride, padding = shape_.padding;
+    const Index OH = output_.height, OW = output_.width;
+    for (Index c = 0; c < shape_.input.channels; ++c)
+      for (Index u = 0; u < K; ++u)
+        for (Index v = 0; v < K; ++v) {
+          const Index entry = (c * K + u) * K + v;
+          // The output columns j with 0 <= j*stride - padding + v < W.
+          const Index reach = W - 1 + padding - v;
+          if (reach < 0) continue;
+          const Index first = std::max<Index>(padding - v + stride - 1, 0) / stride;
+          const Index last = std::min(OW, reach / stride + 1);
+          if (first >= last) continue;
+          for (Index i = 0; i < OH; ++i) {
+            const Index row = i * stride - padding + u;
+            if (row < 0 || row >= H) continue;
+            visit((c * H + row) * W + first * stride - padding + v, i * OW + first, entry,
+                  last - first);
+          }
+        }
+  }
+
+  /// `count` pixels of an image column, `stride` apart.
+  using pixels = Eigen::Map<Vector<S>, 0, Eigen::InnerStride<>>;
+  using const_pixels = Eigen::Map<const Vector<S>, 0, Eigen::InnerStride<>>;
+  Eigen::InnerStride<> pixel_stride() const { return Eigen::InnerStride<>(shape_.stride); }
+
+  template <class Column>
+  void gather_patches(const Column& image) const {
+    patches_.setZero(output_.pixels(), patch_size());
+    for_each_run([&](Index pixel, Index p, Index entry, Index count) {
+      const const_pixels from(image.data() + pixel, count, pixel_stride());
+      patches_.col(entry).segment(p, count) = from;
+    });
+  }
+
+  template <class Column>
+  void scatter_patches(Column& image) const {
+    for_each_run([&](Index pixel, Index p, Index entry, Index count) {
+      pixels to(image.data() + pixel, count, pixel_stride());
+      to += patches_.col(entry).segment(p, count);
+    });
+  }
+
+  geometry shape_;
+  image_shape output_;
+  mutable Matrix<S> patches_;  ///< one image's P x (C*K*K) patches, or their gradient
+};
+
+}  // namespace bilevel

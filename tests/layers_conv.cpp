@@ -1,0 +1,182 @@
+// layers/conv2d.hpp and layers/avg_pool.hpp against loops written from their definitions, the
+// transpose against the adjoint identity <A x, g> = <x, A^T g>, the parameter gradient against
+// central differences, and the shape errors.
+
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <tuple>
+
+#include "bilevel/layers/avg_pool.hpp"
+#include "bilevel/layers/conv2d.hpp"
+
+using namespace bilevel;
+
+namespace {
+
+Matrix<double> random_matrix(Index rows, Index cols, unsigned seed) {
+  std::mt19937 engine(seed);
+  std::normal_distribution<double> normal;
+  Matrix<double> m(rows, cols);
+  for (Index j = 0; j < cols; ++j)
+    for (Index i = 0; i < rows; ++i) m(i, j) = normal(engine);
+  return m;
+}
+
+// a(f, i, j) = b_f + sum_{c,u,v} w_f(c,u,v) x(c, i*s - p + u, j*s - p + v), zero outside.
+Matrix<double> naive_convolution(const conv2d<double>& conv, const Matrix<double>& weights,
+                                 const Vector<double>& bias, const Matrix<double>& x) {
+  const auto& g = conv.shape();
+  const image_shape in = g.input, out = conv.output();
+  const Index K = g.kernel;
+  Matrix<double> a(out.size(), x.cols());
+  for (Index n = 0; n < x.cols(); ++n)
+    for (Index f = 0; f < out.channels; ++f)
+      for (Index i = 0; i < out.height; ++i)
+        for (Index j = 0; j < out.width; ++j) {
+          double sum = bias(f);
+          for (Index c = 0; c < in.channels; ++c)
+            for (Index u = 0; u < K; ++u)
+              for (Index v = 0; v < K; ++v) {
+                const Index row = i * g.stride - g.padding + u;
+                const Index col = j * g.stride - g.padding + v;
+                if (row < 0 || row >= in.height || col < 0 || col >= in.width) continue;
+                sum += weights((c * K + u) * K + v, f) *
+                       x((c * in.height + row) * in.width + col, n);
+              }
+          a((f * out.height + i) * out.width + j, n) = sum;
+        }
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("conv2d equals the convolution's definition, and its transpose is its adjoint",
+          "[conv]") {
+  // (channels, height, width, filters, kernel, stride, padding): LeNet-5's two convolutions
+  // in small, non-square images, strides that skip pixels, padding wider than the stride.
+  const auto [channels, height, width, filters, kernel, stride, padding] =
+      GENERATE(std::make_tuple(1, 8, 8, 3, 5, 1, 2), std::make_tuple(2, 7, 6, 4, 3, 1, 0),
+               std::make_tuple(3, 9, 7, 2, 3, 2, 1), std::make_tuple(2, 6, 9, 3, 4, 3, 2),
+               std::make_tuple(1, 5, 5, 2, 5, 1, 0));
+  const conv2d<double> conv({{channels, height, width}, filters, kernel, stride, padding});
+  CAPTURE(channels, height, width, filters, kernel, stride, padding);
+  const Index B = 3;
+  const Matrix<double> weights = random_matrix(conv.patch_size(), filters, 1);
+  const Vector<double> bias = random_matrix(filters, 1, 2);
+  const Matrix<double> x = random_matrix(conv.inputs(), B, 3);
+  CHECK(conv.output().height == (height + 2 * padding - kernel) / stride + 1);
+
+  Matrix<double> a(conv.outputs(), B);
+  conv.apply(weights, bias, x, a);
+  CHECK((a - naive_convolution(conv, weights, bias, x)).cwiseAbs().maxCoeff() < 1e-12);
+
+  const Matrix<double> g = random_matrix(conv.outputs(), B, 4);
+  Matrix<double> back(conv.inputs(), B);
+  conv.apply_transpose(weights, g, back);
+  const Vector<double> zero = Vector<double>::Zero(filters);
+  Matrix<double> linear(conv.outputs(), B);
+  conv.apply(weights, zero, x, linear);
+  const double forward = (linear.array() * g.array()).sum();
+  CHECK(std::abs(forward - (x.array() * back.array()).sum()) < 1e-12 * (1 + std::abs(forward)));
+}
+
+TEST_CASE("conv2d's parameter gradient is the gradient of <g, A x + b>", "[conv]") {
+  const auto [stride, padding] =
+      GENERATE(std::make_tuple(1, 0), std::make_tuple(1, 2), std::make_tuple(2, 1));
+  const conv2d<double> conv({{2, 7, 6}, 3, 3, stride, padding});
+  const Index B = 4;
+  Matrix<double> weights = random_matrix(conv.patch_size(), 3, 5);
+  Vector<double> bias = random_matrix(3, 1, 6);
+  const Matrix<double> x = random_matrix(conv.inputs(), B, 7);
+  const Matrix<double> g = random_matrix(conv.outputs(), B, 8);
+  const double scale = 0.25;
+  Matrix<double> dW(conv.patch_size(), 3);
+  Vector<double> db(3);
+  conv.parameter_gradient(x, g, scale, dW, db);
+
+  Matrix<double> a(conv.outputs(), B);
+  const auto value = [&] {
+    conv.apply(weights, bias, x, a);
+    return scale * (a.array() * g.array()).sum();
+  };
+  const double h = 1e-3;  // the value is linear in the parameters: differences are exact
+  for (Index i = 0; i < weights.size(); ++i) {
+    const double saved = weights(i);
+    weights(i) = saved + h;
+    const double up = value();
+    weights(i) = saved - h;
+    const double down = value();
+    weights(i) = saved;
+    CHECK((up - down) / (2 * h) == Approx(dW(i)).margin(1e-9));
+  }
+  for (Index f = 0; f < 3; ++f) {
+    const double saved = bias(f);
+    bias(f) = saved + h;
+    const double up = value();
+    bias(f) = saved - h;
+    const double down = value();
+    bias(f) = saved;
+    CHECK((up - down) / (2 * h) == Approx(db(f)).margin(1e-9));
+  }
+}
+
+TEST_CASE("avg_pool averages each window, and its transpose is its adjoint", "[conv]") {
+  const auto [height, width, kernel, stride] =
+      GENERATE(std::make_tuple(8, 8, 2, 0), std::make_tuple(7, 9, 2, 0),
+               std::make_tuple(7, 7, 3, 2), std::make_tuple(5, 6, 2, 1));
+  const avg_pool<double> pool({{3, height, width}, kernel, stride});
+  const Index s = stride == 0 ? kernel : stride;
+  const Index B = 2;
+  const Matrix<double> x = random_matrix(pool.inputs(), B, 9);
+  Matrix<double> a(pool.outputs(), B);
+  pool.apply(x, a);
+  const image_shape out = pool.output();
+  CHECK(out.height == (height - kernel) / s + 1);
+  CHECK(out.width == (width - kernel) / s + 1);
+  double largest = 0;
+  for (Index n = 0; n < B; ++n)
+    for (Index c = 0; c < 3; ++c)
+      for (Index i = 0; i < out.height; ++i)
+        for (Index j = 0; j < out.width; ++j) {
+          double sum = 0;
+          for (Index u = 0; u < kernel; ++u)
+            for (Index v = 0; v < kernel; ++v)
+              sum += x((c * height + i * s + u) * width + j * s + v, n);
+          const double expected = sum / double(kernel * kernel);
+          largest = std::max(largest,
+                             std::abs(a((c * out.height + i) * out.width + j, n) - expected));
+        }
+  CHECK(largest < 1e-14);
+
+  const Matrix<double> g = random_matrix(pool.outputs(), B, 10);
+  Matrix<double> back(pool.inputs(), B);
+  pool.apply_transpose(g, back);
+  const double forward = (a.array() * g.array()).sum();
+  CHECK(std::abs(forward - (x.array() * back.array()).sum()) < 1e-13 * (1 + std::abs(forward)));
+}
+
+TEST_CASE("convolution and pooling refuse shapes that do not fit, naming both", "[conv]") {
+  using Catch::Matchers::Contains;
+  CHECK_THROWS_AS(conv2d<double>({{1, 4, 4}, 2, 5, 1, 0}), shape_error);
+  CHECK_THROWS_WITH(conv2d<double>({{1, 4, 9}, 2, 7, 1, 1}),
+                    Contains("conv2d") && Contains("row kernel 7") && Contains("4 + 2 x 1"));
+  CHECK_NOTHROW(conv2d<double>({{1, 3, 3}, 2, 5, 1, 1}));  // 3 + 2 padded fits 5
+  CHECK_THROWS_AS(conv2d<double>({{0, 4, 4}, 2, 3, 1, 0}), config_error);
+  CHECK_THROWS_AS(conv2d<double>({{1, 4, 4}, 2, 3, 0, 0}), config_error);
+  CHECK_THROWS_AS(conv2d<double>({{1, 4, 4}, 2, 3, 1, -1}), config_error);
+  CHECK_THROWS_AS(avg_pool<double>({{2, 1, 4}, 2, 0}), shape_error);
+
+  const conv2d<double> conv({{2, 6, 6}, 3, 3, 1, 1});
+  const Matrix<double> weights = Matrix<double>::Zero(conv.patch_size(), 3);
+  const Vector<double> bias = Vector<double>::Zero(3);
+  Matrix<double> out(conv.outputs(), 2);
+  CHECK_THROWS_WITH(conv.apply(weights, bias, Matrix<double>::Zero(71, 2), out),
+                    Contains("conv2d::apply") && Contains("72 x B") && Contains("71x2"));
+  CHECK_THROWS_WITH(conv.apply(Matrix<double>::Zero(18, 2), bias, Matrix<double>::Zero(72, 2), out),
+                    Contains("conv2d::apply") && Contains("18x3") && Contains("18x2"));
+  const avg_pool<double> pool({{3, 4, 4}, 2, 0});
+  Matrix<double> pooled(11, 2);
+  CHECK_THROWS_WITH(pool.apply(Matrix<double>::Zero(48, 2), pooled),
+                    Contains("avg_pool::apply") && Contains("12x2") && Contains("11x2"));
+}
