@@ -101,24 +101,18 @@ TEST_CASE("conv2d's parameter gradient is the gradient of <g, A x + b>", "[conv]
     return scale * (a.array() * g.array()).sum();
   };
   const double h = 1e-3;  // the value is linear in the parameters: differences are exact
-  for (Index i = 0; i < weights.size(); ++i) {
-    const double saved = weights(i);
-    weights(i) = saved + h;
+  const auto difference = [&](double& parameter) {
+    const double saved = parameter;
+    parameter = saved + h;
     const double up = value();
-    weights(i) = saved - h;
+    parameter = saved - h;
     const double down = value();
-    weights(i) = saved;
-    CHECK((up - down) / (2 * h) == Approx(dW(i)).margin(1e-9));
-  }
-  for (Index f = 0; f < 3; ++f) {
-    const double saved = bias(f);
-    bias(f) = saved + h;
-    const double up = value();
-    bias(f) = saved - h;
-    const double down = value();
-    bias(f) = saved;
-    CHECK((up - down) / (2 * h) == Approx(db(f)).margin(1e-9));
-  }
+    parameter = saved;
+    return (up - down) / (2 * h);
+  };
+  for (Index i = 0; i < weights.size(); ++i)
+    CHECK(difference(weights(i)) == Approx(dW(i)).margin(1e-9));
+  for (Index f = 0; f < 3; ++f) CHECK(difference(bias(f)) == Approx(db(f)).margin(1e-9));
 }
 
 TEST_CASE("avg_pool averages each window, and its transpose is its adjoint", "[conv]") {
