@@ -3,9 +3,10 @@
 /// Fenchel lifted networks (docs/methods.md §5.5; Gu, Askari & El Ghaoui 2020): the lifted
 /// objective of LPOM (lifted_method.hpp) with the last layer on the true loss, its lambda_k fixed
 /// per layer as hyperparameters (Lagrange multipliers of a relaxation that lower-bounds the
-/// training problem), every block solved as the convex problem it is: z-blocks by proximal
-/// gradient (for ReLU a non-negative least-squares-type problem, solved by projected gradient)
-/// to the stopping rule, W-blocks by gradient descent with backtracking.
+/// training problem), every block the convex problem it is: z-blocks by proximal-gradient steps
+/// (for ReLU a non-negative least-squares-type problem, projected gradient), swept top down
+/// until the stopping rule holds for every block, W-blocks by gradient descent with
+/// backtracking.
 ///
 /// The objective, per sample (§5.5), with a_k = W_k z_{k-1} + b_k:
 /// ~~~{.unparsed}
