@@ -4,24 +4,16 @@
 
 #include <catch2/catch.hpp>
 
-#include <random>
 #include <tuple>
 
 #include "bilevel/layers/avg_pool.hpp"
 #include "bilevel/layers/conv2d.hpp"
+#include "helpers.hpp"
 
 using namespace bilevel;
+using namespace bilevel::testing;
 
 namespace {
-
-Matrix<double> random_matrix(Index rows, Index cols, unsigned seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<double> normal;
-  Matrix<double> m(rows, cols);
-  for (Index j = 0; j < cols; ++j)
-    for (Index i = 0; i < rows; ++i) m(i, j) = normal(engine);
-  return m;
-}
 
 // a(f, i, j) = b_f + sum_{c,u,v} w_f(c,u,v) x(c, i*s - p + u, j*s - p + v), zero outside.
 Matrix<double> naive_convolution(const conv2d<double>& conv, const Matrix<double>& weights,
@@ -60,18 +52,19 @@ TEST_CASE("conv2d equals the convolution's definition, and its transpose is its 
                std::make_tuple(3, 9, 7, 2, 3, 2, 1), std::make_tuple(2, 6, 9, 3, 4, 3, 2),
                std::make_tuple(1, 5, 5, 2, 5, 1, 0));
   const conv2d<double> conv({{channels, height, width}, filters, kernel, stride, padding});
+  random_source random(1);
   CAPTURE(channels, height, width, filters, kernel, stride, padding);
   const Index B = 3;
-  const Matrix<double> weights = random_matrix(conv.patch_size(), filters, 1);
-  const Vector<double> bias = random_matrix(filters, 1, 2);
-  const Matrix<double> x = random_matrix(conv.inputs(), B, 3);
+  const Matrix<double> weights = random_matrix<double>(random, conv.patch_size(), filters);
+  const Vector<double> bias = random_matrix<double>(random, filters, 1);
+  const Matrix<double> x = random_matrix<double>(random, conv.inputs(), B);
   CHECK(conv.output().height == (height + 2 * padding - kernel) / stride + 1);
 
   Matrix<double> a(conv.outputs(), B);
   conv.apply(weights, bias, x, a);
   CHECK((a - naive_convolution(conv, weights, bias, x)).cwiseAbs().maxCoeff() < 1e-12);
 
-  const Matrix<double> g = random_matrix(conv.outputs(), B, 4);
+  const Matrix<double> g = random_matrix<double>(random, conv.outputs(), B);
   Matrix<double> back(conv.inputs(), B);
   conv.apply_transpose(weights, g, back);
   const Vector<double> zero = Vector<double>::Zero(filters);
@@ -85,11 +78,12 @@ TEST_CASE("conv2d's parameter gradient is the gradient of <g, A x + b>", "[conv]
   const auto [stride, padding] =
       GENERATE(std::make_tuple(1, 0), std::make_tuple(1, 2), std::make_tuple(2, 1));
   const conv2d<double> conv({{2, 7, 6}, 3, 3, stride, padding});
+  random_source random(2);
   const Index B = 4;
-  Matrix<double> weights = random_matrix(conv.patch_size(), 3, 5);
-  Vector<double> bias = random_matrix(3, 1, 6);
-  const Matrix<double> x = random_matrix(conv.inputs(), B, 7);
-  const Matrix<double> g = random_matrix(conv.outputs(), B, 8);
+  Matrix<double> weights = random_matrix<double>(random, conv.patch_size(), 3);
+  Vector<double> bias = random_matrix<double>(random, 3, 1);
+  const Matrix<double> x = random_matrix<double>(random, conv.inputs(), B);
+  const Matrix<double> g = random_matrix<double>(random, conv.outputs(), B);
   const double scale = 0.25;
   Matrix<double> dW(conv.patch_size(), 3);
   Vector<double> db(3);
@@ -120,9 +114,10 @@ TEST_CASE("avg_pool averages each window, and its transpose is its adjoint", "[c
       GENERATE(std::make_tuple(8, 8, 2, 0), std::make_tuple(7, 9, 2, 0),
                std::make_tuple(7, 7, 3, 2), std::make_tuple(5, 6, 2, 1));
   const avg_pool<double> pool({{3, height, width}, kernel, stride});
+  random_source random(3);
   const Index s = stride == 0 ? kernel : stride;
   const Index B = 2;
-  const Matrix<double> x = random_matrix(pool.inputs(), B, 9);
+  const Matrix<double> x = random_matrix<double>(random, pool.inputs(), B);
   Matrix<double> a(pool.outputs(), B);
   pool.apply(x, a);
   const image_shape out = pool.output();
@@ -143,7 +138,7 @@ TEST_CASE("avg_pool averages each window, and its transpose is its adjoint", "[c
         }
   CHECK(largest < 1e-14);
 
-  const Matrix<double> g = random_matrix(pool.outputs(), B, 10);
+  const Matrix<double> g = random_matrix<double>(random, pool.outputs(), B);
   Matrix<double> back(pool.inputs(), B);
   pool.apply_transpose(g, back);
   const double forward = (a.array() * g.array()).sum();
