@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// The nested program (docs/methods.md §1): layers k = 1..L with a_k = W_k z_{k-1} + b_k and
-/// z_k = f_k(a_k), z_0 = x, and an outer loss l(z_L, y). Depth is a runtime value; each layer's
+/// The nested program (docs/methods.md §1): layers k = 1..L with a_k = A_k z_{k-1} + b_k and
+/// z_k = f_k(a_k), z_0 = x, and an outer loss l(z_L, y). Each A_k is a dense, convolution or
+/// average-pooling map (layers/layer.hpp); depth and maps are runtime values, each layer's
 /// activation pair is one of the types `Pairs...`, fixed at compile time (no per-element dispatch).
 ///
 /// All parameters live in one flat buffer laid out as [W_1 .. W_L | b_1 .. b_L]: the weights
@@ -25,7 +26,8 @@
 #include "core/types.hpp"
 #include "core/random.hpp"
 #include "core/state_stream.hpp"
-#include "layers/dense.hpp"
+#include "layers/architecture.hpp"
+#include "layers/layer.hpp"
 #include "layers/init.hpp"
 #include "losses/concept.hpp"
 #include "losses/softmax_cross_entropy.hpp"  // the default loss of mlp
@@ -52,36 +54,53 @@ class program {
  public:
   using scalar_type = S;
   using loss_type = Loss;
-  using layer_type = dense_layer<S, Pairs...>;
+  using layer_type = program_layer<S, Pairs...>;
   using pair_type = typename layer_type::pair_type;
 
-  /// `sizes` = n_0, n_1, ..., n_L (input size first); `pairs` = the activation of layers 1..L.
+  /// A multilayer perceptron: `sizes` = n_0, n_1, ..., n_L (input size first), dense layers;
+  /// `pairs` = the activation of layers 1..L.
   program(const std::vector<Index>& sizes, std::vector<pair_type> pairs, Loss loss = {})
-      : loss_(std::move(loss)) {
-    detail::require(sizes.size() >= 2, "program", "the number of layer sizes", "at least 2",
-                    sizes.size());
-    const Index depth = Index(sizes.size()) - 1;
+      : program(flat_input(sizes), dense_layers(sizes), std::move(pairs), std::move(loss)) {}
+
+  /// Layers `maps` (layers/architecture.hpp) on inputs of shape `input`, each followed by its
+  /// pair. Throws shape_error, naming the layer and both shapes, when a layer does not fit the
+  /// image below it, and config_error for bad sizes or counts.
+  program(const image_shape& input, std::vector<map_spec> maps, std::vector<pair_type> pairs,
+          Loss loss = {})
+      : input_shape_(input), maps_(std::move(maps)), loss_(std::move(loss)) {
+    detail::require_image_shape("program", "the input shape", input);
+    detail::require(!maps_.empty(), "program", "the number of layers", "at least 1", 0);
+    const Index depth = Index(maps_.size());
     detail::require(Index(pairs.size()) == depth, "program", "the number of activation pairs",
                     detail::concat("one per layer (", depth, ")"), pairs.size());
+    std::vector<layer_map<S>> built;
     Index weight_total = 0, bias_total = 0;
-    for (std::size_t k = 0; k < sizes.size(); ++k) {
-      detail::require(sizes[k] > 0, "program", detail::concat("layer size ", k), "> 0", sizes[k]);
-      if (k > 0) {
-        weight_total = detail::checked_size("program", "the number of weights", weight_total,
-                                            sizes[k], sizes[k - 1]);
-        bias_total = detail::checked_size("program", "the number of biases", bias_total, 1,
-                                          sizes[k]);
-      }
+    image_shape shape = input;
+    for (Index k = 0; k < depth; ++k) {
+      built.push_back(make_map<S>(maps_[std::size_t(k)], shape, k + 1));
+      const layer_map<S>& map = built.back();
+      std::visit(
+          [&](const auto& typed) {
+            if constexpr (requires { typed.weight_rows(); }) {
+              weight_total = detail::checked_size("program", "the number of weights",
+                                                  weight_total, typed.weight_rows(),
+                                                  typed.weight_cols());
+              bias_total = detail::checked_size("program", "the number of biases", bias_total,
+                                                1, typed.bias_size());
+            }
+          },
+          map);
+      shape = output_shape<S>(map);
     }
     const Index parameter_total =
         detail::checked_size("program", "the number of parameters", weight_total, 1, bias_total);
     detail::checked_size("program", "the parameters' bytes", 0, parameter_total, sizeof(S));
     Index weight_offset = 0, bias_offset = weight_total;
     for (Index k = 0; k < depth; ++k) {
-      layers_.emplace_back(sizes[k], sizes[k + 1], std::move(pairs[k]), weight_offset,
-                           bias_offset);
-      weight_offset += sizes[k] * sizes[k + 1];
-      bias_offset += sizes[k + 1];
+      const auto i = std::size_t(k);
+      layers_.emplace_back(std::move(built[i]), std::move(pairs[i]), weight_offset, bias_offset);
+      weight_offset += layers_.back().weight_rows() * layers_.back().weight_cols();
+      bias_offset += layers_.back().bias_size();
     }
     weight_count_ = weight_total;
     try {
@@ -100,6 +119,15 @@ class program {
   const layer_type& layer(Index index) const { return layers_[std::size_t(index)]; }
   const std::vector<layer_type>& layers() const { return layers_; }
   const Loss& loss() const { return loss_; }
+  /// The shape of an input image (n_0 x 1 x 1 for a perceptron) and the layers' maps as data.
+  const image_shape& input_shape() const { return input_shape_; }
+  const std::vector<map_spec>& maps() const { return maps_; }
+  /// Whether every layer is dense (a perceptron, whatever its input's shape).
+  bool dense_only() const {
+    for (const map_spec& spec : maps_)
+      if (!std::holds_alternative<dense_spec>(spec)) return false;
+    return true;
+  }
 
   Vector<S>& parameters() { return parameters_; }
   const Vector<S>& parameters() const { return parameters_; }
@@ -112,10 +140,12 @@ class program {
   VectorMap<S> bias(Index index) { return layer(index).bias(parameters_); }
   ConstVectorMap<S> bias(Index index) const { return layer(index).bias(parameters_); }
 
-  /// The structure (loss, layer sizes, each layer's pair name and hyperparameters) and the
-  /// parameters. User-defined pairs are saved by their name(): no closed list of types.
+  /// The structure (loss, layer sizes, each layer's pair name and hyperparameters; the input
+  /// shape and the maps when a layer is not dense) and the parameters. User-defined pairs are
+  /// saved by their name(): no closed list of types. A perceptron's state is what it was
+  /// before programs had other maps, so older checkpoints still load.
   void save_state(state_writer& out) const {
-    out.write_text("program");
+    write_structure_tag(out);
     out.write_text(loss_.name());
     out.write_u64(layers_.size() + 1);
     out.write_index(input_size());
@@ -136,7 +166,7 @@ class program {
   /// and the pairs' names must match; pair hyperparameters and the parameters are taken over.
   /// Throws data_error (and changes nothing) on any mismatch or non-finite parameter.
   void load_state(state_reader& in) {
-    in.expect_text("program", "component");
+    read_structure_tag(in);
     in.expect_text(loss_.name(), "loss");
     const Index count = in.read_index("number of layer sizes", 2, std::numeric_limits<Index>::max());
     std::vector<Index> sizes(1, input_size());
@@ -170,14 +200,13 @@ class program {
   /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source);
   /// each layer is told its index, which negative_first_layer needs.
   void initialize(init_scheme scheme, random_source& random) {
-    for (Index k = 0; k < depth(); ++k)
-      bilevel::initialize<S>(scheme, weights(k), bias(k), random, k);
+    for (Index k = 0; k < depth(); ++k) layer(k).initialize(scheme, parameters_, random, k);
   }
 
   /// A zero buffer with the layout of the parameters (for gradients).
   Vector<S> zero_like_parameters() const { return Vector<S>::Zero(parameter_count()); }
 
-  /// Forward pass: a_k = W_k z_{k-1} + b_k, z_k = f_k(a_k), with z_0 = x.
+  /// Forward pass: a_k = A_k z_{k-1} + b_k, z_k = f_k(a_k), with z_0 = x.
   void forward(const MatrixCRef<S>& x, forward_state<S>& state) const {
     detail::require_sample_columns("program::forward", "x", input_size(), x.rows(), x.cols());
     const std::size_t L = layers_.size();
@@ -191,14 +220,34 @@ class program {
     }
   }
 
-  /// a = W_k z_prev + b_k for layer index `index` (0-based).
+  /// The maps of layer index `index` (0-based) with this program's parameters; an output given
+  /// as a Matrix is resized, one given as a view must have the right shape.
+  /// a = A z_prev + b:
   void affine(Index index, const MatrixCRef<S>& z_prev, Matrix<S>& a) const {
     a.resize(layer(index).outputs(), z_prev.cols());
-    a.noalias() = weights(index) * z_prev;
-    const auto b = bias(index);
-    detail::parallel_columns(a.rows(), a.cols(), [&](Index first, Index count) {
-      a.middleCols(first, count).colwise() += b;
-    });
+    layer(index).apply(parameters_, z_prev, a);
+  }
+  void affine(Index index, const MatrixCRef<S>& z_prev, MatrixRef<S> a) const {
+    layer(index).apply(parameters_, z_prev, a);
+  }
+  /// out = A x (no bias: the map of a direction or a difference):
+  void linear(Index index, const MatrixCRef<S>& x, Matrix<S>& out) const {
+    out.resize(layer(index).outputs(), x.cols());
+    layer(index).apply_linear(parameters_, x, out);
+  }
+  void linear(Index index, const MatrixCRef<S>& x, MatrixRef<S> out) const {
+    layer(index).apply_linear(parameters_, x, out);
+  }
+  /// out = scale A^T g (the vector-Jacobian product of the map), or out += that with
+  /// output_mode::add (then `out` must have its shape already):
+  void transpose(Index index, const MatrixCRef<S>& g, Matrix<S>& out, S scale = S(1),
+                 output_mode mode = output_mode::assign) const {
+    if (mode == output_mode::assign) out.resize(layer(index).inputs(), g.cols());
+    layer(index).apply_transpose(parameters_, g, out, scale, mode);
+  }
+  void transpose(Index index, const MatrixCRef<S>& g, MatrixRef<S> out, S scale = S(1),
+                 output_mode mode = output_mode::assign) const {
+    layer(index).apply_transpose(parameters_, g, out, scale, mode);
   }
 
   /// Throws unless y holds valid targets for the loss (its check_targets, when it has one: the
@@ -281,6 +330,46 @@ class program {
   }
 
  private:
+  static image_shape flat_input(const std::vector<Index>& sizes) {
+    detail::require(sizes.size() >= 2, "program", "the number of layer sizes", "at least 2",
+                    sizes.size());
+    detail::require(sizes[0] > 0, "program", "layer size 0", "> 0", sizes[0]);
+    return {sizes[0], 1, 1};
+  }
+
+  static std::vector<map_spec> dense_layers(const std::vector<Index>& sizes) {
+    std::vector<map_spec> maps;
+    for (std::size_t k = 1; k < sizes.size(); ++k) {
+      detail::require(sizes[k] > 0, "program", detail::concat("layer size ", k), "> 0", sizes[k]);
+      maps.emplace_back(dense_spec{sizes[k]});
+    }
+    return maps;
+  }
+
+  /// "program" for a perceptron (the layer sizes that follow say it all), else "image program",
+  /// the input shape and the maps in the grammar of layers/architecture.hpp.
+  void write_structure_tag(state_writer& out) const {
+    if (dense_only()) {
+      out.write_text("program");
+      return;
+    }
+    out.write_text("image program");
+    out.write_text(input_shape_.text());
+    out.write_text(describe(maps_));
+  }
+
+  void read_structure_tag(state_reader& in) {
+    if (dense_only()) {
+      in.expect_text("program", "component");
+      return;
+    }
+    in.expect_text("image program", "component");
+    in.expect_text(input_shape_.text(), "input shape");
+    in.expect_text(describe(maps_), "layers");
+  }
+
+  image_shape input_shape_;
+  std::vector<map_spec> maps_;
   std::vector<layer_type> layers_;
   Loss loss_;
   Vector<S> parameters_;

@@ -174,7 +174,7 @@ class penalizer_energy {
       net.layer(k - 1).visit([&](const auto& pair) {
         vjp<S>(pair, forward_.a[u - 1], k == L ? top : p.gradient[u], shift_[u]);
       });
-      p.gradient[u - 1].noalias() = net.weights(k - 1).transpose() * shift_[u];
+      net.transpose(k - 1, shift_[u], p.gradient[u - 1]);
     }
     // d~ bottom-up.
     for (Index k = 1; k < L; ++k) {
@@ -182,7 +182,7 @@ class penalizer_energy {
       if (k == 1) {
         p.d[u] = -spacing * p.gradient[u];
       } else {
-        shift_[u].noalias() = net.weights(k - 1) * p.d[u - 1];
+        net.linear(k - 1, p.d[u - 1], shift_[u]);
         net.layer(k - 1).visit([&](const auto& pair) {
           difference<S>(pair, forward_.a[u - 1], shift_[u], difference_[u]);
         });
@@ -204,7 +204,7 @@ class penalizer_energy {
         // a_k = a^0_k + e_k and f(a_k) - f(a^0_k); z_0 = x does not move, so e_1 = 0 (and the
         // difference stays 0 from start()).
         if (k > 1) {
-          live(shift_[u]).noalias() = net.weights(k - 1) * live(p.d[u - 1]);
+          net.linear(k - 1, live(p.d[u - 1]), live(shift_[u]));
           live(a_[u]) = a0 + live(shift_[u]);
           difference<S>(pair, a0, live(shift_[u]), live(difference_[u]));
         }
@@ -233,7 +233,7 @@ class penalizer_energy {
     live(p.squared_gradient).setZero();
     for (Index k = 1; k < L; ++k) {
       const auto u = std::size_t(k);
-      live(p.gradient[u]).noalias() = net.weights(k).transpose() * live(p.signal[u + 1]);
+      net.transpose(k, live(p.signal[u + 1]), live(p.gradient[u]));
       live(p.gradient[u]) += penalty_ * live(error_[u]);
       live(p.squared_gradient) += live(p.gradient[u]).colwise().squaredNorm();
     }
@@ -263,12 +263,12 @@ class penalizer_energy {
         vjp<S>(pair, live(a_[u + 1]), live(back_[u + 1]), live(shift_[u + 1]));
       });
       live(back_[u]) = live(p.gradient[u]);
-      live(back_[u]).noalias() += net.weights(k).transpose() * live(shift_[u + 1]);
+      net.transpose(k, live(shift_[u + 1]), live(back_[u]), S(1), output_mode::add);
     }
     live(p.direction[1]) = live(back_[1]);
     for (Index k = 2; k < L; ++k) {
       const auto u = std::size_t(k);
-      live(shift_[u]).noalias() = net.weights(k - 1) * live(p.direction[u - 1]);
+      net.linear(k - 1, live(p.direction[u - 1]), live(shift_[u]));
       net.layer(k - 1).visit([&](const auto& pair) {
         vjp<S>(pair, live(a_[u]), live(shift_[u]), live(difference_[u]));
       });
@@ -296,8 +296,7 @@ class penalizer_energy {
                       Index i, Vector<S>& gradient) const {
     const auto u = std::size_t(i);
     const S scale = S(1) / (loss_weight_ * S(z[0].cols()));
-    net.layer(i).weights(gradient).noalias() = scale * p.signal[u + 1] * z[u].transpose();
-    net.layer(i).bias(gradient) = scale * p.signal[u + 1].rowwise().sum();
+    net.layer(i).parameter_gradient(z[u], p.signal[u + 1], scale, gradient);
   }
 
   const forward_state<S>& forward() const { return forward_; }

@@ -470,6 +470,20 @@ npy_array<S> read_npy(const std::filesystem::path& path) {
   return parse_npy<S>(bytes, "read_npy: " + path.string());
 }
 
+namespace detail {
+
+/// The .npy files hold one W (n_k, n_{k-1}) per layer: a program with another map is refused.
+template <class Program>
+void require_dense_program(const Program& net, std::string_view function) {
+  for (Index k = 0; k < net.depth(); ++k)
+    if (!std::holds_alternative<dense_spec>(net.maps()[std::size_t(k)]))
+      throw config_error(concat(function, ": layer ", k + 1, " is ",
+                                describe(net.maps()[std::size_t(k)]),
+                                "; the .npy export holds dense layers only (save a checkpoint)"));
+}
+
+}  // namespace detail
+
 /// Writes the parameters of `net` into the existing `directory`: W1.npy .. WL.npy (layer k's
 /// weights, shape (n_k, n_{k-1}), Fortran order), b1.npy .. bL.npy (shape (n_k,)) and
 /// manifest.json (sizes, loss and activation names, per-layer files and shapes, dtype), each
@@ -482,6 +496,7 @@ void export_npy(const std::filesystem::path& directory, const program<S, Loss, P
   using detail::concat;
   using detail::json_string;
   constexpr std::string_view function = "export_npy";
+  detail::require_dense_program(net, function);
   detail::require_directory(directory, function);
 
   const char* dtype = sizeof(S) == 4 ? "float32" : "float64";
@@ -531,6 +546,7 @@ template <Scalar S, class Loss, class... Pairs>
 void import_npy(const std::filesystem::path& directory, program<S, Loss, Pairs...>& net) {
   using detail::concat;
   constexpr std::string_view function = "import_npy";
+  detail::require_dense_program(net, function);
   detail::require_directory(directory, function);
   const auto load = [&](const std::string& name, const std::vector<Index>& expected) {
     const std::filesystem::path path = directory / name;

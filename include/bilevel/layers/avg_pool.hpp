@@ -13,6 +13,7 @@
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 #include "image.hpp"
+#include "map.hpp"
 
 namespace bilevel {
 
@@ -58,14 +59,16 @@ class avg_pool {
     out *= weight();
   }
 
-  /// out = A^T g for every column of g (outputs() x B into inputs() x B).
-  void apply_transpose(const MatrixCRef<S>& g, MatrixRef<S> out) const {
+  /// out = scale A^T g for every column of g (outputs() x B into inputs() x B), or out += that
+  /// with output_mode::add.
+  void apply_transpose(const MatrixCRef<S>& g, MatrixRef<S> out, S scale = S(1),
+                       output_mode mode = output_mode::assign) const {
     detail::require_sample_columns("avg_pool::apply_transpose", "g", outputs(), g.rows(),
                                    g.cols());
     detail::require_shape("avg_pool::apply_transpose", "out", inputs(), g.cols(), out.rows(),
                           out.cols());
-    out.setZero();
-    const S share = weight();
+    if (mode == output_mode::assign) out.setZero();
+    const S share = scale * weight();
     for (Index n = 0; n < g.cols(); ++n)
       for_each_window_pixel([&](Index pixel, Index at) { out(pixel, n) += share * g(at, n); });
   }

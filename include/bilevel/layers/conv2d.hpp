@@ -16,14 +16,15 @@
 ///   dWc = sum over images X_col^T G,      db = sum over images and positions of G,
 ///
 /// for an output-side signal g (its image as the P x F matrix G). Each is one matrix product
-/// per image; the patch matrix lives in a buffer of this object, so calls on one object must not
-/// run concurrently.
+/// per image; the patch matrix lives in a buffer of the calling thread, reused across calls
+/// (no allocation once it has grown), so one object may be used from several threads.
 
 #include <algorithm>
 
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 #include "image.hpp"
+#include "map.hpp"
 
 namespace bilevel {
 
@@ -60,36 +61,38 @@ class conv2d {
   Index patch_size() const { return shape_.input.channels * shape_.kernel * shape_.kernel; }
   Index weight_count() const { return patch_size() * shape_.filters; }
   Index parameter_count() const { return weight_count() + shape_.filters; }
+  Index weight_rows() const { return patch_size(); }
+  Index weight_cols() const { return shape_.filters; }
+  Index bias_size() const { return shape_.filters; }
 
   /// out = A x + b for every column of x (inputs() x B into outputs() x B).
   void apply(const MatrixCRef<S>& weights, const Eigen::Ref<const Vector<S>>& bias,
              const MatrixCRef<S>& x, MatrixRef<S> out) const {
-    check_weights("conv2d::apply", weights);
     detail::require_shape("conv2d::apply", "the bias", shape_.filters, 1, bias.rows(), 1);
-    detail::require_sample_columns("conv2d::apply", "x", inputs(), x.rows(), x.cols());
-    detail::require_shape("conv2d::apply", "out", outputs(), x.cols(), out.rows(), out.cols());
-    for (Index j = 0; j < x.cols(); ++j) {
-      gather_patches(x.col(j));
-      MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
-      image.noalias() = patches_ * weights;
-      image.rowwise() += bias.transpose();
-    }
+    forward("conv2d::apply", weights, &bias, x, out);
   }
 
-  /// out = A^T g for every column of g (outputs() x B into inputs() x B); the bias is not part
-  /// of the linear map.
-  void apply_transpose(const MatrixCRef<S>& weights, const MatrixCRef<S>& g,
-                       MatrixRef<S> out) const {
+  /// out = A x without the bias (the linear part, for directions and differences).
+  void apply_linear(const MatrixCRef<S>& weights, const MatrixCRef<S>& x,
+                    MatrixRef<S> out) const {
+    forward("conv2d::apply_linear", weights, nullptr, x, out);
+  }
+
+  /// out = scale A^T g for every column of g (outputs() x B into inputs() x B), or out +=
+  /// that with output_mode::add; the bias is not part of the linear map.
+  void apply_transpose(const MatrixCRef<S>& weights, const MatrixCRef<S>& g, MatrixRef<S> out,
+                       S scale = S(1), output_mode mode = output_mode::assign) const {
     check_weights("conv2d::apply_transpose", weights);
     detail::require_sample_columns("conv2d::apply_transpose", "g", outputs(), g.rows(), g.cols());
     detail::require_shape("conv2d::apply_transpose", "out", inputs(), g.cols(), out.rows(),
                           out.cols());
+    Matrix<S>& patches = patch_buffer();
     for (Index j = 0; j < g.cols(); ++j) {
       const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
-      patches_.noalias() = signal * weights.transpose();
+      patches.noalias() = scale * signal * weights.transpose();
       auto column = out.col(j);
-      column.setZero();
-      scatter_patches(column);
+      if (mode == output_mode::assign) column.setZero();
+      scatter_patches(patches, column);
     }
   }
 
@@ -99,24 +102,56 @@ class conv2d {
                           MatrixRef<S> weight_gradient,
                           Eigen::Ref<Vector<S>> bias_gradient) const {
     constexpr std::string_view function = "conv2d::parameter_gradient";
-    detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
-    detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
-    check_weights(function, weight_gradient);
     detail::require_shape(function, "the bias gradient", shape_.filters, 1, bias_gradient.rows(),
                           1);
     weight_gradient.setZero();
     bias_gradient.setZero();
-    for (Index j = 0; j < x.cols(); ++j) {
-      gather_patches(x.col(j));
-      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
-      weight_gradient.noalias() += patches_.transpose() * signal;
-      bias_gradient += signal.colwise().sum().transpose();
-    }
-    weight_gradient *= scale;
-    bias_gradient *= scale;
+    accumulate_gradient(function, x, g, scale, weight_gradient, &bias_gradient);
+  }
+
+  /// weight_gradient += scale sum_j X_col(x_j)^T G_j (a second term of a gradient, no bias).
+  void add_weight_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, S scale,
+                           MatrixRef<S> weight_gradient) const {
+    accumulate_gradient("conv2d::add_weight_gradient", x, g, scale, weight_gradient, nullptr);
   }
 
  private:
+  void forward(std::string_view function, const MatrixCRef<S>& weights,
+               const Eigen::Ref<const Vector<S>>* bias, const MatrixCRef<S>& x,
+               MatrixRef<S> out) const {
+    check_weights(function, weights);
+    detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
+    detail::require_shape(function, "out", outputs(), x.cols(), out.rows(), out.cols());
+    Matrix<S>& patches = patch_buffer();
+    for (Index j = 0; j < x.cols(); ++j) {
+      gather_patches(x.col(j), patches);
+      MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
+      image.noalias() = patches * weights;
+      if (bias) image.rowwise() += bias->transpose();
+    }
+  }
+
+  void accumulate_gradient(std::string_view function, const MatrixCRef<S>& x,
+                           const MatrixCRef<S>& g, S scale, MatrixRef<S> weight_gradient,
+                           Eigen::Ref<Vector<S>>* bias_gradient) const {
+    detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
+    detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
+    check_weights(function, weight_gradient);
+    Matrix<S>& patches = patch_buffer();
+    for (Index j = 0; j < x.cols(); ++j) {
+      gather_patches(x.col(j), patches);
+      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
+      weight_gradient.noalias() += scale * patches.transpose() * signal;
+      if (bias_gradient) *bias_gradient += scale * signal.colwise().sum().transpose();
+    }
+  }
+
+  /// The calling thread's patch matrix (one per scalar type, shared by every conv2d object).
+  static Matrix<S>& patch_buffer() {
+    thread_local Matrix<S> patches;
+    return patches;
+  }
+
   template <class Weights>
   void check_weights(std::string_view function, const Weights& weights) const {
     detail::require_shape(function, "the weights (C*K*K x filters)", patch_size(),
@@ -157,25 +192,24 @@ class conv2d {
   Eigen::InnerStride<> pixel_stride() const { return Eigen::InnerStride<>(shape_.stride); }
 
   template <class Column>
-  void gather_patches(const Column& image) const {
-    patches_.setZero(output_.pixels(), patch_size());
+  void gather_patches(const Column& image, Matrix<S>& patches) const {
+    patches.setZero(output_.pixels(), patch_size());
     for_each_run([&](Index pixel, Index p, Index entry, Index count) {
       const const_pixels from(image.data() + pixel, count, pixel_stride());
-      patches_.col(entry).segment(p, count) = from;
+      patches.col(entry).segment(p, count) = from;
     });
   }
 
   template <class Column>
-  void scatter_patches(Column& image) const {
+  void scatter_patches(const Matrix<S>& patches, Column& image) const {
     for_each_run([&](Index pixel, Index p, Index entry, Index count) {
       pixels to(image.data() + pixel, count, pixel_stride());
-      to += patches_.col(entry).segment(p, count);
+      to += patches.col(entry).segment(p, count);
     });
   }
 
   geometry shape_;
   image_shape output_;
-  mutable Matrix<S> patches_;  ///< one image's P x (C*K*K) patches, or their gradient
 };
 
 }  // namespace bilevel

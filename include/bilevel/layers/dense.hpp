@@ -1,83 +1,62 @@
 #pragma once
 /// \file
-/// A dense affine layer a = W z_prev + b followed by an activation pair (docs/methods.md §1).
-/// The layer owns no numbers: W and b are views of slices of the program's flat parameter buffer
-/// (and, with the same offsets, of a flat gradient buffer), so optimizers, checkpoints and
-/// allreduce each touch one array.
+/// The dense map a = W x + b with W of outputs x inputs (docs/methods.md §1), in the operations
+/// every map provides (layers/map.hpp). Each is one matrix product over the batch.
 
-#include <type_traits>
-#include <utility>
-#include <variant>
-
+#include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "map.hpp"
 
 namespace bilevel {
 
-namespace detail {
-
-/// std::variant of the distinct types among Ts (variant<relu, relu> could not be built from relu).
-template <class Variant, class... Ts>
-struct unique_variant_impl {
-  using type = Variant;
-};
-template <class... Done, class T, class... Rest>
-struct unique_variant_impl<std::variant<Done...>, T, Rest...> {
-  using type = typename std::conditional_t<
-      (std::is_same_v<T, Done> || ...), unique_variant_impl<std::variant<Done...>, Rest...>,
-      unique_variant_impl<std::variant<Done..., T>, Rest...>>::type;
-};
-
-}  // namespace detail
-
-template <class... Pairs>
-using pair_variant = typename detail::unique_variant_impl<std::variant<>, Pairs...>::type;
-
-/// One layer of a program whose layers may use any of the activation pairs `Pairs...`.
-template <Scalar S, class... Pairs>
-class dense_layer {
+template <Scalar S>
+class dense {
  public:
-  using scalar_type = S;
-  using pair_type = pair_variant<Pairs...>;
-
-  dense_layer(Index inputs, Index outputs, pair_type pair, Index weight_offset, Index bias_offset)
-      : inputs_(inputs),
-        outputs_(outputs),
-        pair_(std::move(pair)),
-        weight_offset_(weight_offset),
-        bias_offset_(bias_offset) {}
+  dense(Index inputs, Index outputs) : inputs_(inputs), outputs_(outputs) {}
 
   Index inputs() const { return inputs_; }
   Index outputs() const { return outputs_; }
-  Index weight_offset() const { return weight_offset_; }
-  Index bias_offset() const { return bias_offset_; }
-  const pair_type& pair() const { return pair_; }
-  void set_pair(pair_type pair) { pair_ = std::move(pair); }
+  Index weight_rows() const { return outputs_; }
+  Index weight_cols() const { return inputs_; }
+  Index bias_size() const { return outputs_; }
 
-  /// Calls `visitor(pair)` with the layer's concrete pair type: one dispatch per layer and
-  /// batch, never per element.
-  template <class Visitor>
-  decltype(auto) visit(Visitor&& visitor) const {
-    return std::visit(std::forward<Visitor>(visitor), pair_);
+  /// out = W x + b; the bias is added in blocks of columns in parallel (core/parallel.hpp).
+  void apply(const MatrixCRef<S>& weights, const Eigen::Ref<const Vector<S>>& bias,
+             const MatrixCRef<S>& x, MatrixRef<S> out) const {
+    out.noalias() = weights * x;
+    detail::parallel_columns(out.rows(), out.cols(), [&](Index first, Index count) {
+      out.middleCols(first, count).colwise() += bias;
+    });
   }
 
-  /// W (outputs x inputs) and b (outputs) inside a flat buffer of this program's layout.
-  MatrixMap<S> weights(Vector<S>& flat) const {
-    return MatrixMap<S>(flat.data() + weight_offset_, outputs_, inputs_);
+  void apply_linear(const MatrixCRef<S>& weights, const MatrixCRef<S>& x,
+                    MatrixRef<S> out) const {
+    out.noalias() = weights * x;
   }
-  ConstMatrixMap<S> weights(const Vector<S>& flat) const {
-    return ConstMatrixMap<S>(flat.data() + weight_offset_, outputs_, inputs_);
+
+  void apply_transpose(const MatrixCRef<S>& weights, const MatrixCRef<S>& g, MatrixRef<S> out,
+                       S scale = S(1), output_mode mode = output_mode::assign) const {
+    if (mode == output_mode::assign)
+      out.noalias() = scale * weights.transpose() * g;
+    else
+      out.noalias() += scale * weights.transpose() * g;
   }
-  VectorMap<S> bias(Vector<S>& flat) const {
-    return VectorMap<S>(flat.data() + bias_offset_, outputs_);
+
+  /// dW = scale g x^T, db = scale g 1.
+  void parameter_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, S scale,
+                          MatrixRef<S> weight_gradient,
+                          Eigen::Ref<Vector<S>> bias_gradient) const {
+    weight_gradient.noalias() = scale * g * x.transpose();
+    bias_gradient = scale * g.rowwise().sum();
   }
-  ConstVectorMap<S> bias(const Vector<S>& flat) const {
-    return ConstVectorMap<S>(flat.data() + bias_offset_, outputs_);
+
+  void add_weight_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, S scale,
+                           MatrixRef<S> weight_gradient) const {
+    weight_gradient.noalias() += scale * g * x.transpose();
   }
 
  private:
   Index inputs_, outputs_;
-  pair_type pair_;
-  Index weight_offset_, bias_offset_;
 };
 
 }  // namespace bilevel

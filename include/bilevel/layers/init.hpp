@@ -56,18 +56,15 @@ inline std::string_view to_string(init_scheme scheme) {
   return "unknown";
 }
 
-/// Fills W (out x in) of the layer with 0-based index `layer` in its program by `scheme` and sets
-/// b (out) to 0; only negative_first_layer depends on the index. Explicit-scalar form, for
-/// callers that write initialize<S>(...); the overload below deduces S.
+namespace detail {
+
+/// The draws of initialize() with the fans of the layer given: r = sqrt(6 / (fan_in + fan_out))
+/// and 2 / fan_in. A dense W (out x in) has fan_in = in and fan_out = out; a convolution's
+/// (C*K*K) x F filters have fan_in = C*K*K and fan_out = F*K*K, as in PyTorch.
 template <Scalar S>
-void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> weights,
-                std::type_identity_t<Eigen::Ref<Vector<S>>> bias, random_source& rng,
-                Index layer = 0) {
-  detail::require_shape("initialize", "bias", weights.rows(), 1, bias.rows(), bias.cols());
-  detail::require(layer >= 0, "initialize", "the layer index", ">= 0", layer);
-  const Index out = weights.rows();
-  const Index in = weights.cols();
-  bias.setZero();
+void initialize_weights(init_scheme scheme, Eigen::Ref<Matrix<S>> weights, random_source& rng,
+                        Index layer, Index fan_in, Index fan_out) {
+  require(layer >= 0, "initialize", "the layer index", ">= 0", layer);
   if (weights.size() == 0) return;  // also keeps 6 / (in + out) and 2 / in finite below
 
   // Draws are made in double and rounded once, so float and double weights share one sequence.
@@ -78,9 +75,9 @@ void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> 
       // The negative starts take the same draws as glorot_uniform, with the sign taken away.
       const bool negative = scheme == init_scheme::negative_all_layers ||
                             (scheme == init_scheme::negative_first_layer && layer == 0);
-      const double r = std::sqrt(6.0 / static_cast<double>(in + out));
-      for (Index j = 0; j < in; ++j) {
-        for (Index i = 0; i < out; ++i) {
+      const double r = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
+      for (Index j = 0; j < weights.cols(); ++j) {
+        for (Index i = 0; i < weights.rows(); ++i) {
           const double w = rng.uniform(-r, r);
           weights(i, j) = static_cast<S>(negative ? -std::abs(w) : w);
         }
@@ -88,17 +85,33 @@ void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> 
       return;
     }
     case init_scheme::he_normal: {
-      const double stddev = std::sqrt(2.0 / static_cast<double>(in));
-      for (Index j = 0; j < in; ++j) {
-        for (Index i = 0; i < out; ++i) weights(i, j) = static_cast<S>(stddev * rng.normal());
+      const double stddev = std::sqrt(2.0 / static_cast<double>(fan_in));
+      for (Index j = 0; j < weights.cols(); ++j) {
+        for (Index i = 0; i < weights.rows(); ++i)
+          weights(i, j) = static_cast<S>(stddev * rng.normal());
       }
       return;
     }
   }
   throw config_error(
-      detail::concat("initialize: init scheme must be one of glorot, he, "
-                     "negative, all-negative, got enum value ",
-                     static_cast<int>(scheme)));
+      concat("initialize: init scheme must be one of glorot, he, "
+             "negative, all-negative, got enum value ",
+             static_cast<int>(scheme)));
+}
+
+}  // namespace detail
+
+/// Fills W (out x in) of the dense layer with 0-based index `layer` in its program by `scheme`
+/// and sets b (out) to 0; only negative_first_layer depends on the index. Explicit-scalar
+/// form, for callers that write initialize<S>(...); the overload below deduces S.
+template <Scalar S>
+void initialize(init_scheme scheme, std::type_identity_t<Eigen::Ref<Matrix<S>>> weights,
+                std::type_identity_t<Eigen::Ref<Vector<S>>> bias, random_source& rng,
+                Index layer = 0) {
+  detail::require_shape("initialize", "bias", weights.rows(), 1, bias.rows(), bias.cols());
+  detail::require(layer >= 0, "initialize", "the layer index", ">= 0", layer);
+  bias.setZero();
+  detail::initialize_weights<S>(scheme, weights, rng, layer, weights.cols(), weights.rows());
 }
 
 namespace detail {

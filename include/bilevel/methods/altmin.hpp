@@ -433,7 +433,7 @@ class altmin {
       work.value += work.signal.colwise().squaredNorm();
       work.signal *= S(2);
     }
-    work.back.noalias() = net.weights(i + 1).transpose() * work.signal;
+    net.transpose(i + 1, work.signal, work.back);
     net.layer(i).visit([&](const auto& pair) { vjp<S>(pair, code, work.back, work.gradient); });
     work.gradient += (S(2) * proximity) * work.displacement;
     work.squared = work.gradient.colwise().squaredNorm();
@@ -453,25 +453,29 @@ class altmin {
         outer = S(detail::loss_curvature<typename Program::loss_type>()) * top * top;
       });
     }
-    const S norm = squared_spectral_norm(net.weights(i + 1), work_[std::size_t(i)]);
+    const S norm = squared_operator_norm(net, i + 1, work_[std::size_t(i)]);
     return S(2) * (last ? settings_.mu : S(1)) + slope * slope * norm * outer;
   }
 
-  /// ||W||_2^2 by power iteration on W^T W from a fixed start (the same on every process); an
-  /// estimate from below, which the code steps' safeguard tolerates.
-  static S squared_spectral_norm(const ConstMatrixMap<S>& weights, code_work& work) {
+  /// ||A_k||_2^2 of layer index k by power iteration on A^T A from a fixed start (the same on
+  /// every process); an estimate from below, which the code steps' safeguard tolerates. A start
+  /// in A's null space falls back on the layer's upper bound.
+  template <class Program>
+  static S squared_operator_norm(const Program& net, Index k, code_work& work) {
     constexpr int iterations = 20;
+    const auto& layer = net.layer(k);
     Vector<S>& v = work.power;
     Vector<S>& image = work.power_image;
-    v.setConstant(weights.cols(), S(1) / std::sqrt(S(weights.cols())));
+    v.setConstant(layer.inputs(), S(1) / std::sqrt(S(layer.inputs())));
+    image.resize(layer.outputs());
     for (int t = 0; t < iterations; ++t) {
-      image.noalias() = weights * v;
-      v.noalias() = weights.transpose() * image;
+      net.linear(k, v, image);
+      net.transpose(k, image, v);
       const S norm = v.norm();
-      if (!(norm > 0)) return weights.squaredNorm();  // the start in W's null space: a bound
+      if (!(norm > 0)) return layer.squared_norm_bound(net.parameters());
       v /= norm;
     }
-    image.noalias() = weights * v;
+    net.linear(k, v, image);
     return image.squaredNorm();
   }
 
@@ -560,8 +564,7 @@ class altmin {
     }
     if (with_gradient) {
       const S inverse_batch = S(1) / S(B);
-      net.layer(i).weights(gradient).noalias() = inverse_batch * work.signal * in.transpose();
-      net.layer(i).bias(gradient) = inverse_batch * work.signal.rowwise().sum();
+      net.layer(i).parameter_gradient(in, work.signal, inverse_batch, gradient);
     }
     return value;
   }
@@ -574,16 +577,16 @@ class altmin {
     bool fits = weight_optimizers_.size() == L && bias_optimizers_.size() == L;
     for (std::size_t k = 0; fits && k < L; ++k) {
       const auto& layer = net.layer(Index(k));
-      fits = weight_optimizers_[k].n_params() == layer.inputs() * layer.outputs() &&
-             bias_optimizers_[k].n_params() == layer.outputs();
+      fits = weight_optimizers_[k].n_params() == layer.weight_count() &&
+             bias_optimizers_[k].n_params() == layer.bias_size();
     }
     if (fits) return;
     reset_optimizers();
     for (std::size_t k = 0; k < L; ++k) {
       const auto& layer = net.layer(Index(k));
-      const Index weights = layer.inputs() * layer.outputs();
-      weight_optimizers_.emplace_back(settings_.optimizer, weights, weights);
-      bias_optimizers_.emplace_back(settings_.optimizer, layer.outputs(), 0);
+      weight_optimizers_.emplace_back(settings_.optimizer, layer.weight_count(),
+                                      layer.weight_count());
+      bias_optimizers_.emplace_back(settings_.optimizer, layer.bias_size(), 0);
     }
   }
 
@@ -604,8 +607,8 @@ class altmin {
   template <class Program>
   void step_layer(Program& net, Index i) {
     const auto& layer = net.layer(i);
-    const Index weights = layer.inputs() * layer.outputs();
-    const Index biases = layer.outputs();
+    const Index weights = layer.weight_count();
+    const Index biases = layer.bias_size();
     weight_optimizers_[std::size_t(i)].step(
         net.parameters().segment(layer.weight_offset(), weights),
         grad_.segment(layer.weight_offset(), weights));

@@ -582,10 +582,10 @@ class ep {
         if (k == 0) {
           h = input_drive_;
         } else {
-          h.noalias() = net.weights(k) * rate(k - 1, s, work_rho_);
-          h.colwise() += net.bias(k);
+          net.affine(k, rate(k - 1, s, work_rho_), h);
         }
-        if (k + 1 < L) h.noalias() += net.weights(k + 1).transpose() * rate(k + 1, s, work_rho_);
+        if (k + 1 < L)
+          net.transpose(k + 1, rate(k + 1, s, work_rho_), h, S(1), output_mode::add);
         if (k + 1 == L && beta != 0) {
           net.loss_gradient(rate(k, s, work_rho_), y, cost_gradient_);
           h -= beta * cost_gradient_;
@@ -650,8 +650,7 @@ class ep {
     for (Index k = 1; k < net.depth(); ++k) {
       const auto i = std::size_t(k);
       Matrix<S>& drive_k = drives[i];
-      drive_k.noalias() = net.weights(k) * r(k - 1);
-      drive_k.colwise() += net.bias(k);
+      net.affine(k, r(k - 1), drive_k);
       out += s[i].colwise().squaredNorm() / S(2) - r(k).cwiseProduct(drive_k).colwise().sum();
     }
   }
@@ -668,14 +667,13 @@ class ep {
     for (Index k = 0; k < L; ++k) {
       const auto i = std::size_t(k);
       const S factor = settings_.layer_scales.empty() ? scale : scale * layer_scale(k);
-      auto weights = net.layer(k).weights(gradient);
+      const auto& layer = net.layer(k);
       if (k == 0) {
-        weights.noalias() = factor * delta_[0] * x.transpose();
+        layer.parameter_gradient(x, delta_[0], factor, gradient);
       } else {
-        weights.noalias() = factor * delta_[i] * rate(k - 1, a_s, a_rho).transpose();
-        weights.noalias() += factor * rate(k, c_s, c_rho) * delta_[i - 1].transpose();
+        layer.parameter_gradient(rate(k - 1, a_s, a_rho), delta_[i], factor, gradient);
+        layer.add_weight_gradient(delta_[i - 1], rate(k, c_s, c_rho), factor, gradient);
       }
-      net.layer(k).bias(gradient) = factor * delta_[i].rowwise().sum();
     }
   }
 

@@ -218,8 +218,7 @@ class lifted_objective {
         coupling_residual(net, k + 1, e_[i], d_[i + 1], signal);
         factor *= weights.lambda[i] / weights.loss_weight;
       }
-      net.layer(k).weights(gradient).noalias() = factor * signal * z_[i].transpose();
-      net.layer(k).bias(gradient) = factor * signal.rowwise().sum();
+      net.layer(k).parameter_gradient(z_[i], signal, factor, gradient);
     }
   }
 
@@ -255,10 +254,10 @@ class lifted_objective {
       return scale * value;
     };
     // [dW (column-major) | db | objective], averaged by one call of the reduction.
-    const Index rows = W.rows(), cols = W.cols(), count = rows * cols + rows;
+    const Index rows = W.rows(), cols = W.cols(), count = rows * cols + b.size();
     work.means.resize(count + 1);
-    const ConstMatrixMap<S> weight_gradient(work.means.data(), rows, cols);
-    const ConstVectorMap<S> bias_gradient(work.means.data() + rows * cols, rows);
+    const MatrixMap<S> weight_gradient(work.means.data(), rows, cols);
+    const VectorMap<S> bias_gradient(work.means.data() + rows * cols, b.size());
     if (weight_steps_.size() != a_.size()) weight_steps_.assign(a_.size(), S(1));
     S& step = weight_steps_[index];
     Index taken = 0;
@@ -269,9 +268,8 @@ class lifted_objective {
         net.layer(k).visit([&](const auto& pair) { activate<S>(pair, a_[index], work.residual); });
         work.residual -= z_[index + 1];
       }
-      MatrixMap<S>(work.means.data(), rows, cols).noalias() =
-          scale * work.residual * z_[index].transpose();
-      VectorMap<S>(work.means.data() + rows * cols, rows) = scale * work.residual.rowwise().sum();
+      net.layer(k).parameter_gradient(z_[index], work.residual, scale, weight_gradient,
+                                      bias_gradient);
       work.means(count) = objective(a_[index]);
       shards.mean(std::span<S>(work.means.data(), std::size_t(work.means.size())));
       const S before = work.means(count);
@@ -445,12 +443,10 @@ class lifted_objective {
         net.loss_gradient(live(work.output), y, live(work.output_gradient));
         vjp<S>(pair, live(a), live(work.output_gradient), live(work.output_signal));
       });
-      live(out).noalias() =
-          weights.loss_weight * net.weights(m).transpose() * live(work.output_signal);
+      net.transpose(m, live(work.output_signal), live(out), weights.loss_weight);
     } else {
       coupling_residual(net, m + 1, e_above, d_[i + 1], work.above_residual);
-      live(out).noalias() =
-          weights.lambda[i] * net.weights(m).transpose() * live(work.above_residual);
+      net.transpose(m, live(work.above_residual), live(out), weights.lambda[i]);
     }
   }
 
@@ -513,7 +509,7 @@ class lifted_objective {
       });
       live(next_preimage) = (live(work.shift) - live(next)) / c;  // c w + f(a + w) - f(a) = rho
       live(work.move) = live(next) - live(d_[i]);
-      if (!top) live(next_above).noalias() = net.weights(m) * live(next);
+      if (!top) net.linear(m, live(next), live(next_above));
       feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, columns != nullptr,
                next_loss);
       S curvature = 0, squared = 0;
@@ -576,7 +572,7 @@ class lifted_objective {
         difference<S>(pair, live(forward_.a[i - 1]), live(work.candidate_preimage),
                       live(work.candidate));
       });
-      if (!top) live(work.candidate_above).noalias() = net.weights(m) * live(work.candidate);
+      if (!top) net.linear(m, live(work.candidate), live(work.candidate_above));
       feedback(net, y, weights, m, work.candidate, top ? work.candidate : work.candidate_above,
                work.candidate_feedback, loss_next, &work.candidate_loss);
       // J(z+) - J(z) per sample: the divergence upstairs minus lambda_m D_{G_m}(u+, u).
@@ -666,7 +662,7 @@ class lifted_objective {
       net.layer(k - 1).visit([&](const auto& pair) {
         vjp<S>(pair, forward_.a[i - 1], blocks_[i - 1].candidate, signal);
       });
-      blocks_[i - 2].candidate.noalias() = net.weights(k - 1).transpose() * signal;
+      net.transpose(k - 1, signal, blocks_[i - 2].candidate);
     }
     for (Index k = 1; k <= top; ++k) {
       const auto i = std::size_t(k);
@@ -675,7 +671,7 @@ class lifted_objective {
       net.layer(k - 1).visit([&](const auto& pair) {
         difference<S>(pair, forward_.a[i - 1], v_[i], d_[i]);
       });
-      if (k < L) e_[i].noalias() = net.weights(k) * d_[i];
+      if (k < L) net.linear(k, d_[i], e_[i]);
     }
   }
 

@@ -493,14 +493,14 @@ class mac {
       }
     });
     if (with_gradient) {
-      const S inverse_batch = S(1) / S(B);
-      const Index rows = work.a.rows(), cols = z_[u].rows(), weights = rows * cols;
-      work.means.resize(weights + rows + 1);
-      MatrixMap<S> weight_gradient(work.means.data(), rows, cols);
-      VectorMap<S> bias_gradient(work.means.data() + weights, rows);
-      weight_gradient.noalias() = inverse_batch * work.signal * z_[u].transpose();
-      bias_gradient.noalias() = inverse_batch * work.signal.rowwise().sum();
-      work.means(weights + rows) = value;
+      const auto& layer = net.layer(i);
+      const Index weights = layer.weight_count(), biases = layer.bias_size();
+      work.means.resize(weights + biases + 1);
+      layer.parameter_gradient(
+          z_[u], work.signal, S(1) / S(B),
+          MatrixMap<S>(work.means.data(), layer.weight_rows(), layer.weight_cols()),
+          VectorMap<S>(work.means.data() + weights, biases));
+      work.means(weights + biases) = value;
     }
     return value;
   }

@@ -59,13 +59,8 @@ step_report top_down_gradient(const Program& net, const MatrixCRef<typename Prog
     net.layer(k).visit([&](const auto& pair) {
       signal(k, pair, a[index], z[index + 1], buffers.error[index], delta);
     });
-    net.layer(k).weights(gradient).noalias() = inverse_batch * delta * z[index].transpose();
-    net.layer(k).bias(gradient) = inverse_batch * delta.rowwise().sum();
-    if (k > 0) {
-      Matrix<S>& below = buffers.error[index - 1];
-      below.resize(a[index - 1].rows(), B);
-      below.noalias() = net.weights(k).transpose() * delta;
-    }
+    net.layer(k).parameter_gradient(z[index], delta, inverse_batch, gradient);
+    if (k > 0) net.transpose(k, delta, buffers.error[index - 1]);
   }
   return report;
 }

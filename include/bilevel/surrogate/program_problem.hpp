@@ -86,8 +86,8 @@ class program_problem {
         out.segment(offsets_[i], own_.rows()) += own_;
         if (k > 0) {
           Coupling::template gradient_a<S>(pair, state(z, k), a_[i], own_);
-          out.segment(offsets_[i - 1], net_.layer(k).inputs()) +=
-              net_.weights(k).transpose() * own_;
+          net_.transpose(k, own_, out.segment(offsets_[i - 1], net_.layer(k).inputs()), S(1),
+                         output_mode::add);
         }
       });
     }
@@ -103,9 +103,8 @@ class program_problem {
         own_.resize(a_[i].rows(), 1);
         Coupling::template gradient_a<S>(pair, state(z, k), a_[i], own_);
       });
-      net_.layer(k).weights(out).noalias() =
-          own_ * (k == 0 ? Matrix<S>(x_) : Matrix<S>(state(z, k - 1))).transpose();
-      net_.layer(k).bias(out) = own_;
+      net_.layer(k).parameter_gradient(k == 0 ? MatrixCRef<S>(x_) : MatrixCRef<S>(state(z, k - 1)),
+                                       own_, S(1), out);
     }
   }
 
