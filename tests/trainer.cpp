@@ -88,6 +88,57 @@ TEST_CASE("every method trains end to end in the trainer, in gradient and native
   CHECK_THAT(unsupported.error, Catch::Contains("native"));
 }
 
+TEST_CASE("every method trains a CNN given by --architecture, and resumes it exactly",
+          "[trainer][conv]") {
+  data_directory data("cnn");
+  // 4 x 4 images: 8 filters of 3 x 3 with padding 1, average pooling to 2 x 2, two dense layers.
+  const std::string base = "--data " + data.path.string() +
+                           " --train-samples 2000 --validation 500 --epochs 4 --batch 20";
+  const std::string cnn = "conv8k3p1-pool2-dense32-dense10";
+  // PCN at its defaults (sigmoid, s = 1) learns this CNN slowly: it gets a larger rate. EP
+  // refuses the identity after a pooling layer (an unbounded hidden layer): no pooling for EP.
+  for (const auto& [method, architecture] :
+       {std::pair{"bp", cnn}, {"fenbp", cnn}, {"chl", cnn}, {"pcn --lr 0.005", cnn}, {"zil", cnn},
+        {"mac", cnn}, {"lpom", cnn}, {"fln", cnn}, {"altmin", cnn},
+        {"ep", std::string("conv8k3p1-dense32-dense10")}}) {
+    INFO(method);
+    const run_result run =
+        run_trainer(base + " --method " + method + " --architecture " + architecture);
+    INFO(run.error);
+    REQUIRE(run.status == 0);
+    const json& summary = run.lines.back();
+    CHECK(summary["layers"] == architecture);
+    CHECK(summary["final_test_error"].get<double>() <
+          summary["initial_test_error"].get<double>() - 0.2);
+  }
+  const fs::path half = data.path / "half.ckpt";
+  require_exact_resume("--data " + data.path.string() +
+                           " --architecture conv4k3p1-pool2-dense10 --train-samples 1500"
+                           " --validation 500 --seed 3 --method lpom",
+                       half, "", "");
+  // A checkpoint of one architecture does not resume another.
+  const run_result other = run_trainer("--data " + data.path.string() +
+                                       " --architecture conv4k3-dense10 --train-samples 1500"
+                                       " --validation 500 --seed 3 --method lpom --epochs 4"
+                                       " --resume " + half.string());
+  CHECK(other.status != 0);
+  CHECK_THAT(other.error, Catch::Contains("conv4k3-dense10"));
+  // Bad architectures: one line naming the token or the layer, exit status 2.
+  const std::string flags = "--data " + data.path.string() + " --epochs 1";
+  for (const auto& [bad, named] : {std::pair{" --architecture conv4k5-dense10", "layer 1 (conv4k5)"},
+                                   {" --architecture conv4k3-maxpool2-dense10", "\"maxpool2\""},
+                                   {" --architecture conv4k3-dense9", "the number of classes"},
+                                   {" --model lenet5", "layer 3 (conv16k5)"},
+                                   {" --model lenet5 --layers 16,10", "--layers"},
+                                   {" --model cnn", "--model"}}) {
+    INFO(bad);
+    const run_result run = run_trainer(flags + bad);
+    CHECK(run.status == 2);
+    CHECK_THAT(run.error, Catch::Contains(named));
+    CHECK(run.error.find('\n') == run.error.size() - 1);  // one line
+  }
+}
+
 TEST_CASE("a linear model does not solve the synthetic problem", "[trainer]") {
   data_directory data("linear");
   const run_result run = run_trainer("--data " + data.path.string() +
@@ -140,7 +191,7 @@ TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
   for (const std::string& flags :
        {std::string(" --method sgd"), std::string(" --beta 0"), std::string(" --beta -1"),
         std::string(" --beta 1,2"), std::string(" --batch 0"), std::string(" --activation elu"),
-        std::string(" --layers 16,64,9"),
+        std::string(" --layers 16,64,9"), std::string(" --architecture dense10"),
         std::string(" --train-samples 6000"), std::string(" --no-such-flag")}) {
     INFO(flags);
     const run_result run = run_trainer(base + flags);

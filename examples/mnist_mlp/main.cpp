@@ -190,6 +190,8 @@ void apply_defaults(const CLI::App& app, options& opts) {
   const method_defaults d = defaults_for(opts.method);
   auto unset = [&](const char* flag) { return app.count(flag) == 0; };
   if (unset("--layers")) opts.layers = d.layers;
+  if (unset("--architecture") && opts.model == "lenet5")
+    opts.architecture = mnist_mlp::lenet5_architecture;
   if (unset("--activation")) opts.activation = d.activation;
   if (unset("--batch")) opts.batch = d.batch;
   if (unset("--optimizer")) opts.optimizer = d.optimizer;
@@ -263,9 +265,22 @@ int main(int argc, char** argv) {
   app.add_option("--schedule-factor", opts.schedule_factor, "Factor of each step decay")
       ->check(finite_in(0, false))
       ->capture_default_str();
-  app.add_option("--layers", opts.layers,
-                 "Layer sizes, input first (method default: 784,256,128,64,10; ep 784,500,10; "
-                 "pcn 784,500,500,10; altmin 784,100,100,10)");
+  auto* layers_flag = app.add_option(
+      "--layers", opts.layers,
+      "Layer sizes of an MLP, input first (method default: 784,256,128,64,10; ep 784,500,10; "
+      "pcn 784,500,500,10; altmin 784,100,100,10)");
+  auto* model_flag =
+      app.add_option("--model", opts.model,
+                     "mlp (dense layers of --layers) or lenet5 (--architecture "
+                     "conv6k5p2-pool2-conv16k5-pool2-dense120-dense84-dense10)")
+          ->check(CLI::IsMember({"mlp", "lenet5"}))
+          ->capture_default_str();
+  app.add_option("--architecture", opts.architecture,
+                 "Layers on the data's one-channel images, '-'-separated: dense<N>, conv<F>k<K>[s<S>][p<P>] "
+                 "(F filters K x K, stride S, zero padding P), pool<K>[s<S>] (average pooling); "
+                 "the activation follows every conv and dense layer but the last")
+      ->excludes(layers_flag)
+      ->excludes(model_flag);
   app.add_option("--activation", opts.activation,
                  "Hidden activation pair (method default: relu; ep hard_sigmoid; pcn sigmoid)")
       ->check(CLI::IsMember(std::vector<std::string>(bilevel::activation_names.begin(),
@@ -381,6 +396,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return group.fail(std::string(e.what()) + " (see --help)", 2);
   }
+  if (opts.model != "mlp" && app.count("--layers") > 0)
+    return group.fail("--layers sets the sizes of --model mlp, not of --model " + opts.model, 2);
   apply_defaults(app, opts);
   if (!opts.quiet && group.root()) warn_ignored_flags(app, opts);
   if (opts.ep_particles && group.size() > 1)

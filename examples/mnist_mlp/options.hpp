@@ -15,6 +15,11 @@ namespace mnist_mlp {
 
 using bilevel::Index;
 
+/// LeNet-5 for 28 x 28 images (--model lenet5): two convolutions with average pooling, then
+/// three dense layers.
+inline constexpr const char* lenet5_architecture =
+    "conv6k5p2-pool2-conv16k5-pool2-dense120-dense84-dense10";
+
 /// Every flag of the trainer (a new field belongs in training_flags too, unless it may differ
 /// between the processes of an MPI job).
 struct options {
@@ -32,6 +37,9 @@ struct options {
   Index schedule_every = 10;
   double schedule_factor = 0.5;
   std::string layers = "784,256,128,64,10";
+  std::string model = "mlp";  ///< mlp (--layers) or lenet5
+  /// Image layers in the grammar of bilevel/layers/architecture.hpp; empty: --model's.
+  std::string architecture;
   std::string activation = "relu";
   double leaky_slope = 0.01;
   std::uint64_t seed = 1;
@@ -97,6 +105,8 @@ inline std::vector<flag_value> training_flags(const options& o) {
           {"--schedule-every", text(o.schedule_every)},
           {"--schedule-factor", text(o.schedule_factor)},
           {"--layers", o.layers},
+          {"--model", o.model},
+          {"--architecture", o.architecture},
           {"--activation", o.activation},
           {"--leaky-slope", text(o.leaky_slope)},
           {"--seed", text(o.seed)},
@@ -120,6 +130,11 @@ inline std::vector<flag_value> training_flags(const options& o) {
           {"--step-mode", o.step_mode},
           {"--save-every", text(o.save_every)},
           {"--resume (given or not)", text(!o.resume.empty())}};
+}
+
+/// The layers of the run, as the reports name them: the architecture or the --layers sizes.
+inline const std::string& structure(const options& o) {
+  return o.architecture.empty() ? o.layers : o.architecture;
 }
 
 /// The training flags a resumed run must share with the run that saved the checkpoint: all but

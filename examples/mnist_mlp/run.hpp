@@ -10,6 +10,7 @@
 #include <limits>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -153,30 +154,68 @@ inline void print_line(const json& line) {
   if (!std::cout) throw bilevel::data_error("cannot write the results to stdout");
 }
 
+/// The layers of --architecture (none for an MLP), checked before any data is read.
+inline std::vector<bilevel::map_spec> architecture_maps(const options& opts) {
+  if (opts.architecture.empty()) return {};
+  try {
+    return bilevel::parse_architecture(opts.architecture);
+  } catch (const bilevel::config_error& e) {
+    throw bilevel::config_error("--architecture " + opts.architecture + ": " + e.what());
+  }
+}
+
+/// The classifier of `maps` on one-channel images of `rows` x `cols`: `hidden` after every
+/// convolution and dense layer, the identity after each pooling (a linear map needs none) and
+/// at the output.
+template <class S, class Hidden>
+bilevel::mlp<S, Hidden> image_program(const options& opts,
+                                      const std::vector<bilevel::map_spec>& maps, Index rows,
+                                      Index cols, const Hidden& hidden) {
+  using net_type = bilevel::mlp<S, Hidden>;
+  std::vector<typename net_type::pair_type> pairs;
+  for (std::size_t k = 0; k < maps.size(); ++k) {
+    const bool linear =
+        k + 1 == maps.size() || std::holds_alternative<bilevel::pool_spec>(maps[k]);
+    pairs.push_back(linear ? typename net_type::pair_type(bilevel::identity{})
+                           : typename net_type::pair_type(hidden));
+  }
+  try {
+    return net_type(bilevel::image_shape{1, rows, cols}, maps, std::move(pairs));
+  } catch (const bilevel::error& e) {
+    throw bilevel::config_error("--architecture " + opts.architecture + ": " + e.what());
+  }
+}
+
 template <class S, class Hidden>
 int train(const options& opts, const Hidden& hidden, const processes& group) {
-  const auto sizes = parse_list<Index>(opts.layers, "--layers");
-  auto net = [&] {
+  // The layers and the method flags are checked before the data is read; an image program
+  // takes its image size from the data.
+  const std::vector<bilevel::map_spec> maps = architecture_maps(opts);
+  std::optional<bilevel::mlp<S, Hidden>> perceptron;
+  if (maps.empty()) {
+    const auto sizes = parse_list<Index>(opts.layers, "--layers");
     try {
-      return bilevel::make_mlp<S>(sizes, hidden);
+      perceptron.emplace(bilevel::make_mlp<S>(sizes, hidden));
     } catch (const bilevel::config_error& e) {
       throw bilevel::config_error("--layers " + opts.layers + ": " + e.what());
     }
-  }();
-  // Method flags are checked before the data is read.
+  }
+  const Index depth = perceptron ? perceptron->depth() : Index(maps.size());
   const bilevel::method_options method_flags = method_settings(opts);  // --beta parsed once
-  auto method = bilevel::make_method<S>(opts.method, method_flags, net.depth());
+  auto method = bilevel::make_method<S>(opts.method, method_flags, depth);
   const auto mode =
       opts.step_mode == "native" ? bilevel::step_mode::native : bilevel::step_mode::gradient;
   if (mode == bilevel::step_mode::native && !method.has_native_step())
     throw bilevel::config_error("--step-mode native needs a method with its own step (mac, "
                                 "lpom, fln, altmin), got " + opts.method);
 
-  auto data = bilevel::load_mnist<S>(opts.data, net.input_size());
+  auto data = bilevel::load_mnist<S>(opts.data, perceptron ? perceptron->input_size() : 0);
+  auto net = perceptron ? std::move(*perceptron)
+                        : image_program<S>(opts, maps, data.train.rows, data.train.cols, hidden);
   const Index pixels = data.train.images.rows(), classes = 10;
-  bilevel::detail::require(net.input_size() == pixels, "setup", "the first --layers entry",
+  bilevel::detail::require(net.input_size() == pixels, "setup", "the program's input size",
                            bilevel::detail::concat("the image size ", pixels), net.input_size());
-  bilevel::detail::require(net.output_size() == classes, "setup", "the last --layers entry",
+  bilevel::detail::require(net.output_size() == classes, "setup", "the last layer's size",
                            "the number of classes (10)", net.output_size());
   const Index available = data.train.images.cols();
   // Compared without adding: both flags may be as large as Index allows.
@@ -240,7 +279,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
     progress_bar bar(talk);
     if (talk)
       std::cerr << "mnist_mlp: " << method.name()
-              << (trainer.native_steps() ? " (native steps)" : "") << ", layers " << opts.layers << ", " << opts.activation << ", init " << opts.init
+              << (trainer.native_steps() ? " (native steps)" : "") << ", layers " << structure(opts) << ", " << opts.activation << ", init " << opts.init
               << ", " << opts.optimizer << " " << schedule.describe() << ", batch " << opts.batch
               << ", " << train_set.size() << " training / " << validation_set.size()
               << " validation / " << test_set.size() << " test samples, " << opts.precision << ", "
@@ -322,7 +361,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
                     {"beta", beta},
                     {"init", opts.init},
                     {"activation", opts.activation},
-                    {"layers", opts.layers},
+                    {"layers", structure(opts)},
                     {"epochs", opts.epochs},
                     {"batch", opts.batch},
                     {"optimizer", opts.optimizer},
