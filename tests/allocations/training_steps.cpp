@@ -31,15 +31,25 @@ batch random_batch(random_source& random, Index inputs, Index classes, Index siz
 }
 
 enum class mode { gradient, native };
+/// The paper's MLP, or a small CNN with every image map (conv, pooling, dense) on 28 x 28; its
+/// two convolutions of different shapes share the thread's patch buffer.
+enum class model { mlp, cnn };
+
+template <class Hidden>
+mlp<float, Hidden> make_program(model kind) {
+  if (kind == model::mlp) return make_mlp<float, Hidden>({784, 256, 128, 64, 10});
+  return mlp<float, Hidden>({1, 28, 28}, parse_architecture("conv4k5s2p1-pool2-conv6k3-dense32-dense10"),
+                            {Hidden{}, identity{}, Hidden{}, Hidden{}, identity{}});
+}
 
 /// Allocations during ten steps after two warm-up steps (ten, so that paths a solver takes
 /// only now and then, such as LPOM's proximal fallback, are seen too). `Hidden`: the hidden
 /// layers' pair (EP needs a bounded one). Methods that take sample indices get them, the two
 /// batches being examples 0-49 and 50-99 of a training set.
 template <class Method, class Hidden = relu>
-std::size_t allocations_after_warm_up(Method& method, mode step_mode) {
+std::size_t allocations_after_warm_up(Method& method, mode step_mode, model kind = model::mlp) {
   random_source random(1);
-  auto net = make_mlp<float, Hidden>({784, 256, 128, 64, 10});
+  auto net = make_program<Hidden>(kind);
   net.initialize(init_scheme::glorot_uniform, random);
   adam<float> optimizer({}, net.parameter_count(), net.weight_count());
   Vector<float> gradient;
@@ -121,4 +131,23 @@ TEMPLATE_TEST_CASE("block-coordinate steps allocate nothing after warm-up, in bo
   CHECK(allocations_after_warm_up(gradient_method, mode::gradient) == 0);
   TestType native_method;
   CHECK(allocations_after_warm_up(native_method, mode::native) == 0);
+}
+
+TEMPLATE_TEST_CASE("steps on a CNN allocate nothing after warm-up, in both modes",
+                   "[allocations][conv]", bp<float>, chl<float>, pcn<float>, mac<float>,
+                   lpom<float>, fln<float>, altmin<float>) {
+  TestType gradient_method;
+  CHECK(allocations_after_warm_up(gradient_method, mode::gradient, model::cnn) == 0);
+  if constexpr (StepMethod<TestType, mlp<float, relu>>) {
+    TestType native_method;
+    CHECK(allocations_after_warm_up(native_method, mode::native, model::cnn) == 0);
+  }
+}
+
+TEST_CASE("Fenchel BP and Z-IL steps on a CNN allocate nothing after warm-up",
+          "[allocations][conv]") {
+  fenchel_bp<float> fenchel(0.01f);
+  CHECK(allocations_after_warm_up(fenchel, mode::gradient, model::cnn) == 0);
+  pcn<float> zero_divergence = pcn<float>::zil();
+  CHECK(allocations_after_warm_up(zero_divergence, mode::gradient, model::cnn) == 0);
 }

@@ -86,7 +86,7 @@ class conv2d {
     detail::require_sample_columns("conv2d::apply_transpose", "g", outputs(), g.rows(), g.cols());
     detail::require_shape("conv2d::apply_transpose", "out", inputs(), g.cols(), out.rows(),
                           out.cols());
-    Matrix<S>& patches = patch_buffer();
+    MatrixMap<S> patches = patch_buffer();
     for (Index j = 0; j < g.cols(); ++j) {
       const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
       patches.noalias() = scale * signal * weights.transpose();
@@ -122,7 +122,7 @@ class conv2d {
     check_weights(function, weights);
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "out", outputs(), x.cols(), out.rows(), out.cols());
-    Matrix<S>& patches = patch_buffer();
+    MatrixMap<S> patches = patch_buffer();
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
@@ -137,7 +137,7 @@ class conv2d {
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
     check_weights(function, weight_gradient);
-    Matrix<S>& patches = patch_buffer();
+    MatrixMap<S> patches = patch_buffer();
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
@@ -146,10 +146,14 @@ class conv2d {
     }
   }
 
-  /// The calling thread's patch matrix (one per scalar type, shared by every conv2d object).
-  static Matrix<S>& patch_buffer() {
-    thread_local Matrix<S> patches;
-    return patches;
+  /// The calling thread's P x (C*K*K) patch matrix, in storage shared by every conv2d object of
+  /// this scalar type; it only grows, so convolutions of other shapes taking turns do not
+  /// reallocate it.
+  MatrixMap<S> patch_buffer() const {
+    thread_local Vector<S> storage;
+    const Index size = output_.pixels() * patch_size();
+    if (storage.size() < size) storage.resize(size);
+    return MatrixMap<S>(storage.data(), output_.pixels(), patch_size());
   }
 
   template <class Weights>
@@ -192,8 +196,8 @@ class conv2d {
   Eigen::InnerStride<> pixel_stride() const { return Eigen::InnerStride<>(shape_.stride); }
 
   template <class Column>
-  void gather_patches(const Column& image, Matrix<S>& patches) const {
-    patches.setZero(output_.pixels(), patch_size());
+  void gather_patches(const Column& image, MatrixMap<S> patches) const {
+    patches.setZero();
     for_each_run([&](Index pixel, Index p, Index entry, Index count) {
       const const_pixels from(image.data() + pixel, count, pixel_stride());
       patches.col(entry).segment(p, count) = from;
@@ -201,7 +205,7 @@ class conv2d {
   }
 
   template <class Column>
-  void scatter_patches(const Matrix<S>& patches, Column& image) const {
+  void scatter_patches(const MatrixMap<S>& patches, Column& image) const {
     for_each_run([&](Index pixel, Index p, Index entry, Index count) {
       pixels to(image.data() + pixel, count, pixel_stride());
       to += patches.col(entry).segment(p, count);
