@@ -13,7 +13,9 @@
 #   says how many were retired);
 # - ep: Scellier & Bengio's 784-500-10 with their code's settings as ep_mnist runs them (20 free
 #   and 4 nudged steps at step 0.5, beta with a random sign, persistent particles, per-layer SGD,
-#   batch 20 in fixed order).
+#   batch 20 in fixed order);
+# - lenet5: BP on LeNet-5 (mnist_mlp --model lenet5: convolutions, average pooling, ReLU, Adam
+#   1e-3, batch 50, shuffled).
 # Times are of the training steps only, in both. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,14 +31,15 @@ pcn_pytorch=(--layers 784,256,128,64,10 --activation relu --batch 50 --lr 1e-3 -
 mkdir -p results
 : >results/pytorch.json.tmp
 for threads in 1 2; do
-  for method in bp fenbp pcn; do
-    bilevel_flags=() pytorch_flags=()
+  for method in bp fenbp pcn lenet5; do
+    bilevel_flags=(--method "$method") pytorch_flags=()
     if [ "$method" = pcn ]; then
-      bilevel_flags=("${pcn_bilevel[@]}") pytorch_flags=("${pcn_pytorch[@]}")
+      bilevel_flags+=("${pcn_bilevel[@]}") pytorch_flags=("${pcn_pytorch[@]}")
     fi
-    epoch=$(build/examples/mnist_mlp --data data/mnist --method "$method" "${bilevel_flags[@]}" \
+    if [ "$method" = lenet5 ]; then bilevel_flags=(--method bp --model lenet5); fi
+    epoch=$(build/examples/mnist_mlp --data data/mnist "${bilevel_flags[@]}" \
       --epochs 1 --quiet --threads "$threads" | sed -n 1p)
-    /usr/bin/python3 <<<"$epoch" -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'framework':'bilevel','method':r['method'],'threads':$threads,'seconds':r['seconds'],'samples_per_s':r['samples_per_s'],'train_error':r['train_error'],'loss':r['loss'],'unconverged_share':r['unconverged_share']}))" \
+    /usr/bin/python3 <<<"$epoch" -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'framework':'bilevel','method':'$method','threads':$threads,'seconds':r['seconds'],'samples_per_s':r['samples_per_s'],'train_error':r['train_error'],'loss':r['loss'],'unconverged_share':r['unconverged_share']}))" \
       >>results/pytorch.json.tmp
     OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" \
       /usr/bin/python3 scripts/compare_pytorch.py data/mnist --method "$method" \
@@ -63,7 +66,7 @@ torch_version = next(r["framework"] for r in runs if r["framework"].startswith("
 print(f"| method | threads | bilevel epoch (s) | {torch_version} epoch (s) | PyTorch / bilevel |")
 print("|---|---|---|---|---|")
 for threads in (1, 2):
-    for method in ("bp", "fenbp", "pcn", "ep"):
+    for method in ("bp", "fenbp", "pcn", "ep", "lenet5"):
         ours, theirs = find("bilevel", method, threads), find("pytorch", method, threads)
         print(f"| {method} | {threads} | {ours['seconds']:.2f} | {theirs['seconds']:.2f} | "
               f"{theirs['seconds'] / ours['seconds']:.2f} |")

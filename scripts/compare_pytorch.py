@@ -5,13 +5,18 @@ the epoch's training seconds (steps only: for BP forward, loss, backward and the
 PCN and EP the inference phases, the local weight updates and the optimizer; the data is already
 a float32 tensor in memory) and the samples per second.
 
-usage: compare_pytorch.py DATA_DIR [--method bp|fenbp|pcn|ep] [--samples N] [--batch B]
+usage: compare_pytorch.py DATA_DIR [--method bp|fenbp|pcn|ep|lenet5] [--samples N] [--batch B]
                           [--threads T] [method settings, see --help]
 
 --method bp, fenbp: the Fenchel BP paper's MLP 784-256-128-64-10 ReLU, Adam 1e-3, batch 50,
 shuffled per epoch (mnist_mlp --method bp|fenbp). Fenchel BP as a user would write it: a custom
 autograd function per ReLU whose backward returns (f(a) - f(a - beta g)) / beta (docs/methods.md
 §5.2) instead of the derivative; beta per sample, as in bilevel.
+
+--method lenet5: BP on LeNet-5 (mnist_mlp --model lenet5 --method bp): 5 x 5 convolutions of 6
+(zero padding 2) and 16 filters, each followed by ReLU and 2 x 2 average pooling, then dense
+layers of 120, 84 and 10 (ReLU between them), Glorot weights with PyTorch's convolution fans,
+zero biases, Adam 1e-3, batch 50, shuffled.
 
 --method pcn: predictive coding (docs/methods.md §5.4, methods/pcn.hpp), written as PC papers'
 code is: hand-written errors and local updates under torch.no_grad(). Per batch, from the forward
@@ -93,6 +98,47 @@ class FenchelReLU(torch.autograd.Function):
         per_sample = g * batch
         signal = (a.clamp_min(0) - (a - context.beta * per_sample).clamp_min(0)) / context.beta
         return signal / batch, None
+
+
+class LeNet5(torch.nn.Module):
+    """LeNet-5 with average pooling and ReLU, as mnist_mlp --model lenet5 builds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = torch.nn.Conv2d(6, 16, 5)
+        self.dense = glorot_layers([400, 120, 84, 10])
+        for conv in (self.conv1, self.conv2):
+            torch.nn.init.xavier_uniform_(conv.weight)
+            torch.nn.init.zeros_(conv.bias)
+
+    def forward(self, images):
+        h = F.avg_pool2d(torch.relu(self.conv1(images.view(-1, 1, 28, 28))), 2)
+        h = F.avg_pool2d(torch.relu(self.conv2(h)), 2).flatten(1)
+        for k, layer in enumerate(self.dense):
+            h = layer(h)
+            if k + 1 < len(self.dense):
+                h = torch.relu(h)
+        return h
+
+
+def train_lenet5(args, x, labels):
+    """BP on LeNet-5: one shuffled epoch with autograd and Adam."""
+    network = LeNet5()
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    loss_function = torch.nn.CrossEntropyLoss()
+    order = torch.randperm(len(x))
+    start = time.perf_counter()
+    for begin in range(0, len(x), args.batch):
+        index = order[begin:begin + args.batch]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_function(network(x[index]), labels[index])
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        correct = (network(x).argmax(1) == labels).sum().item()
+    return {"seconds": seconds, "train_error": 1 - correct / len(x)}
 
 
 def train_backprop(args, x, labels):
@@ -269,6 +315,7 @@ def main():
         "fenbp": ("784,256,128,64,10", 50, 1e-3, 0.01),
         "pcn": ("784,256,128,64,10", 50, 1e-3, 1.0),
         "ep": ("784,500,10", 20, None, 1.0),
+        "lenet5": ("784,10", 50, 1e-3, 0.0),  # layers unused: LeNet-5's are fixed
     }
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data")
@@ -306,7 +353,8 @@ def main():
     labels = read_idx(find(args.data, "train-labels-idx1-ubyte"))[: args.samples].long()
     x = images.reshape(len(images), -1).float() / 255
 
-    train = {"bp": train_backprop, "fenbp": train_backprop, "pcn": train_pcn, "ep": train_ep}
+    train = {"bp": train_backprop, "fenbp": train_backprop, "pcn": train_pcn, "ep": train_ep,
+             "lenet5": train_lenet5}
     result = train[args.method](args, x, labels)
     print(json.dumps({"framework": f"pytorch {torch.__version__}", "method": args.method,
                       "threads": args.threads, "batch": args.batch, "samples": len(x),

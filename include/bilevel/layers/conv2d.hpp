@@ -123,6 +123,7 @@ class conv2d {
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "out", outputs(), x.cols(), out.rows(), out.cols());
     MatrixMap<S> patches = patch_buffer();
+    patches.setZero();  // the padding's entries, which no image overwrites
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
@@ -138,6 +139,7 @@ class conv2d {
     detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
     check_weights(function, weight_gradient);
     MatrixMap<S> patches = patch_buffer();
+    patches.setZero();  // the padding's entries, which no image overwrites
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
@@ -195,9 +197,15 @@ class conv2d {
   using const_pixels = Eigen::Map<const Vector<S>, 0, Eigen::InnerStride<>>;
   Eigen::InnerStride<> pixel_stride() const { return Eigen::InnerStride<>(shape_.stride); }
 
+  /// Copies every run's pixels into `patches`, whose other (padding) entries must be 0.
   template <class Column>
   void gather_patches(const Column& image, MatrixMap<S> patches) const {
-    patches.setZero();
+    if (shape_.stride == 1) {  // contiguous runs: vectorised copies
+      for_each_run([&](Index pixel, Index p, Index entry, Index count) {
+        patches.col(entry).segment(p, count) = ConstVectorMap<S>(image.data() + pixel, count);
+      });
+      return;
+    }
     for_each_run([&](Index pixel, Index p, Index entry, Index count) {
       const const_pixels from(image.data() + pixel, count, pixel_stride());
       patches.col(entry).segment(p, count) = from;
@@ -206,6 +214,12 @@ class conv2d {
 
   template <class Column>
   void scatter_patches(const MatrixMap<S>& patches, Column& image) const {
+    if (shape_.stride == 1) {
+      for_each_run([&](Index pixel, Index p, Index entry, Index count) {
+        VectorMap<S>(image.data() + pixel, count) += patches.col(entry).segment(p, count);
+      });
+      return;
+    }
     for_each_run([&](Index pixel, Index p, Index entry, Index count) {
       pixels to(image.data() + pixel, count, pixel_stride());
       to += patches.col(entry).segment(p, count);
