@@ -4,6 +4,7 @@
 // method's gradient tending to BP's as its spacing shrinks and Z-IL equal to BP on it, and
 // checkpoints of image programs.
 
+#include <Eigen/SVD>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <string>
@@ -237,4 +238,28 @@ TEST_CASE("an image program's checkpoint restores it and names another architect
   perceptron.save_state(dense_state);
   state_reader dense_reader(dense_state.bytes(), "test");
   CHECK_THROWS_WITH(loaded.load_state(dense_reader), Contains("image program"));
+}
+
+TEST_CASE("each layer's norm bound holds, and is tight for a box filter and a tiling pool",
+          "[conv]") {
+  using pairs = std::vector<cnn::pair_type>;
+  // One 3 x 3 box filter over a 12 x 12 image (stride 1, padding 1), then 2 x 2 pooling.
+  cnn net({1, 12, 12}, {conv_spec{1, 3, 1, 1}, pool_spec{2}, dense_spec{3}},
+          pairs{relu{}, identity{}, identity{}});
+  net.weights(0).setOnes();
+  random_source random(19);
+  net.weights(2) = random_matrix<double>(random, 3, 36);
+  for (Index k = 0; k < 3; ++k) {
+    // A_k as a dense matrix, column by column, and its largest singular value.
+    const Index n = net.layer(k).inputs();
+    Matrix<double> A(net.layer(k).outputs(), n), unit = Matrix<double>::Identity(n, n);
+    net.linear(k, unit, A);
+    const double norm = Eigen::JacobiSVD<Matrix<double>>(A).singularValues()(0);
+    const double bound = net.layer(k).squared_norm_bound(net.parameters());
+    INFO("layer " << k + 1 << ": ||A||^2 " << norm * norm << ", bound " << bound);
+    CHECK(norm * norm <= bound * (1 + 1e-12));
+    if (k == 1) CHECK(norm * norm == Approx(bound).epsilon(1e-12));  // A A^T = I / K^2
+    // The box filter's norm tends to 81 = 9 ||W_c||_F^2 with the image's size: within 15%.
+    if (k == 0) CHECK(norm * norm > 0.85 * bound);
+  }
 }

@@ -54,9 +54,16 @@ class avg_pool {
     detail::require_sample_columns("avg_pool::apply", "x", inputs(), x.rows(), x.cols());
     detail::require_shape("avg_pool::apply", "out", outputs(), x.cols(), out.rows(), out.cols());
     out.setZero();
+    const S share = weight();
     for (Index n = 0; n < x.cols(); ++n)  // image by image: a column is contiguous
-      for_each_window_pixel([&](Index pixel, Index at) { out(at, n) += x(pixel, n); });
-    out *= weight();
+      for_each_window_row([&](const Index pixel, S* const to, const Index stride) {
+        const S* const from = x.col(n).data() + pixel;
+        for (Index j = 0; j < output_.width; ++j) {
+          S sum = 0;
+          for (Index v = 0; v < shape_.kernel; ++v) sum += from[j * stride + v];
+          to[j] += share * sum;
+        }
+      }, out.col(n).data());
   }
 
   /// out = scale A^T g for every column of g (outputs() x B into inputs() x B), or out += that
@@ -70,25 +77,28 @@ class avg_pool {
     if (mode == output_mode::assign) out.setZero();
     const S share = scale * weight();
     for (Index n = 0; n < g.cols(); ++n)
-      for_each_window_pixel([&](Index pixel, Index at) { out(pixel, n) += share * g(at, n); });
+      for_each_window_row([&](const Index pixel, const S* const signal, const Index stride) {
+        S* const to = out.col(n).data() + pixel;
+        for (Index v = 0; v < shape_.kernel; ++v)
+          for (Index j = 0; j < output_.width; ++j) to[j * stride + v] += share * signal[j];
+      }, g.col(n).data());
   }
 
  private:
   S weight() const { return S(1) / S(shape_.kernel * shape_.kernel); }
 
-  /// Calls visit(pixel, output) for every input pixel of every window, with the window's
-  /// output entry: (c, i, j) at (c*OH + i)*OW + j reads (c, i*stride + u, j*stride + v).
-  template <class Visit>
-  void for_each_window_pixel(const Visit& visit) const {
-    const Index K = shape_.kernel, H = shape_.input.height, W = shape_.input.width;
+  /// Calls visit(pixel, row, stride) for every window row u of every output row (c, i): the
+  /// windows of output row (c, i) read input row (c, i*stride + u), starting at `pixel`, and
+  /// `row` points at the output row's first entry (c*OH + i)*OW in the output-side image at
+  /// `image`.
+  template <class Pointer, class Visit>
+  void for_each_window_row(const Visit& visit, Pointer image) const {
+    const Index H = shape_.input.height, W = shape_.input.width;
     for (Index c = 0; c < output_.channels; ++c)
       for (Index i = 0; i < output_.height; ++i)
-        for (Index j = 0; j < output_.width; ++j)
-          for (Index u = 0; u < K; ++u)
-            for (Index v = 0; v < K; ++v) {
-              const Index row = i * shape_.stride + u, col = j * shape_.stride + v;
-              visit((c * H + row) * W + col, (c * output_.height + i) * output_.width + j);
-            }
+        for (Index u = 0; u < shape_.kernel; ++u)
+          visit((c * H + i * shape_.stride + u) * W,
+                image + (c * output_.height + i) * output_.width, shape_.stride);
   }
 
   geometry shape_;

@@ -139,7 +139,7 @@ class conv2d {
     detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
     check_weights(function, weight_gradient);
     MatrixMap<S> patches = patch_buffer();
-    patches.setZero();  // the padding's entries, which no image overwrites
+    patches.setZero();  // the padding, as in forward()
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
