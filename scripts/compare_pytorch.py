@@ -122,39 +122,10 @@ class LeNet5(torch.nn.Module):
         return h
 
 
-def train_lenet5(args, x, labels):
-    """BP on LeNet-5: one shuffled epoch with autograd and Adam."""
-    network = LeNet5()
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+def autograd_epoch(args, forward, parameters, x, labels):
+    """One shuffled epoch of forward, loss, backward and Adam; the timed part of BP."""
+    optimizer = torch.optim.Adam(parameters, lr=args.lr)
     loss_function = torch.nn.CrossEntropyLoss()
-    order = torch.randperm(len(x))
-    start = time.perf_counter()
-    for begin in range(0, len(x), args.batch):
-        index = order[begin:begin + args.batch]
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(x[index]), labels[index])
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        correct = (network(x).argmax(1) == labels).sum().item()
-    return {"seconds": seconds, "train_error": 1 - correct / len(x)}
-
-
-def train_backprop(args, x, labels):
-    """BP or Fenchel BP: one shuffled epoch with autograd and Adam."""
-    layers = glorot_layers(args.layers)
-    optimizer = torch.optim.Adam(layers.parameters(), lr=args.lr)
-    loss_function = torch.nn.CrossEntropyLoss()
-
-    def forward(batch):
-        h = batch
-        for k, layer in enumerate(layers):
-            h = layer(h)
-            if k + 1 < len(layers):
-                h = FenchelReLU.apply(h, args.beta) if args.method == "fenbp" else torch.relu(h)
-        return h
-
     order = torch.randperm(len(x))
     start = time.perf_counter()
     for begin in range(0, len(x), args.batch):
@@ -167,6 +138,27 @@ def train_backprop(args, x, labels):
     with torch.no_grad():
         correct = (forward(x).argmax(1) == labels).sum().item()
     return {"seconds": seconds, "train_error": 1 - correct / len(x)}
+
+
+def train_lenet5(args, x, labels):
+    """BP on LeNet-5."""
+    network = LeNet5()
+    return autograd_epoch(args, network, network.parameters(), x, labels)
+
+
+def train_backprop(args, x, labels):
+    """BP or Fenchel BP on an MLP."""
+    layers = glorot_layers(args.layers)
+
+    def forward(batch):
+        h = batch
+        for k, layer in enumerate(layers):
+            h = layer(h)
+            if k + 1 < len(layers):
+                h = FenchelReLU.apply(h, args.beta) if args.method == "fenbp" else torch.relu(h)
+        return h
+
+    return autograd_epoch(args, forward, layers.parameters(), x, labels)
 
 
 def activation(name):

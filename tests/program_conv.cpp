@@ -7,6 +7,7 @@
 #include <Eigen/SVD>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,21 @@ cnn lenet5() {
   return cnn({1, 28, 28},
              parse_architecture("conv6k5p2-pool2-conv16k5-pool2-dense120-dense84-dense10"),
              {relu{}, identity{}, relu{}, identity{}, relu{}, relu{}, identity{}});
+}
+
+/// small_cnn() with random parameters and a random batch of `batch` images and labels.
+struct cnn_problem {
+  cnn net = small_cnn();
+  Matrix<double> x, y;
+};
+
+cnn_problem random_problem(std::uint64_t seed, Index batch) {
+  random_source random(seed);
+  cnn_problem problem;
+  randomize(problem.net, random, 0.6);
+  problem.x = random_matrix<double>(random, 36, batch);
+  problem.y = random_one_hot<double>(random, 5, batch);
+  return problem;
 }
 
 Vector<double> bp_gradient(const cnn& net, const Matrix<double>& x, const Matrix<double>& y) {
@@ -157,11 +173,7 @@ TEST_CASE("initialisation draws each map's weights with its own fans", "[conv]")
 }
 
 TEST_CASE("BP on a CNN is the finite-difference gradient of its loss", "[conv]") {
-  random_source random(7);
-  cnn net = small_cnn();
-  randomize(net, random, 0.6);
-  const Matrix<double> x = random_matrix<double>(random, 36, 5);
-  const Matrix<double> y = random_one_hot<double>(random, 5, 5);
+  const auto [net, x, y] = random_problem(7, 5);
   const Vector<double> gradient = bp_gradient(net, x, y);
   CHECK(relative_error(gradient, finite_difference_gradient(net, x, y)) < 1e-7);
   // Fenchel BP at a small spacing agrees to first order in it.
@@ -171,22 +183,14 @@ TEST_CASE("BP on a CNN is the finite-difference gradient of its loss", "[conv]")
 }
 
 TEST_CASE("Z-IL equals BP on a CNN", "[conv]") {
-  random_source random(11);
-  cnn net = small_cnn();
-  randomize(net, random, 0.6);
-  const Matrix<double> x = random_matrix<double>(random, 36, 6);
-  const Matrix<double> y = random_one_hot<double>(random, 5, 6);
+  const auto [net, x, y] = random_problem(11, 6);
   Vector<double> gradient;
   pcn<double>::zil().gradient(net, x, y, gradient);
   CHECK(relative_error(gradient, bp_gradient(net, x, y)) < 1e-12);
 }
 
 TEST_CASE("every method's gradient on a CNN tends to BP's as its spacing shrinks", "[conv]") {
-  random_source random(13);
-  cnn net = small_cnn();
-  randomize(net, random, 0.6);
-  const Matrix<double> x = random_matrix<double>(random, 36, 6);
-  const Matrix<double> y = random_one_hot<double>(random, 5, 6);
+  const auto [net, x, y] = random_problem(13, 6);
   const Vector<double> reference = bp_gradient(net, x, y);
   const auto error_at = [&](const std::string& name, double spacing) {
     Vector<double> gradient;
