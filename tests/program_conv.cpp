@@ -267,3 +267,54 @@ TEST_CASE("each layer's norm bound holds, and is tight for a box filter and a ti
     if (k == 0) CHECK(norm * norm > 0.85 * bound);
   }
 }
+
+TEST_CASE("every map's operations agree with each other: linear, bias, scaled and added "
+          "transposes, gradient terms", "[conv]") {
+  auto [net, x, y] = random_problem(23, 3);
+  random_source random(29);
+  forward_state<double> state;
+  net.forward(x, state);
+  for (Index k = 0; k < net.depth(); ++k) {
+    INFO("layer " << k + 1 << " (" << describe(net.maps()[std::size_t(k)]) << ")");
+    const program_layer<double, relu, identity>& layer = net.layer(k);
+    const Matrix<double>& in = state.z[std::size_t(k)];
+    // affine = linear + the bias (which the linear map leaves out).
+    Matrix<double> affine, linear, zero_input = Matrix<double>::Zero(in.rows(), in.cols());
+    net.affine(k, in, affine);
+    net.linear(k, in, linear);
+    Matrix<double> bias_only;
+    net.affine(k, zero_input, bias_only);
+    CHECK((affine - linear - bias_only).norm() <= 1e-12 * affine.norm());
+    // transpose: scale and add.
+    const Matrix<double> g = random_matrix<double>(random, layer.outputs(), in.cols());
+    Matrix<double> plain, scaled, added = random_matrix<double>(random, layer.inputs(), in.cols());
+    const Matrix<double> start = added;
+    net.transpose(k, g, plain);
+    net.transpose(k, g, scaled, 0.25);
+    net.transpose(k, g, added, -2.0, output_mode::add);
+    CHECK((scaled - 0.25 * plain).norm() <= 1e-12 * plain.norm());
+    CHECK((added - (start - 2.0 * plain)).norm() <= 1e-12 * added.norm());
+    // <g, A x> = <A^T g, x>.
+    CHECK(g.cwiseProduct(linear).sum() == Approx(plain.cwiseProduct(in).sum()).epsilon(1e-12));
+    // The gradient of <g, A x + b>: its weight part adds onto what is there, and is linear in
+    // the scale; the bias part is the sum of g's entries per bias.
+    Vector<double> full = Vector<double>::Zero(net.parameter_count());
+    layer.parameter_gradient(in, g, 0.5, full);
+    Vector<double> twice = full;
+    layer.add_weight_gradient(in, g, 0.5, twice);
+    const auto weights = layer.weights(full), doubled = layer.weights(twice);
+    CHECK((doubled - 2 * weights).norm() <= 1e-12 * std::max(1.0, weights.norm()));
+    CHECK((layer.bias(twice) - layer.bias(full)).norm() == 0.0);
+    // <g, A x + b> at the perturbed parameters, against the gradient (linear in theta).
+    if (layer.weight_count() > 0) {
+      cnn moved = net;
+      const Vector<double> direction =
+          random_matrix<double>(random, net.parameter_count(), 1, 0.1);
+      moved.parameters() += direction;
+      Matrix<double> after;
+      moved.affine(k, in, after);
+      const double change = g.cwiseProduct(after - affine).sum();
+      CHECK(change == Approx(2 * full.dot(direction)).epsilon(1e-10));
+    }
+  }
+}
