@@ -114,12 +114,12 @@ TEST_CASE("every method trains a CNN given by --architecture, and resumes it exa
   const fs::path half = data.path / "half.ckpt";
   require_exact_resume("--data " + data.path.string() +
                            " --architecture conv4k3p1-pool2-dense10 --train-samples 1500"
-                           " --validation 500 --seed 3 --method lpom",
+                           " --validation 500 --seed 3 --method fenbp",
                        half, "", "");
   // A checkpoint of one architecture does not resume another.
   const run_result other = run_trainer("--data " + data.path.string() +
                                        " --architecture conv4k3-dense10 --train-samples 1500"
-                                       " --validation 500 --seed 3 --method lpom --epochs 4"
+                                       " --validation 500 --seed 3 --method fenbp --epochs 4"
                                        " --resume " + half.string());
   CHECK(other.status != 0);
   CHECK_THAT(other.error, Catch::Contains("conv4k3-dense10"));
