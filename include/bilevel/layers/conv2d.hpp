@@ -20,6 +20,7 @@
 /// (no allocation once it has grown), so one object may be used from several threads.
 
 #include <algorithm>
+#include <utility>
 
 #include "../core/error.hpp"
 #include "../core/types.hpp"
@@ -123,7 +124,7 @@ class conv2d {
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "out", outputs(), x.cols(), out.rows(), out.cols());
     MatrixMap<S> patches = patch_buffer();
-    patches.setZero();  // the padding's entries, which no image overwrites
+    clear_padding(patches);
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
@@ -139,7 +140,7 @@ class conv2d {
     detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
     check_weights(function, weight_gradient);
     MatrixMap<S> patches = patch_buffer();
-    patches.setZero();  // the padding, as in forward()
+    clear_padding(patches);
     for (Index j = 0; j < x.cols(); ++j) {
       gather_patches(x.col(j), patches);
       const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
@@ -158,71 +159,76 @@ class conv2d {
     return MatrixMap<S>(storage.data(), output_.pixels(), patch_size());
   }
 
+  /// Zeroes the patch entries that read the padding, which no image overwrites (all of them:
+  /// one pass per call, not per image).
+  void clear_padding(MatrixMap<S> patches) const {
+    if (shape_.padding > 0) patches.setZero();
+  }
+
   template <class Weights>
   void check_weights(std::string_view function, const Weights& weights) const {
     detail::require_shape(function, "the weights (C*K*K x filters)", patch_size(),
                           shape_.filters, weights.rows(), weights.cols());
   }
 
-  /// Calls visit(pixel, p, entry, count) for every run of patch entries that read input
-  /// pixels: entries p .. p + count - 1 of patch column entry = (c*K + u)*K + v read the pixels
-  /// pixel, pixel + stride, ..., one output row's worth. Output position p = i*OW + j reads
-  /// pixel (c, i*stride - padding + u, j*stride - padding + v); the padding reads nothing.
+  /// Calls visit(pixel, p, entry, columns, rows) for every patch column entry = (c*K + u)*K + v:
+  /// the output positions whose window entry reads an input pixel (not the padding) form a
+  /// block of `rows` output rows by `columns` output columns, starting at position p, and they
+  /// read the pixels from `pixel` on, `stride` apart within an input row and stride input rows
+  /// apart. Output position i*OW + j reads pixel (c, i*stride - padding + u,
+  /// j*stride - padding + v).
   template <class Visit>
-  void for_each_run(const Visit& visit) const {
+  void for_each_block(const Visit& visit) const {
     const Index K = shape_.kernel, H = shape_.input.height, W = shape_.input.width;
     const Index stride = shape_.stride, padding = shape_.padding;
     const Index OH = output_.height, OW = output_.width;
-    for (Index c = 0; c < shape_.input.channels; ++c)
-      for (Index u = 0; u < K; ++u)
-        for (Index v = 0; v < K; ++v) {
-          const Index entry = (c * K + u) * K + v;
-          // The output columns j with 0 <= j*stride - padding + v < W.
-          const Index reach = W - 1 + padding - v;
-          if (reach < 0) continue;
-          const Index first = std::max<Index>(padding - v + stride - 1, 0) / stride;
-          const Index last = std::min(OW, reach / stride + 1);
-          if (first >= last) continue;
-          for (Index i = 0; i < OH; ++i) {
-            const Index row = i * stride - padding + u;
-            if (row < 0 || row >= H) continue;
-            visit((c * H + row) * W + first * stride - padding + v, i * OW + first, entry,
-                  last - first);
-          }
-        }
+    // The positions o with 0 <= o*stride - padding + offset < extent, as [first, last).
+    const auto inside = [&](Index offset, Index extent, Index positions) {
+      const Index reach = extent - 1 + padding - offset;
+      const Index first = std::max<Index>(padding - offset + stride - 1, 0) / stride;
+      const Index last = reach < 0 ? 0 : std::min(positions, reach / stride + 1);
+      return std::pair{first, last};
+    };
+    for (Index u = 0; u < K; ++u) {
+      const auto [top, bottom] = inside(u, H, OH);
+      if (top >= bottom) continue;
+      for (Index v = 0; v < K; ++v) {
+        const auto [left, right] = inside(v, W, OW);
+        if (left >= right) continue;
+        for (Index c = 0; c < shape_.input.channels; ++c)
+          visit((c * H + top * stride - padding + u) * W + left * stride - padding + v,
+                top * OW + left, (c * K + u) * K + v, right - left, bottom - top);
+      }
+    }
   }
 
-  /// `count` pixels of an image column, `stride` apart.
-  using pixels = Eigen::Map<Vector<S>, 0, Eigen::InnerStride<>>;
-  using const_pixels = Eigen::Map<const Vector<S>, 0, Eigen::InnerStride<>>;
-  Eigen::InnerStride<> pixel_stride() const { return Eigen::InnerStride<>(shape_.stride); }
-
-  /// Copies every run's pixels into `patches`, whose other (padding) entries must be 0.
+  /// Copies every block's pixels into `patches`, whose other (padding) entries must be 0. Plain
+  /// loops over a block's rows: they are short (an output row), too short for Eigen's packets
+  /// of 16 floats, which would copy them one entry at a time.
   template <class Column>
   void gather_patches(const Column& image, MatrixMap<S> patches) const {
-    if (shape_.stride == 1) {  // contiguous runs: vectorised copies
-      for_each_run([&](Index pixel, Index p, Index entry, Index count) {
-        patches.col(entry).segment(p, count) = ConstVectorMap<S>(image.data() + pixel, count);
-      });
-      return;
-    }
-    for_each_run([&](Index pixel, Index p, Index entry, Index count) {
-      const const_pixels from(image.data() + pixel, count, pixel_stride());
-      patches.col(entry).segment(p, count) = from;
+    const Index W = shape_.input.width, stride = shape_.stride, OW = output_.width;
+    for_each_block([&](Index pixel, Index p, Index entry, Index columns, Index rows) {
+      const S* from = image.data() + pixel;
+      S* to = patches.col(entry).data() + p;
+      for (Index i = 0; i < rows; ++i, from += stride * W, to += OW) {
+        if (stride == 1)
+          std::copy_n(from, columns, to);
+        else
+          for (Index j = 0; j < columns; ++j) to[j] = from[j * stride];
+      }
     });
   }
 
+  /// Adds every block of `patches` onto the pixels it was read from.
   template <class Column>
   void scatter_patches(const MatrixMap<S>& patches, Column& image) const {
-    if (shape_.stride == 1) {
-      for_each_run([&](Index pixel, Index p, Index entry, Index count) {
-        VectorMap<S>(image.data() + pixel, count) += patches.col(entry).segment(p, count);
-      });
-      return;
-    }
-    for_each_run([&](Index pixel, Index p, Index entry, Index count) {
-      pixels to(image.data() + pixel, count, pixel_stride());
-      to += patches.col(entry).segment(p, count);
+    const Index W = shape_.input.width, stride = shape_.stride, OW = output_.width;
+    for_each_block([&](Index pixel, Index p, Index entry, Index columns, Index rows) {
+      const S* from = patches.col(entry).data() + p;
+      S* to = image.data() + pixel;
+      for (Index i = 0; i < rows; ++i, from += OW, to += stride * W)
+        for (Index j = 0; j < columns; ++j) to[j * stride] += from[j];
     });
   }
 
