@@ -81,7 +81,7 @@ class program {
       const layer_map<S>& map = built.back();
       std::visit(
           [&](const auto& typed) {
-            if constexpr (requires { typed.weight_rows(); }) {
+            if constexpr (parameterized_map<std::decay_t<decltype(typed)>>) {
               weight_total = detail::checked_size("program", "the number of weights",
                                                   weight_total, typed.weight_rows(),
                                                   typed.weight_cols());

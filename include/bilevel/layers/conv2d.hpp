@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "../core/error.hpp"
+#include "../core/parallel.hpp"
 #include "../core/types.hpp"
 #include "image.hpp"
 #include "map.hpp"
@@ -60,11 +61,21 @@ class conv2d {
   Index outputs() const { return output_.size(); }
   /// Wc is patch_size() x filters; the bias has one entry per filter.
   Index patch_size() const { return shape_.input.channels * shape_.kernel * shape_.kernel; }
-  Index weight_count() const { return patch_size() * shape_.filters; }
-  Index parameter_count() const { return weight_count() + shape_.filters; }
   Index weight_rows() const { return patch_size(); }
   Index weight_cols() const { return shape_.filters; }
   Index bias_size() const { return shape_.filters; }
+  /// PyTorch's fans: C*K*K inputs and F*K*K outputs per weight.
+  Index fan_in() const { return patch_size(); }
+  Index fan_out() const { return shape_.filters * shape_.kernel * shape_.kernel; }
+
+  /// m ||Wc||_F^2 >= ||A||_2^2 with m = ceil(K / stride)^2, the most windows that read one
+  /// pixel: ||A x||^2 sums ||Wc^T patch||^2 over windows, each at most ||Wc||_F^2 ||patch||^2,
+  /// and the patches' squared norms add up to at most m ||x||^2.
+  template <class Weights>
+  S squared_norm_bound(const Weights& weights) const {
+    const Index per_axis = (shape_.kernel + shape_.stride - 1) / shape_.stride;
+    return S(per_axis * per_axis) * weights.squaredNorm();
+  }
 
   /// out = A x + b for every column of x (inputs() x B into outputs() x B).
   void apply(const MatrixCRef<S>& weights, const Eigen::Ref<const Vector<S>>& bias,
@@ -87,14 +98,16 @@ class conv2d {
     detail::require_sample_columns("conv2d::apply_transpose", "g", outputs(), g.rows(), g.cols());
     detail::require_shape("conv2d::apply_transpose", "out", inputs(), g.cols(), out.rows(),
                           out.cols());
-    MatrixMap<S> patches = patch_buffer();
-    for (Index j = 0; j < g.cols(); ++j) {
-      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
-      patches.noalias() = scale * signal * weights.transpose();
-      auto column = out.col(j);
-      if (mode == output_mode::assign) column.setZero();
-      scatter_patches(patches, column);
-    }
+    for_image_blocks(g.cols(), [&](Index first, Index end) {
+      MatrixMap<S> patches = patch_buffer();
+      for (Index j = first; j < end; ++j) {
+        const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
+        patches.noalias() = scale * signal * weights.transpose();
+        auto column = out.col(j);
+        if (mode == output_mode::assign) column.setZero();
+        scatter_patches(patches, column);
+      }
+    });
   }
 
   /// weight_gradient = scale sum_j X_col(x_j)^T G_j and bias_gradient = scale sum_j G_j^T 1:
@@ -123,14 +136,16 @@ class conv2d {
     check_weights(function, weights);
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "out", outputs(), x.cols(), out.rows(), out.cols());
-    MatrixMap<S> patches = patch_buffer();
-    clear_padding(patches);
-    for (Index j = 0; j < x.cols(); ++j) {
-      gather_patches(x.col(j), patches);
-      MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
-      image.noalias() = patches * weights;
-      if (bias) image.rowwise() += bias->transpose();
-    }
+    for_image_blocks(x.cols(), [&](Index first, Index end) {
+      MatrixMap<S> patches = patch_buffer();
+      clear_padding(patches);
+      for (Index j = first; j < end; ++j) {
+        gather_patches(x.col(j), patches);
+        MatrixMap<S> image(out.col(j).data(), output_.pixels(), shape_.filters);
+        image.noalias() = patches * weights;
+        if (bias) image.rowwise() += bias->transpose();
+      }
+    });
   }
 
   void accumulate_gradient(std::string_view function, const MatrixCRef<S>& x,
@@ -139,15 +154,65 @@ class conv2d {
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "g", outputs(), x.cols(), g.rows(), g.cols());
     check_weights(function, weight_gradient);
-    MatrixMap<S> patches = patch_buffer();
-    clear_padding(patches);
-    for (Index j = 0; j < x.cols(); ++j) {
-      gather_patches(x.col(j), patches);
-      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
-      weight_gradient.noalias() += scale * patches.transpose() * signal;
-      if (bias_gradient) *bias_gradient += scale * signal.colwise().sum().transpose();
+    // Fixed chunks of images, each summed into its own slot and the slots added in order:
+    // the same result on any number of threads.
+    const Index chunks = (x.cols() + gradient_chunk - 1) / gradient_chunk;
+    const Index slot = weight_rows() * weight_cols() + bias_size();
+    S* const partials = gradient_slots(chunks * slot);
+    detail::parallel_ranges(chunks, gradient_chunk * output_.pixels() * patch_size(), 1,
+                            [&](Index first, Index end) {
+      MatrixMap<S> patches = patch_buffer();
+      clear_padding(patches);
+      for (Index chunk = first; chunk < end; ++chunk) {
+        MatrixMap<S> weights(partials + chunk * slot, weight_rows(), weight_cols());
+        VectorMap<S> bias(partials + chunk * slot + weights.size(), bias_size());
+        weights.setZero();
+        bias.setZero();
+        const Index last = std::min(x.cols(), (chunk + 1) * gradient_chunk);
+        for (Index j = chunk * gradient_chunk; j < last; ++j) {
+          gather_patches(x.col(j), patches);
+          const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
+          if (long_and_thin_patches()) {
+            for (Index f = 0; f < shape_.filters; ++f)
+              weights.col(f).noalias() += patches.transpose() * signal.col(f);
+          } else {
+            weights.noalias() += patches.transpose() * signal;
+          }
+          bias += signal.colwise().sum().transpose();
+        }
+      }
+    });
+    for (Index chunk = 0; chunk < chunks; ++chunk) {
+      const S* const sums = partials + chunk * slot;
+      weight_gradient += scale * ConstMatrixMap<S>(sums, weight_rows(), weight_cols());
+      if (bias_gradient)
+        *bias_gradient += scale * ConstVectorMap<S>(sums + weight_rows() * weight_cols(),
+                                                    bias_size());
     }
   }
+
+  /// Images per partial sum of the parameter gradient.
+  static constexpr Index gradient_chunk = 8;
+
+  /// The calling thread's storage for `size` numbers of partial sums (grows only).
+  static S* gradient_slots(Index size) {
+    thread_local Vector<S> storage;
+    if (storage.size() < size) storage.resize(size);
+    return storage.data();
+  }
+
+  /// Calls body(first, end) on blocks of the images [0, count) in parallel (core/parallel.hpp):
+  /// every image is independent, and each thread uses its own patch buffer.
+  template <class Body>
+  void for_image_blocks(Index count, const Body& body) const {
+    detail::parallel_ranges(count, output_.pixels() * patch_size(), 1, body);
+  }
+
+  /// Whether X_col^T G is faster as one matrix-vector product per filter: Eigen's matrix
+  /// product packs X_col anew for every image, which costs more than streaming it once per
+  /// filter when it has many rows (output positions) and few columns, as at a first layer
+  /// (LeNet-5's conv1, 784 x 25: twice as fast, benchmarks/layers.cpp; 100 x 150: slower).
+  bool long_and_thin_patches() const { return output_.pixels() >= 16 * patch_size(); }
 
   /// The calling thread's P x (C*K*K) patch matrix, in storage shared by every conv2d object of
   /// this scalar type; it only grows, so convolutions of other shapes taking turns do not

@@ -19,6 +19,14 @@ class dense {
   Index weight_rows() const { return outputs_; }
   Index weight_cols() const { return inputs_; }
   Index bias_size() const { return outputs_; }
+  Index fan_in() const { return inputs_; }
+  Index fan_out() const { return outputs_; }
+
+  /// ||W||_F^2 >= ||W||_2^2.
+  template <class Weights>
+  auto squared_norm_bound(const Weights& weights) const {
+    return weights.squaredNorm();
+  }
 
   /// out = W x + b; the bias is added in blocks of columns in parallel (core/parallel.hpp).
   void apply(const MatrixCRef<S>& weights, const Eigen::Ref<const Vector<S>>& bias,

@@ -59,7 +59,7 @@ class program_layer {
         [&](const auto& typed) {
           inputs_ = typed.inputs();
           outputs_ = typed.outputs();
-          if constexpr (has_parameters<std::decay_t<decltype(typed)>>) {
+          if constexpr (parameterized_map<std::decay_t<decltype(typed)>>) {
             weight_rows_ = typed.weight_rows();
             weight_cols_ = typed.weight_cols();
             bias_size_ = typed.bias_size();
@@ -102,48 +102,34 @@ class program_layer {
     return ConstVectorMap<S>(flat.data() + bias_offset_, bias_size_);
   }
 
-  /// Draws W by `scheme` (layers/init.hpp) with this map's fans and sets b to 0, in `flat`;
+  /// Draws W by `scheme` (layers/init.hpp) with the map's fans and sets b to 0, in `flat`;
   /// `index` is the layer's 0-based index (the negative start treats layer 0 apart).
   void initialize(init_scheme scheme, Vector<S>& flat, random_source& random, Index index) const {
     visit_map([&](const auto& map) {
-      using Map = std::decay_t<decltype(map)>;
-      if constexpr (std::is_same_v<Map, conv2d<S>>) {
-        const Index area = map.shape().kernel * map.shape().kernel;
+      if constexpr (parameterized_map<std::decay_t<decltype(map)>>) {
         bias(flat).setZero();
-        detail::initialize_weights<S>(scheme, weights(flat), random, index, map.patch_size(),
-                                      map.shape().filters * area);
-      } else if constexpr (has_parameters<Map>) {
-        bilevel::initialize<S>(scheme, weights(flat), bias(flat), random, index);
+        detail::initialize_weights<S>(scheme, weights(flat), random, index, map.fan_in(),
+                                      map.fan_out());
       }
     });
   }
 
-  /// An upper bound of ||A||_2^2 (for step sizes of block solvers): ||W||_F^2 for a dense map;
-  /// ||Wc||_F^2 m for a convolution and m / K^2 for average pooling, m = ceil(K / stride)^2 the
-  /// most windows that read one pixel (||A x||^2 = sum over windows, Schur's test for pooling).
+  /// An upper bound of ||A||_2^2 (for step sizes of block solvers), from the map.
   S squared_norm_bound(const Vector<S>& flat) const {
-    S bound = 0;
-    visit_map([&](const auto& map) {
-      using Map = std::decay_t<decltype(map)>;
-      if constexpr (std::is_same_v<Map, dense<S>>) {
-        bound = weights(flat).squaredNorm();
-      } else {
-        const Index K = map.shape().kernel, stride = map.shape().stride;
-        const Index per_axis = (K + stride - 1) / stride;
-        const S windows = S(per_axis * per_axis);
-        if constexpr (std::is_same_v<Map, conv2d<S>>)
-          bound = weights(flat).squaredNorm() * windows;
-        else
-          bound = windows / S(K * K);
-      }
-    });
-    return bound;
+    return std::visit(
+        [&](const auto& map) -> S {
+          if constexpr (parameterized_map<std::decay_t<decltype(map)>>)
+            return map.squared_norm_bound(weights(flat));
+          else
+            return map.squared_norm_bound();
+        },
+        map_);
   }
 
   /// out = A x + b with the parameters in `flat` (out already outputs() x B).
   void apply(const Vector<S>& flat, const MatrixCRef<S>& x, MatrixRef<S> out) const {
     visit_map([&](const auto& map) {
-      if constexpr (has_parameters<std::decay_t<decltype(map)>>)
+      if constexpr (parameterized_map<std::decay_t<decltype(map)>>)
         map.apply(weights(flat), bias(flat), x, out);
       else
         map.apply(x, out);
@@ -153,7 +139,7 @@ class program_layer {
   /// out = A x (no bias).
   void apply_linear(const Vector<S>& flat, const MatrixCRef<S>& x, MatrixRef<S> out) const {
     visit_map([&](const auto& map) {
-      if constexpr (has_parameters<std::decay_t<decltype(map)>>)
+      if constexpr (parameterized_map<std::decay_t<decltype(map)>>)
         map.apply_linear(weights(flat), x, out);
       else
         map.apply(x, out);
@@ -164,7 +150,7 @@ class program_layer {
   void apply_transpose(const Vector<S>& flat, const MatrixCRef<S>& g, MatrixRef<S> out,
                        S scale = S(1), output_mode mode = output_mode::assign) const {
     visit_map([&](const auto& map) {
-      if constexpr (has_parameters<std::decay_t<decltype(map)>>)
+      if constexpr (parameterized_map<std::decay_t<decltype(map)>>)
         map.apply_transpose(weights(flat), g, out, scale, mode);
       else
         map.apply_transpose(g, out, scale, mode);
@@ -177,7 +163,7 @@ class program_layer {
   void parameter_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, S scale,
                           MatrixRef<S> weight_gradient, Eigen::Ref<Vector<S>> bias_gradient) const {
     visit_map([&](const auto& map) {
-      if constexpr (has_parameters<std::decay_t<decltype(map)>>)
+      if constexpr (parameterized_map<std::decay_t<decltype(map)>>)
         map.parameter_gradient(x, g, scale, weight_gradient, bias_gradient);
     });
   }
@@ -192,15 +178,12 @@ class program_layer {
   void add_weight_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, S scale,
                            Vector<S>& gradient) const {
     visit_map([&](const auto& map) {
-      if constexpr (has_parameters<std::decay_t<decltype(map)>>)
+      if constexpr (parameterized_map<std::decay_t<decltype(map)>>)
         map.add_weight_gradient(x, g, scale, weights(gradient));
     });
   }
 
  private:
-  template <class Map>
-  static constexpr bool has_parameters = !std::is_same_v<Map, avg_pool<S>>;
-
   template <class Visitor>
   void visit_map(Visitor&& visitor) const {
     std::visit(std::forward<Visitor>(visitor), map_);

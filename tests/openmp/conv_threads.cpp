@@ -1,0 +1,58 @@
+// layers/conv2d.hpp over threads: images are split across the OpenMP pool (each thread with its
+// own patch buffer) and the parameter gradient is summed in fixed chunks of images, so every
+// operation gives the same bits on one thread and on several.
+
+#include <catch2/catch.hpp>
+
+#include <Eigen/Core>
+
+#include "bilevel/layers/conv2d.hpp"
+#include "helpers.hpp"
+
+using namespace bilevel;
+using namespace bilevel::testing;
+
+namespace {
+
+struct conv_results {
+  Matrix<float> forward, transpose, weight_gradient;
+  Vector<float> bias_gradient;
+};
+
+conv_results run(const conv2d<float>& conv, const Matrix<float>& weights,
+                 const Vector<float>& bias, const Matrix<float>& x, const Matrix<float>& g,
+                 int threads) {
+  Eigen::setNbThreads(threads);
+  conv_results r{Matrix<float>(conv.outputs(), x.cols()), Matrix<float>(conv.inputs(), x.cols()),
+                 Matrix<float>(conv.weight_rows(), conv.weight_cols()),
+                 Vector<float>(conv.bias_size())};
+  conv.apply(weights, bias, x, r.forward);
+  conv.apply_transpose(weights, g, r.transpose, 0.5f);
+  conv.parameter_gradient(x, g, 0.02f, r.weight_gradient, r.bias_gradient);
+  Eigen::setNbThreads(1);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("conv2d gives the same bits on one thread and on two", "[conv]") {
+  random_source random(3);
+  // LeNet-5's second convolution and a strided, padded one; 37 images (chunks of 8 and a rest).
+  for (const conv2d<float>::geometry shape :
+       {conv2d<float>::geometry{{6, 14, 14}, 16, 5, 1, 0},
+        conv2d<float>::geometry{{3, 11, 9}, 4, 3, 2, 1}}) {
+    const conv2d<float> conv(shape);
+    const Matrix<float> weights =
+        random_matrix<float>(random, conv.weight_rows(), conv.weight_cols());
+    const Vector<float> bias = random_matrix<float>(random, conv.bias_size(), 1);
+    const Matrix<float> x = random_matrix<float>(random, conv.inputs(), 37);
+    const Matrix<float> g = random_matrix<float>(random, conv.outputs(), 37);
+    const conv_results one = run(conv, weights, bias, x, g, 1);
+    const conv_results two = run(conv, weights, bias, x, g, 2);
+    CHECK(one.forward == two.forward);
+    CHECK(one.transpose == two.transpose);
+    CHECK(one.weight_gradient == two.weight_gradient);
+    CHECK(one.bias_gradient == two.bias_gradient);
+    CHECK(one.weight_gradient.norm() > 0.0f);  // the products ran
+  }
+}
