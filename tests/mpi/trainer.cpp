@@ -53,6 +53,24 @@ TEST_CASE("two processes train as one process does, and only rank 0 prints", "[m
   CHECK(two.error.find("2 processes", first + 1) == std::string::npos);
 }
 
+TEST_CASE("two processes train a CNN as one process does", "[mpi][trainer][conv]") {
+  data_directory data("mpi-cnn");
+  const std::string flags = "--data " + data.path.string() +
+                            " --architecture conv4k3p1-pool2-dense10 --train-samples 2000"
+                            " --validation 500 --epochs 3 --batch 20 --method fenbp";
+  const run_result single = run_trainer(flags);
+  const run_result two = run_trainer(flags, mpirun(2));
+  INFO(two.error);
+  REQUIRE(single.status == 0);
+  REQUIRE(two.status == 0);
+  CHECK(two.lines.back()["processes"] == 2);
+  CHECK(two.lines.back()["layers"] == "conv4k3p1-pool2-dense10");
+  const double single_error = single.lines.back()["final_test_error"];
+  const double two_error = two.lines.back()["final_test_error"];
+  CHECK(std::abs(single_error - two_error) < 0.02);
+  CHECK(two_error < double(two.lines.back()["initial_test_error"]) - 0.2);
+}
+
 TEST_CASE("two processes take native steps of a block-coordinate method", "[mpi][trainer]") {
   data_directory data("mpi-native");
   const std::string flags = "--data " + data.path.string() +
