@@ -3,7 +3,8 @@
 /// Equilibrium propagation (EP; Scellier & Bengio 2017, arXiv:1602.05179) with the symmetric
 /// (+beta / -beta) estimate of Laborieux et al. 2021 (arXiv:2006.03824); docs/methods.md §5.3.
 ///
-/// Model. EP trains a layered Hopfield energy built from a program: W_k = net.weights(k-1) and
+/// Model. EP trains a layered Hopfield energy built from a program: W_k, layer k's linear map
+/// (a dense matrix, or a convolution with W_k^T its transpose, docs/methods.md §1), and
 /// b_k = net.bias(k-1) couple layers k-1 and k, layer k's activation pair is rho_k (a function
 /// of the state s_k), and the program's loss l, read on the output's rate rho_L(s_L), is the
 /// cost C. Per sample (docs/methods.md §1), with s_1..s_L the hidden and output states and
