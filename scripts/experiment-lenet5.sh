@@ -4,7 +4,8 @@
 # otherwise: EPOCHS epochs on the first N of the 50,000 training images, test error on the
 # 10,000 test images, one thread. Writes results/lenet5/<data>-<method>.jsonl (with N < 50,000:
 # results/lenet5-<N>/) and the markdown table table.md beside them (final test error, best
-# validation epoch's test error, seconds per epoch). A run whose file exists is not run again;
+# validation epoch's test error, the share of inner solves that stopped at their cap without
+# meeting the tolerance, seconds per epoch). A run whose file exists is not run again;
 # delete the directory to start over.
 #
 # Usage: scripts/experiment-lenet5.sh [--epochs E] [--methods "bp fenbp ..."] [--train-samples N]
@@ -43,16 +44,21 @@ done
 /usr/bin/python3 - "$out" "$methods" >"$out/table.md.tmp" <<'PY'
 import json, os, sys
 out, methods = sys.argv[1], sys.argv[2].split()
-print("| method | data | training images | epochs | test err. (%) | test err. at best validation (%) | train err. (%) | s/epoch |")
-print("|---|---|---|---|---|---|---|---|")
+print("| method | data | training images | epochs | test err. (%) | test err. at best validation (%) | train err. (%) | inner solves at the cap (%) | s/epoch |")
+print("|---|---|---|---|---|---|---|---|---|")
 for data in ("mnist", "fashion-mnist"):
     for method in methods:
-        lines = [json.loads(l) for l in open(os.path.join(out, f"{data}-{method}.jsonl"))]
+        path = os.path.join(out, f"{data}-{method}.jsonl")
+        if not os.path.exists(path):  # not run (table.md of an interrupted run, made by hand)
+            continue
+        lines = [json.loads(l) for l in open(path)]
         epochs, summary = lines[:-1], lines[-1]
         seconds = sum(e["seconds"] for e in epochs) / len(epochs)
+        shares = [e["unconverged_share"] for e in epochs if e.get("unconverged_share") is not None]
+        capped = f"{100 * sum(shares) / len(shares):.1f}" if shares else "-"  # "-": no inner solver
         print(f"| {method} | {data} | {summary['train_samples']} | {len(epochs)} | {100 * summary['final_test_error']:.2f} | "
               f"{100 * summary['test_error_at_best_validation']:.2f} | "
-              f"{100 * summary['final_train_error']:.2f} | {seconds:.1f} |")
+              f"{100 * summary['final_train_error']:.2f} | {capped} | {seconds:.1f} |")
 PY
 mv "$out/table.md.tmp" "$out/table.md"
 cat "$out/table.md"

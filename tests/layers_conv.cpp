@@ -75,11 +75,16 @@ TEST_CASE("conv2d equals the convolution's definition, and its transpose is its 
 }
 
 TEST_CASE("conv2d's parameter gradient is the gradient of <g, A x + b>", "[conv]") {
-  const auto [stride, padding] =
-      GENERATE(std::make_tuple(1, 0), std::make_tuple(1, 2), std::make_tuple(2, 1));
-  const conv2d<double> conv({{2, 7, 6}, 3, 3, stride, padding});
+  // The last shape has many output positions per patch entry (144 of 9), which conv2d sums one
+  // filter at a time; 11 images make a chunk of 8 and a rest.
+  const auto [input, stride, padding] =
+      GENERATE(std::make_tuple(image_shape{2, 7, 6}, 1, 0),
+               std::make_tuple(image_shape{2, 7, 6}, 1, 2),
+               std::make_tuple(image_shape{2, 7, 6}, 2, 1),
+               std::make_tuple(image_shape{1, 12, 12}, 1, 1));
+  const conv2d<double> conv({input, 3, 3, stride, padding});
   random_source random(2);
-  const Index B = 4;
+  const Index B = 11;
   Matrix<double> weights = random_matrix<double>(random, conv.patch_size(), 3);
   Vector<double> bias = random_matrix<double>(random, 3, 1);
   const Matrix<double> x = random_matrix<double>(random, conv.inputs(), B);
