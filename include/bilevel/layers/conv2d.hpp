@@ -16,8 +16,10 @@
 ///   dWc = sum over images X_col^T G,      db = sum over images and positions of G,
 ///
 /// for an output-side signal g (its image as the P x F matrix G). Each is one matrix product
-/// per image; the patch matrix lives in a buffer of the calling thread, reused across calls
-/// (no allocation once it has grown), so one object may be used from several threads.
+/// per image, the images split across threads (core/parallel.hpp); the patch matrix lives in a
+/// buffer of each thread, reused across calls (no allocation once it has grown), so one object
+/// may be used from several threads. The weight gradient is summed in fixed chunks of images,
+/// so any number of threads gives the same bits.
 
 #include <algorithm>
 #include <utility>
