@@ -211,6 +211,7 @@ TEST_CASE("CHL's first-order start converges to the same clamped state in fewer 
   const Matrix<double> y = random_one_hot<double>(random, 3, 6);
   chl<double>::settings s = tight(1e-3, 0.8);
   s.stopping.tolerance = 1e-8;
+  s.extrapolation = 0;  // the start's own effect, on plain sweeps
   chl<double> cold(s);
   s.start = inner_start::first_order;
   chl<double> warm(s);
@@ -221,6 +222,39 @@ TEST_CASE("CHL's first-order start converges to the same clamped state in fewer 
   CHECK(warm_report.converged());
   CHECK(warm_report.inner_iterations < cold_report.inner_iterations);
   CHECK(relative_error(warm_gradient, cold_gradient) < 1e-5);
+}
+
+TEST_CASE("CHL's extrapolated sweeps reach the plain sweeps' clamped state in fewer sweeps, and "
+          "the clamped energy never increases from one sweep to the next",
+          "[chl]") {
+  // A chain of six blocks, where plain block coordinate descent zig-zags (docs/methods.md §5.6b).
+  random_source random(49);
+  auto net = make_mlp<double, relu>({5, 8, 8, 8, 8, 8, 3});
+  randomize(net, random, 0.9);
+  const Matrix<double> x = random_matrix<double>(random, 5, 7);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 7);
+  chl<double>::settings s = tight(0.1, 1.0);
+  s.extrapolation = 0;
+  chl<double> plain(s);
+  s.extrapolation = 0.95;
+  chl<double> accelerated(s);
+  Vector<double> plain_gradient, accelerated_gradient;
+  const step_report plain_report = plain.gradient(net, x, y, plain_gradient);
+  const step_report accelerated_report = accelerated.gradient(net, x, y, accelerated_gradient);
+  REQUIRE(plain_report.converged());
+  REQUIRE(accelerated_report.converged());
+  CAPTURE(plain_report.inner_iterations, accelerated_report.inner_iterations);
+  CHECK(2 * accelerated_report.inner_iterations < plain_report.inner_iterations);
+  CHECK(relative_error(accelerated_gradient, plain_gradient) < 1e-6);
+  double previous = std::numeric_limits<double>::infinity();
+  for (Index sweeps = 1; sweeps <= 30; ++sweeps) {
+    s.stopping.max_iterations = sweeps;
+    chl<double> capped(s);
+    const step_report report = capped.gradient(net, x, y, accelerated_gradient);
+    CAPTURE(sweeps);
+    CHECK(report.inner_energy <= previous + 1e-12);
+    previous = report.inner_energy;
+  }
 }
 
 TEST_CASE("CHL in float keeps its digits at small beta: it iterates on z - z^0", "[chl]") {
@@ -263,4 +297,7 @@ TEST_CASE("CHL rejects invalid settings", "[chl]") {
   s.stopping.tolerance = 1e-3;
   s.stopping.max_iterations = 0;
   CHECK_THROWS_WITH(chl<double>(s), Catch::Contains("max_iterations"));
+  s.stopping.max_iterations = 10;
+  s.extrapolation = 1;
+  CHECK_THROWS_WITH(chl<double>(s), Catch::Contains("chl") && Catch::Contains("extrapolation"));
 }

@@ -27,6 +27,7 @@ method_options unusual_options() {
   o.inner_step = 0.02;
   o.tolerance = 0.3;
   o.start = inner_start::first_order;
+  o.extrapolation = 0.0;
   o.nudged_iterations = 2;
   o.one_sided = true;
   o.accelerated = true;
@@ -51,6 +52,7 @@ method_options only(const method_options& options, Keep keep) {
   if (keep("inner_step")) o.inner_step = options.inner_step;
   if (keep("tolerance")) o.tolerance = options.tolerance;
   if (keep("start")) o.start = options.start;
+  if (keep("extrapolation")) o.extrapolation = options.extrapolation;
   if (keep("nudged_iterations")) o.nudged_iterations = options.nudged_iterations;
   if (keep("one_sided")) o.one_sided = options.one_sided;
   if (keep("accelerated")) o.accelerated = options.accelerated;

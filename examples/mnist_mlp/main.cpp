@@ -341,6 +341,11 @@ int main(int argc, char** argv) {
                  "pass) or first-order (docs/methods.md §5.6b) (method default: chl, pcn, mac "
                  "forward; lpom, fln first-order)")
       ->check(CLI::IsMember({"forward", "first-order"}));
+  app.add_option("--extrapolation", opts.extrapolation,
+                 "chl, lpom, fln: the cap on the extrapolation factor between the inner "
+                 "solver's sweeps, in [0, 1); 0 gives plain block coordinate descent "
+                 "(docs/methods.md §5.6b) (method default: 0.95)")
+      ->check(finite_in(0, true, 1));
   app.add_option("--nudged-iterations", opts.nudged_iterations, "ep: steps of each nudged phase")
       ->check(whole_at_least(1))
       ->capture_default_str();

@@ -57,6 +57,7 @@ struct options {
   double inner_step = 0;       ///< 0: the method's own default
   double tolerance = 0;        ///< 0: the method's own default
   std::string inner_start;     ///< "forward" or "first-order"; empty: the method's own default
+  double extrapolation = -1;   ///< < 0: the method's own default
   Index nudged_iterations = 4;
   bool one_sided = false;
   std::string inference;  ///< pcn: "accelerated" or "plain"; empty: the method's own default
@@ -121,6 +122,7 @@ inline std::vector<flag_value> training_flags(const options& o) {
           {"--inner-step", text(o.inner_step)},
           {"--tolerance", text(o.tolerance)},
           {"--inner-start", o.inner_start},
+          {"--extrapolation", text(o.extrapolation)},
           {"--nudged-iterations", text(o.nudged_iterations)},
           {"--one-sided", text(o.one_sided)},
           {"--inference", o.inference},

@@ -41,6 +41,7 @@ inline bilevel::method_options method_settings(const options& opts) {
   if (opts.inner_iterations > 0) o.inner_iterations = opts.inner_iterations;
   if (opts.inner_step > 0) o.inner_step = opts.inner_step;
   if (opts.tolerance > 0) o.tolerance = opts.tolerance;
+  if (opts.extrapolation >= 0) o.extrapolation = opts.extrapolation;
   if (!opts.inner_start.empty())
     o.start = opts.inner_start == "first-order" ? bilevel::inner_start::first_order
                                                 : bilevel::inner_start::forward;

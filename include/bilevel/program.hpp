@@ -288,6 +288,28 @@ class program {
     }
   }
 
+  /// Per-sample change of the outer loss, l(z_L + h, y) - l(z_L, y), into a view of B values:
+  /// the loss's own change(z, h, y, out) where it offers one (the built-in losses do: written in
+  /// h, it keeps its digits when h is small), else the difference of two values.
+  void loss_change(const MatrixCRef<S>& z_out, const MatrixCRef<S>& h, const MatrixCRef<S>& y,
+                   RowVectorRef<S> out) const {
+    detail::require_shape("program::loss_change", "h", z_out.rows(), z_out.cols(), h.rows(),
+                          h.cols());
+    if constexpr (requires {
+                    loss_.template change<S>(z_out, h, y, Eigen::Ref<RowVector<S>>(out));
+                  }) {
+      detail::require_shape("program::loss_change", "y", z_out.rows(), z_out.cols(), y.rows(),
+                            y.cols());
+      detail::require(out.size() == z_out.cols(), "program::loss_change", "values",
+                      detail::concat(z_out.cols()), out.size());
+      loss_.template change<S>(z_out, h, y, out);
+    } else {
+      const Matrix<S> moved = z_out + h;
+      loss_values(moved, y, out);
+      out -= loss_values(z_out, y);
+    }
+  }
+
   /// Per-sample gradient dl/dz_L into `g` (n_L x B, already sized); in blocks of columns in
   /// parallel where that pays (core/parallel.hpp) when the loss writes into a MatrixRef.
   void loss_gradient(const MatrixCRef<S>& z_out, const MatrixCRef<S>& y, Matrix<S>& g) const {

@@ -36,6 +36,14 @@ struct mse {
     out.noalias() = (z - y).colwise().squaredNorm() / S(2);
   }
 
+  /// l(z + h, y) - l(z, y) = <z - y, h> + ||h||^2 / 2 per sample, in h (keeps its digits for
+  /// small h).
+  template <class S>
+  void change(const MatrixCRef<S>& z, const MatrixCRef<S>& h, const MatrixCRef<S>& y,
+              Eigen::Ref<RowVector<S>> out) const {
+    out.noalias() = ((z - y).cwiseProduct(h) + h.cwiseAbs2() / S(2)).colwise().sum();
+  }
+
   /// Per-sample gradient dl/dz (not divided by the batch size, docs/methods.md §1).
   template <class S>
   void gradient(const MatrixCRef<S>& z, const MatrixCRef<S>& y, MatrixRef<S> g) const {

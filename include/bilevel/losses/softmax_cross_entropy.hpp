@@ -52,6 +52,20 @@ struct softmax_cross_entropy {
     }
   }
 
+  /// l(a + h, y) - l(a, y) per sample, in h: (sum y) log(1 + sum_i p_i (e^{h_i} - 1)) - <y, h>
+  /// with p = softmax(a), which keeps its digits for small h (the difference of two values
+  /// rounds at u logsumexp(a)).
+  template <class S>
+  void change(const MatrixCRef<S>& logits, const MatrixCRef<S>& h, const MatrixCRef<S>& y,
+              Eigen::Ref<RowVector<S>> out) const {
+    for (Index j = 0; j < logits.cols(); ++j) {
+      const S top = logits.col(j).maxCoeff();
+      const auto weights = (logits.col(j).array() - top).exp();
+      const S moved = (weights * h.col(j).array().expm1()).sum() / weights.sum();
+      out(j) = y.col(j).sum() * std::log1p(moved) - y.col(j).dot(h.col(j));
+    }
+  }
+
   /// Per-sample gradient dl/dlogits (not divided by the batch size, docs/methods.md §1).
   template <class S>
   void gradient(const MatrixCRef<S>& logits, const MatrixCRef<S>& y, MatrixRef<S> g) const {

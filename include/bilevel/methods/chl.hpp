@@ -34,6 +34,9 @@ class chl {
     /// MNIST's at the cap in the second epoch of training.
     stopping_settings<S> stopping{S(1e-3), 2000};
     Index block_iterations = 1;  ///< proximal-gradient steps per block and sweep
+    /// The cap on the extrapolation factor between sweeps (accelerated block coordinate
+    /// descent, docs/methods.md §5.6b; 0: plain sweeps).
+    S extrapolation = S(0.95);
     /// The forward pass (default: CHL's locality), or the first-order start of §5.6b.
     inner_start start = inner_start::forward;
   };
@@ -45,6 +48,8 @@ class chl {
     config.stopping.validate("chl");
     detail::require(config.block_iterations >= 1, "chl", "block_iterations", ">= 1",
                     config.block_iterations);
+    detail::require(config.extrapolation >= 0 && config.extrapolation < 1, "chl",
+                    "extrapolation", "in [0, 1)", config.extrapolation);
   }
 
   std::string name() const { return "chl"; }
@@ -76,7 +81,8 @@ class chl {
     report.correct = count_correct<S>(objective_.forward().z.back(), y);
     const detail::lifted_solve solved =
         objective_.solve(net, y, weights_, config_.stopping,
-                         detail::block_update::proximal_gradient, config_.block_iterations);
+                         detail::block_update::proximal_gradient, config_.block_iterations,
+                         config_.extrapolation);
     report.inner_iterations = solved.sweeps;
     report.unconverged = solved.unconverged;
     report.inner_residual = objective_.residual(net, y, weights_);

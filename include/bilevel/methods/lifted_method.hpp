@@ -31,6 +31,9 @@ struct lifted_settings {
   stopping_settings<S> stopping{S(1e-3), 2000};
   /// Updates per block and sweep (fewer where the stopping rule already holds for the block).
   Index block_iterations = 1;
+  /// The cap on the extrapolation factor between sweeps (accelerated block coordinate descent,
+  /// docs/methods.md §5.6b; 0: plain sweeps).
+  S extrapolation = S(0.95);
   /// Where the z-solve starts: the first-order start of docs/methods.md §5.6b by default.
   inner_start start = inner_start::first_order;
   /// z_L a variable coupled to a_L by lambda_L (LPOM), or the output f_L(a_L) on the true loss
@@ -44,6 +47,8 @@ struct lifted_settings {
     for (const S value : lambda) detail::require_positive_finite(method, "lambda", value);
     stopping.validate(method);
     detail::require(block_iterations >= 1, method, "block_iterations", ">= 1", block_iterations);
+    detail::require(extrapolation >= 0 && extrapolation < 1, method, "extrapolation", "in [0, 1)",
+                    extrapolation);
     detail::require(weight_iterations >= 0, method, "weight_iterations", ">= 0",
                     weight_iterations);
     detail::require(weight_tolerance >= 0, method, "weight_tolerance", ">= 0", weight_tolerance);
@@ -128,7 +133,8 @@ class lifted_method {
     report.loss = mean_loss<Program, S>(net, objective_.forward().z.back(), y, losses_);
     report.correct = count_correct<S>(objective_.forward().z.back(), y);
     const lifted_solve solved =
-        objective_.solve(net, y, weights_, config_.stopping, update_, config_.block_iterations);
+        objective_.solve(net, y, weights_, config_.stopping, update_, config_.block_iterations,
+                         config_.extrapolation);
     report.inner_iterations = solved.sweeps;
     report.unconverged = solved.unconverged;
     report.safeguarded = solved.safeguarded;

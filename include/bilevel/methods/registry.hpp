@@ -36,6 +36,8 @@ struct method_options {
   std::optional<double> inner_step = std::nullopt;  ///< ep, pcn, altmin: the inner step size
   std::optional<double> tolerance = std::nullopt;   ///< chl, pcn, mac, lpom, fln; ep converged
   std::optional<inner_start> start = std::nullopt;  ///< chl, pcn, mac, lpom, fln
+  /// chl, lpom, fln: the cap on the extrapolation factor between sweeps (0: plain sweeps).
+  std::optional<double> extrapolation = std::nullopt;
   std::optional<bool> accelerated = std::nullopt;  ///< pcn: momentum on inference (or plain)
   std::optional<Index> nudged_iterations = std::nullopt;  ///< ep
   bool one_sided = false;            ///< ep: one nudged phase of random sign
@@ -79,6 +81,7 @@ any_method<S> make_lifted(const method_options& o, bool fln_variant) {
   if (o.inner_iterations) settings.stopping.max_iterations = *o.inner_iterations;
   if (o.tolerance) settings.stopping.tolerance = S(*o.tolerance);
   if (o.start) settings.start = *o.start;
+  if (o.extrapolation) settings.extrapolation = S(*o.extrapolation);
   if (fln_variant) return fln<S>(settings);
   return lpom<S>(settings);
 }
@@ -102,7 +105,7 @@ const std::vector<method_entry<S>>& method_registry() {
          return fenchel_bp<S>(detail::as_scalars<S>(o.beta));
        }},
       {"chl", "contrastive Hebbian learning (§5.2)",
-       {"beta", "gamma", "inner_iterations", "tolerance", "start"},
+       {"beta", "gamma", "inner_iterations", "tolerance", "start", "extrapolation"},
        [](O o, Index) -> any_method<S> {
          typename chl<S>::settings s;
          s.beta = S(detail::single_beta(o, "chl", double(s.beta)));
@@ -110,6 +113,7 @@ const std::vector<method_entry<S>>& method_registry() {
          if (o.inner_iterations) s.stopping.max_iterations = *o.inner_iterations;
          if (o.tolerance) s.stopping.tolerance = S(*o.tolerance);
          if (o.start) s.start = *o.start;
+         if (o.extrapolation) s.extrapolation = S(*o.extrapolation);
          return chl<S>(s);
        }},
       {"ep", "equilibrium propagation (§5.3)",
@@ -161,10 +165,10 @@ const std::vector<method_entry<S>>& method_registry() {
          return mac<S>(s);
        }},
       {"lpom", "lifted proximal operator machines (§5.6)",
-       {"lambda", "inner_iterations", "tolerance", "start"},
+       {"lambda", "inner_iterations", "tolerance", "start", "extrapolation"},
        [](O o, Index) { return detail::make_lifted<S>(o, false); }},
       {"fln", "Fenchel lifted networks (§5.6)",
-       {"lambda", "inner_iterations", "tolerance", "start"},
+       {"lambda", "inner_iterations", "tolerance", "start", "extrapolation"},
        [](O o, Index) { return detail::make_lifted<S>(o, true); }},
       {"altmin", "online alternating minimisation (§5.7)",
        {"mu", "inner_iterations", "inner_step", "learning_rate"},
