@@ -216,12 +216,16 @@ TEST_CASE("flags the chosen method, optimizer, activation or schedule ignores ar
           "[trainer][reliability]") {
   data_directory data("ignored-flags");
   const std::string base = "--data " + data.path.string() + small_run + " --epochs 1";
-  const run_result run = run_trainer(base + " --method bp --gamma 2 --momentum 0.5 --beta 0.1");
+  const run_result run =
+      run_trainer(base + " --method bp --gamma 2 --momentum 0.5 --beta 0.1 --extrapolation 0.5");
   CHECK(run.status == 0);
   CHECK_THAT(run.error, Contains("warning: --gamma has no effect with bp (it applies to chl)") &&
                             Contains("warning: --momentum has no effect with adam") &&
-                            Contains("warning: --beta has no effect with bp"));
-  const run_result used = run_trainer(base + " --method chl --gamma 0.5 --beta 0.1");
+                            Contains("warning: --beta has no effect with bp") &&
+                            Contains("warning: --extrapolation has no effect with bp (it "
+                                     "applies to chl, lpom, fln)"));
+  const run_result used =
+      run_trainer(base + " --method chl --gamma 0.5 --beta 0.1 --extrapolation 0.5");
   CHECK(used.status == 0);
   CHECK_THAT(used.error, !Contains("warning: --"));
   const raw_result version = run_raw("--version");

@@ -154,6 +154,7 @@ void warn_ignored_flags(const CLI::App& app, const options& opts) {
       {"--inner-step", "inner_step"},
       {"--tolerance", "tolerance"},
       {"--inner-start", "start"},
+      {"--extrapolation", "extrapolation"},
       {"--nudged-iterations", "nudged_iterations"},
       {"--one-sided", "one_sided"},
       {"--inference", "accelerated"},
