@@ -130,12 +130,7 @@ class lifted_objective {
     rule_.start(top, B, stopping.tolerance);
     for (std::size_t i = 1; i < d_.size(); ++i) base_[i] = forward_.z[i].colwise().norm();
     order_.start(y);
-    for (Index m = 1; m <= top; ++m) {
-      const auto i = std::size_t(m);
-      previous_[i] = d_[i];
-      previous_preimage_[i] = v_[i];
-      if (m < net.depth()) previous_above_[i] = e_[i];
-    }
+    remember_state(top, net.depth());
     sweeps_since_restart_.head(B).setOnes();
     for (result.sweeps = 1; result.sweeps <= stopping.max_iterations; ++result.sweeps) {
       const MatrixCRef<S> active_labels = order_.labels(width_);
@@ -202,7 +197,7 @@ class lifted_objective {
       const auto i = std::size_t(m);
       block_work& work = blocks_[i - 1];
       const S lambda = weights.lambda[i - 1];
-      feedback(net, y, weights, m, d_[i], above(m), work.feedback, false);
+      feedback(net, y, weights, m, d_[i], above(m), work.feedback);
       work.shift = d_[i] + lambda * e_[i - 1] - work.feedback;
       net.layer(m - 1).visit([&](const auto& pair) {
         prox_conj_displacement<S>(pair, forward_.a[i - 1], work.shift, lambda, work.candidate);
@@ -342,7 +337,8 @@ class lifted_objective {
     Matrix<S> above_residual;       ///< r_{m+1}, or a_L under an unlifted output
     Matrix<S> output_signal;        ///< delta_L = J_{f_L}(a_L)^T grad l under an unlifted output
     Matrix<S> output, output_gradient;  ///< f_L(a_L) and grad l there (blocks under the output)
-    RowVector<S> loss, candidate_loss, fallback_loss;  ///< per-sample losses (output blocks)
+    /// z_L at the state, the candidate and the fallback of LPOM's safeguard (output blocks).
+    Matrix<S> state_output, candidate_output, fallback_output;
     RowVector<S> row, scratch, change;
     std::vector<char> accepted;
   };
@@ -401,11 +397,10 @@ class lifted_objective {
                              &previous_above_[k + 1]})
           m->resize(above_rows, B);
       }
-      block.output.resize(net.output_size(), B);
-      block.output_gradient.resize(net.output_size(), B);
-      for (RowVector<S>* r : {&block.loss, &block.candidate_loss, &block.fallback_loss,
-                              &block.row, &block.scratch, &block.change})
-        r->resize(B);
+      for (Matrix<S>* m : {&block.output, &block.output_gradient, &block.state_output,
+                           &block.candidate_output, &block.fallback_output})
+        m->resize(net.output_size(), B);
+      for (RowVector<S>* r : {&block.row, &block.scratch, &block.change}) r->resize(B);
       block.accepted.resize(std::size_t(B));
       weight_work& layer = layers_[k];  // W-block k
       layer.residual.resize(rows, B);
@@ -439,26 +434,26 @@ class lifted_objective {
   }
 
   /// q_m (see the file comment) with block m at displacement `d` and `e_above` = W_{m+1} d; for
-  /// the blocks next to the loss, also the per-sample losses into `loss` when `with_loss`.
+  /// the blocks next to the loss, the output z_L it is taken at goes to `output` (work.output
+  /// when null).
   template <class Program>
   void feedback(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
                 Index m, const Matrix<S>& d, const Matrix<S>& e_above, Matrix<S>& out,
-                bool with_loss, RowVector<S>* loss = nullptr) {
+                Matrix<S>* output = nullptr) {
     const Index L = net.depth();
     const auto i = std::size_t(m);
     block_work& work = blocks_[i - 1];
+    Matrix<S>& z_out = output ? *output : work.output;
     if (m == L) {  // lifted output: w grad l(z_L)
-      live(work.output) = live(forward_.z[i]) + live(d);
-      if (with_loss) net.loss_values(live(work.output), y, live(*loss));
-      net.loss_gradient(live(work.output), y, live(out));
+      live(z_out) = live(forward_.z[i]) + live(d);
+      net.loss_gradient(live(z_out), y, live(out));
       live(out) *= weights.loss_weight;
     } else if (m + 1 == L && !weights.output_lifted) {  // under the true loss of f_L(a_L)
       Matrix<S>& a = work.above_residual;
       live(a) = live(forward_.a[i]) + live(e_above);
       net.layer(m).visit([&](const auto& pair) {
-        activate<S>(pair, live(a), live(work.output));
-        if (with_loss) net.loss_values(live(work.output), y, live(*loss));
-        net.loss_gradient(live(work.output), y, live(work.output_gradient));
+        activate<S>(pair, live(a), live(z_out));
+        net.loss_gradient(live(z_out), y, live(work.output_gradient));
         vjp<S>(pair, live(a), live(work.output_gradient), live(work.output_signal));
       });
       net.transpose(m, live(work.output_signal), live(out), weights.loss_weight);
@@ -504,12 +499,7 @@ class lifted_objective {
       factor_(j) = n <= 1 ? S(0) : std::min(max_factor, (n - 1) / (n + 2));
     }
     if ((live(factor_).array() == S(0)).all()) {  // every sample still sweeps plain
-      for (Index m = 1; m <= top; ++m) {
-        const auto i = std::size_t(m);
-        live(previous_preimage_[i]) = live(v_[i]);
-        live(previous_[i]) = live(d_[i]);
-        if (m < L) live(previous_above_[i]) = live(e_[i]);
-      }
+      remember_state(top, L);
       live(sweeps_since_restart_).array() += S(1);
       return;
     }
@@ -518,20 +508,21 @@ class lifted_objective {
     // state exactly as it is.
     for (Index m = 1; m <= top; ++m) {
       const auto i = std::size_t(m);
+      live(blocks_[i - 1].preimage_move) =
+          ((live(v_[i]) - live(previous_preimage_[i])).array().rowwise() * live(factor_).array())
+              .matrix();
+    }
+    remember_state(top, L);
+    for (Index m = 1; m <= top; ++m) {
+      const auto i = std::size_t(m);
       block_work& work = blocks_[i - 1];
-      live(work.preimage_move) = ((live(v_[i]) - live(previous_preimage_[i])).array().rowwise() *
-                                  live(factor_).array())
-                                     .matrix();
       live(work.shift) = live(forward_.a[i - 1]) + live(v_[i]);
       net.layer(m - 1).visit([&](const auto& pair) {
         difference<S>(pair, live(work.shift), live(work.preimage_move), live(work.move));
       });
-      live(previous_preimage_[i]) = live(v_[i]);
-      live(previous_[i]) = live(d_[i]);
       live(v_[i]) += live(work.preimage_move);
       live(d_[i]) += live(work.move);
       if (m < L) {
-        live(previous_above_[i]) = live(e_[i]);
         net.linear(m, live(work.move), live(work.candidate_above));
         live(e_[i]) += live(work.candidate_above);
       }
@@ -553,6 +544,17 @@ class lifted_objective {
         v_[i].col(j) = previous_preimage_[i].col(j);
         if (m < L) e_[i].col(j) = previous_above_[i].col(j);
       }
+    }
+  }
+
+  /// Keeps the current state x_k (d, v and e of blocks 1..top) in previous_* for the next
+  /// sweep: its step length, and the point an extrapolation moves from or reverts to.
+  void remember_state(Index top, Index L) {
+    for (Index m = 1; m <= top; ++m) {
+      const auto i = std::size_t(m);
+      live(previous_[i]) = live(d_[i]);
+      live(previous_preimage_[i]) = live(v_[i]);
+      if (m < L) live(previous_above_[i]) = live(e_[i]);
     }
   }
 
@@ -617,8 +619,8 @@ class lifted_objective {
       live(output.candidate) -= live(output.output);
       live(output.output) += live(forward_.z[top_layer]);
     }
-    net.loss_change(live(output.output), live(output.candidate), y, live(output.loss));
-    add(weights.loss_weight, live(output.loss));
+    net.loss_change(live(output.output), live(output.candidate), y, live(output.change));
+    add(weights.loss_weight, live(output.change));
     // The loss's change rounds at the size of its terms, about ||h||_1 (<y, h> and the
     // softmax-weighted e^h - 1 of cross-entropy).
     live(change_scale_) +=
@@ -632,7 +634,7 @@ class lifted_objective {
                       Index m, Index iterations, S tolerance) {
     const auto i = std::size_t(m);
     block_work& work = blocks_[i - 1];
-    feedback(net, y, weights, m, d_[i], above(m), work.feedback, false);
+    feedback(net, y, weights, m, d_[i], above(m), work.feedback);
     block_rule_.start(1, width_, tolerance);
     for (Index t = 0; t < iterations; ++t) {
       if (!proximal_step(net, y, weights, m, nullptr)) break;  // at a minimiser up to rounding
@@ -661,7 +663,7 @@ class lifted_objective {
     Matrix<S>& next_above = columns ? work.fallback_above : work.candidate_above;
     Matrix<S>& next_feedback = columns ? work.fallback_feedback : work.candidate_feedback;
     Matrix<S>& next_preimage = columns ? work.fallback_preimage : work.candidate_preimage;
-    RowVector<S>* next_loss = columns ? &work.fallback_loss : nullptr;
+    Matrix<S>* next_output = columns ? &work.fallback_output : nullptr;
     const S lambda = weights.lambda[i - 1];
     S& step = step_size(m, weights);
     for (int halving = 0; halving < 60; ++halving) {
@@ -673,8 +675,7 @@ class lifted_objective {
       live(next_preimage) = (live(work.shift) - live(next)) / c;  // c w + f(a + w) - f(a) = rho
       live(work.move) = live(next) - live(d_[i]);
       if (!top) net.linear(m, live(next), live(next_above));
-      feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, columns != nullptr,
-               next_loss);
+      feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, next_output);
       S curvature = 0, squared = 0;
       for (Index j = 0; j < width_; ++j) {
         if (columns && !(*columns)[std::size_t(j)]) continue;
@@ -725,7 +726,8 @@ class lifted_objective {
     const bool loss_next = top || (m + 1 == L && !weights.output_lifted);
     block_work& work = blocks_[i - 1];
     const S lambda = weights.lambda[i - 1];
-    feedback(net, y, weights, m, d_[i], above(m), work.feedback, loss_next, &work.loss);
+    feedback(net, y, weights, m, d_[i], above(m), work.feedback,
+             loss_next ? &work.state_output : nullptr);
     block_rule_.start(1, B, tolerance);
     for (Index t = 0; t < iterations; ++t) {
       live(work.before) = live(d_[i]);
@@ -737,7 +739,7 @@ class lifted_objective {
       });
       if (!top) net.linear(m, live(work.candidate), live(work.candidate_above));
       feedback(net, y, weights, m, work.candidate, top ? work.candidate : work.candidate_above,
-               work.candidate_feedback, loss_next, &work.candidate_loss);
+               work.candidate_feedback, loss_next ? &work.candidate_output : nullptr);
       // J(z+) - J(z) per sample: the divergence upstairs minus lambda_m D_{G_m}(u+, u).
       live(work.preimage_move) = live(work.candidate_preimage) - live(v_[i]);
       live(work.shift) = live(forward_.a[i - 1]) + live(v_[i]);  // u, with z_m = f(u)
@@ -749,7 +751,11 @@ class lifted_objective {
         // w [l(z+) - l(z) - <grad l(z), z+ - z>] for a lifted output (work.feedback = w grad l),
         // w [L(a+) - L(a) - <delta_L, a+ - a>] with L = l o f_L under an unlifted one, where
         // <w delta_L, W_L (z+ - z)> = <q_m, z+ - z>.
-        live(work.change) = weights.loss_weight * (live(work.candidate_loss) - live(work.loss)) -
+        // The loss's change is taken in its increment, which keeps its digits where z+ is
+        // close to z (a difference of two loss values rounds at the loss's size).
+        live(work.output) = live(work.candidate_output) - live(work.state_output);
+        net.loss_change(live(work.state_output), live(work.output), y, live(work.change));
+        live(work.change) = weights.loss_weight * live(work.change) -
                             live(work.feedback).cwiseProduct(live(work.move)).colwise().sum();
       } else {
         // lambda_{m+1} D_{G_{m+1}}(a_{m+1}^+, a_{m+1}), about a_{m+1} = a_{m+1}^0 + e_{m+1}.
@@ -772,13 +778,13 @@ class lifted_objective {
       safeguarded_ += rejected;
       accept(m, work.candidate, work.candidate_above, work.candidate_feedback,
              work.candidate_preimage, &work.accepted);
-      if (loss_next) copy_columns(work.candidate_loss, work.loss, work.accepted);
+      if (loss_next) copy_columns(work.candidate_output, work.state_output, work.accepted);
       if (rejected > 0) {
         for (Index j = 0; j < B; ++j) work.accepted[std::size_t(j)] ^= 1;
         if (proximal_step(net, y, weights, m, &work.accepted)) {
           accept(m, work.fallback, work.fallback_above, work.fallback_feedback,
                  work.fallback_preimage, &work.accepted);
-          if (loss_next) copy_columns(work.fallback_loss, work.loss, work.accepted);
+          if (loss_next) copy_columns(work.fallback_output, work.state_output, work.accepted);
         }
       }
       live(step_norm_) = (live(d_[i]) - live(work.before)).colwise().norm();
@@ -789,10 +795,9 @@ class lifted_objective {
     }
   }
 
-  void copy_columns(const RowVector<S>& from, RowVector<S>& to,
-                    const std::vector<char>& columns) const {
+  void copy_columns(const Matrix<S>& from, Matrix<S>& to, const std::vector<char>& columns) const {
     for (Index j = 0; j < width_; ++j)
-      if (columns[std::size_t(j)]) to(j) = from(j);
+      if (columns[std::size_t(j)]) to.col(j) = from.col(j);
   }
 
   /// The leading width_ samples of a per-sample buffer: all of them, except during a solve
@@ -806,7 +811,8 @@ class lifted_objective {
       for (Matrix<S>* m : {&forward_.a[k], &forward_.z[k + 1], &d_[k + 1], &v_[k + 1], &e_[k],
                            &previous_[k + 1], &previous_preimage_[k + 1]})
         m->col(p).swap(m->col(q));
-      if (previous_above_[k + 1].cols() > 0) previous_above_[k + 1].col(p).swap(previous_above_[k + 1].col(q));
+      if (Matrix<S>& above = previous_above_[k + 1]; above.cols() > 0)
+        above.col(p).swap(above.col(q));
       std::swap(base_[k + 1](p), base_[k + 1](q));
     }
     std::swap(sweeps_since_restart_(p), sweeps_since_restart_(q));
