@@ -51,8 +51,8 @@ class avg_pool {
   /// m / K^2 >= ||A||_2^2 with m = ceil(K / stride)^2, the most windows that read one pixel
   /// (Schur's test: each row of A sums to 1, each column to at most m / K^2).
   S squared_norm_bound() const {
-    const Index per_axis = (shape_.kernel + shape_.stride - 1) / shape_.stride;
-    return S(per_axis * per_axis) / S(shape_.kernel * shape_.kernel);
+    return S(detail::windows_per_pixel(shape_.kernel, shape_.stride)) /
+           S(shape_.kernel * shape_.kernel);
   }
 
   /// out = A x for every column of x (inputs() x B into outputs() x B).

@@ -75,8 +75,7 @@ class conv2d {
   /// and the patches' squared norms add up to at most m ||x||^2.
   template <class Weights>
   S squared_norm_bound(const Weights& weights) const {
-    const Index per_axis = (shape_.kernel + shape_.stride - 1) / shape_.stride;
-    return S(per_axis * per_axis) * weights.squaredNorm();
+    return S(detail::windows_per_pixel(shape_.kernel, shape_.stride)) * weights.squaredNorm();
   }
 
   /// out = A x + b for every column of x (inputs() x B into outputs() x B).
@@ -159,7 +158,7 @@ class conv2d {
     // Fixed chunks of images, each summed into its own slot and the slots added in order:
     // the same result on any number of threads.
     const Index chunks = (x.cols() + gradient_chunk - 1) / gradient_chunk;
-    const Index slot = weight_rows() * weight_cols() + bias_size();
+    const Index weight_count = weight_rows() * weight_cols(), slot = weight_count + bias_size();
     S* const partials = gradient_slots(chunks * slot);
     detail::parallel_ranges(chunks, gradient_chunk * output_.pixels() * patch_size(), 1,
                             [&](Index first, Index end) {
@@ -167,7 +166,7 @@ class conv2d {
       clear_padding(patches);
       for (Index chunk = first; chunk < end; ++chunk) {
         MatrixMap<S> weights(partials + chunk * slot, weight_rows(), weight_cols());
-        VectorMap<S> bias(partials + chunk * slot + weights.size(), bias_size());
+        VectorMap<S> bias(partials + chunk * slot + weight_count, bias_size());
         weights.setZero();
         bias.setZero();
         const Index last = std::min(x.cols(), (chunk + 1) * gradient_chunk);
@@ -188,8 +187,7 @@ class conv2d {
       const S* const sums = partials + chunk * slot;
       weight_gradient += scale * ConstMatrixMap<S>(sums, weight_rows(), weight_cols());
       if (bias_gradient)
-        *bias_gradient += scale * ConstVectorMap<S>(sums + weight_rows() * weight_cols(),
-                                                    bias_size());
+        *bias_gradient += scale * ConstVectorMap<S>(sums + weight_count, bias_size());
     }
   }
 

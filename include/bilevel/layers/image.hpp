@@ -43,5 +43,12 @@ inline Index window_positions(std::string_view function, std::string_view what, 
   return (extent + 2 * padding - kernel) / stride + 1;
 }
 
+/// The most windows of `kernel` x `kernel` taken every `stride` that read one pixel,
+/// ceil(kernel / stride)^2: a norm bound of every windowed map counts each pixel this often.
+inline Index windows_per_pixel(Index kernel, Index stride) {
+  const Index per_axis = (kernel + stride - 1) / stride;
+  return per_axis * per_axis;
+}
+
 }  // namespace detail
 }  // namespace bilevel
