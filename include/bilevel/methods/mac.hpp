@@ -29,7 +29,8 @@
 ///           curvature is left out of P, so the step is Newton's up to O(1/mu): a few steps at
 ///           mu >= 10 on smooth pairs. Sample j moves to d + t_j p only if
 ///           F^j(new) <= F^j + armijo t_j <dF^j/dz, p> (Armijo), so F never increases, sample by
-///           sample; t_j starts at 1 and is halved whenever the step is refused, and never grows
+///           sample, beyond its rounding (F^j is evaluated anew after samples retire: see
+///           try_steps); t_j starts at 1 and is halved whenever the step is refused, and never grows
 ///           again: at the kinks of piecewise-linear pairs (ReLU) a minimiser often sits on a
 ///           kink, where full steps bounce from one linear piece to the other and only shrinking
 ///           steps converge. A refused sample waits for the next iteration (one evaluation per
