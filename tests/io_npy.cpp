@@ -334,6 +334,49 @@ TEST_CASE("read_npy reads files written here byte by byte, in C and Fortran orde
   }
 }
 
+TEST_CASE("read_npy reads more dimensions as NumPy's reshape(n0, -1), in C and Fortran order",
+          "[npy][io]") {
+  npy_temp_dir dir;
+  const fs::path path = dir / "cube.npy";
+  // Entry i of the file holds the number i.
+  bytes_t data;
+  for (int i = 0; i < 24; ++i) append_f64(data, double(i));
+  SECTION("C order: (i0, i1, i2) at (i0 * 3 + i1) * 4 + i2") {
+    write_raw(path, npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3, 4), }",
+                             data));
+    const npy_array<double> read = read_npy<double>(path);
+    CHECK(read.shape == std::vector<Index>{2, 3, 4});
+    REQUIRE(read.values.rows() == 2);
+    REQUIRE(read.values.cols() == 12);
+    for (Index i0 = 0; i0 < 2; ++i0)
+      for (Index column = 0; column < 12; ++column)
+        CHECK(read.values(i0, column) == double(i0 * 12 + column));
+  }
+  SECTION("Fortran order: (i0, i1, i2) at i0 + 2 * (i1 + 3 * i2), read into column i1 * 4 + i2") {
+    write_raw(path, npy_file("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3, 4), }",
+                             data));
+    const npy_array<double> read = read_npy<double>(path);
+    REQUIRE(read.values.rows() == 2);
+    REQUIRE(read.values.cols() == 12);
+    for (Index i0 = 0; i0 < 2; ++i0)
+      for (Index i1 = 0; i1 < 3; ++i1)
+        for (Index i2 = 0; i2 < 4; ++i2)
+          CHECK(read.values(i0, i1 * 4 + i2) == double(i0 + 2 * (i1 + 3 * i2)));
+  }
+  SECTION("four dimensions in Fortran order") {
+    write_raw(path, npy_file("{'descr': '<f8', 'fortran_order': True, 'shape': (3, 2, 2, 2), }",
+                             data));
+    const npy_array<double> read = read_npy<double>(path);
+    REQUIRE(read.values.cols() == 8);
+    for (Index i0 = 0; i0 < 3; ++i0)
+      for (Index i1 = 0; i1 < 2; ++i1)
+        for (Index i2 = 0; i2 < 2; ++i2)
+          for (Index i3 = 0; i3 < 2; ++i3)
+            CHECK(read.values(i0, (i1 * 2 + i2) * 2 + i3) ==
+                  double(i0 + 3 * (i1 + 2 * (i2 + 2 * i3))));
+  }
+}
+
 TEST_CASE("read_npy refuses what the format does not allow, naming the file, the expected and "
           "the found",
           "[npy][io]") {
@@ -418,14 +461,11 @@ TEST_CASE("read_npy refuses what the format does not allow, naming the file, the
                          StartsWith(where + "unsupported descr '" + descr + "': expected"));
     }
   }
-  SECTION("other ranks") {
-    with_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3, 4), }", bytes_t(192));
-    REQUIRE_DATA_ERROR(read_npy<double>(path),
-                       Equals(where + "unsupported shape (2, 3, 4): expected 1 or 2 dimensions, "
-                                      "found 3"));
+  SECTION("0-D arrays") {
     with_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (), }", bytes_t(8));
     REQUIRE_DATA_ERROR(read_npy<double>(path),
-                       Equals(where + "unsupported shape (): expected 1 or 2 dimensions, found 0"));
+                       Equals(where + "unsupported shape (): expected at least 1 dimension, "
+                                      "found 0"));
   }
   SECTION("truncated data and extra trailing bytes") {
     bytes_t data = c_order_2x3();
@@ -452,6 +492,10 @@ TEST_CASE("read_npy refuses what the format does not allow, naming the file, the
                        Equals(where + "shape (4611686018427387904, 4) of '<f8' overflows: more "
                                       "than 9223372036854775807 bytes"));
     with_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }", {});
+    REQUIRE_DATA_ERROR(read_npy<double>(path), Contains("overflows"));
+    // No data, but columns beyond any matrix: the trailing extents overflow on their own.
+    with_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (0, 4611686018427387904, 4), }",
+              {});
     REQUIRE_DATA_ERROR(read_npy<double>(path), Contains("overflows"));
     with_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000000000), }",
               bytes_t(8));
@@ -669,16 +713,140 @@ TEST_CASE("JSON strings in the manifest are escaped", "[npy][io]") {
   CHECK(detail::json_number(std::numeric_limits<double>::infinity()) == "null");
 }
 
+namespace {
+
+/// A python3 that imports numpy, or "": the first python3 on PATH may be another installation
+/// (pyenv, a virtualenv) than the one Debian's python3-numpy serves.
+std::string python_with_numpy() {
+  for (const char* candidate : {"python3", "/usr/bin/python3"})
+    if (std::system((std::string(candidate) + " -c 'import numpy' >/dev/null 2>&1").c_str()) == 0)
+      return candidate;
+  return "";
+}
+
+/// Runs `python` on `script` (its text) with `argument`; fails the test on an error exit,
+/// showing what Python wrote to stderr.
+void run_python(const std::string& python, const npy_temp_dir& dir, const std::string& script,
+                const std::string& argument) {
+  const fs::path file = dir / "check.py";
+  std::ofstream(file) << script;
+  const std::string command = python + " '" + file.string() + "' '" + argument + "' 2>'" +
+                              (dir / "stderr").string() + "'";
+  const int status = std::system(command.c_str());
+  INFO(read_text(dir / "stderr"));
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+/// 2x7x6 images -> conv3k3s2p1 (relu) -> pool2 -> dense4: a strided, padded convolution of
+/// several channels, a map without parameters between two with them.
+using npy_cnn = program<double, softmax_cross_entropy, relu, identity>;
+npy_cnn random_cnn(std::uint64_t seed) {
+  npy_cnn net({2, 7, 6}, parse_architecture("conv3k3s2p1-pool2-dense4"),
+              {relu{}, identity{}, identity{}});
+  random_source random(seed);
+  randomize(net, random);
+  return net;
+}
+
+}  // namespace
+
+TEST_CASE("a CNN round-trips through export_npy and import_npy, its convolution in PyTorch's "
+          "weight layout",
+          "[npy][io]") {
+  npy_temp_dir dir;
+  const npy_cnn net = random_cnn(41);
+  export_npy(dir.path, net);
+  // The pooling layer (2) has no parameters and no files.
+  CHECK(listing(dir.path) ==
+        std::set<std::string>{"W1.npy", "b1.npy", "W3.npy", "b3.npy", "manifest.json"});
+  npy_cnn loaded = random_cnn(42);
+  import_npy(dir.path, loaded);
+  CHECK(same_bits<double>(loaded.parameters(), net.parameters()));
+
+  // W1[f, c, u, v] is filter f's weight on channel c at kernel row u, column v: entry
+  // (c * 3 + u) * 3 + v of Wc's column f (layers/conv2d.hpp).
+  const npy_array<double> w1 = read_npy<double>(dir / "W1.npy");
+  REQUIRE(w1.shape == std::vector<Index>{3, 2, 3, 3});
+  const auto wc = net.weights(0);
+  REQUIRE(wc.rows() == 18);
+  REQUIRE(wc.cols() == 3);
+  for (Index f = 0; f < 3; ++f)
+    for (Index entry = 0; entry < 18; ++entry) CHECK(w1.values(f, entry) == wc(entry, f));
+  CHECK(read_npy<double>(dir / "b1.npy").shape == std::vector<Index>{3});
+  CHECK(read_npy<double>(dir / "W3.npy").shape == std::vector<Index>{4, 6});
+
+  const auto manifest = nlohmann::json::parse(read_text(dir / "manifest.json"));
+  CHECK(manifest.at("input_image") == nlohmann::json::array({2, 7, 6}));
+  CHECK(manifest.at("architecture") == "conv3k3s2p1-pool2-dense4");
+  CHECK(manifest.at("layer_sizes") == nlohmann::json::array({84, 36, 6, 4}));
+  const auto& layers = manifest.at("layers");
+  REQUIRE(layers.size() == 3);
+  CHECK(layers[0].at("map") == "conv3k3s2p1");
+  CHECK(layers[0].at("input_image") == nlohmann::json::array({2, 7, 6}));
+  CHECK(layers[0].at("output_image") == nlohmann::json::array({3, 4, 3}));
+  CHECK(layers[0].at("weights").at("shape") == nlohmann::json::array({3, 2, 3, 3}));
+  CHECK(layers[1].at("map") == "pool2");
+  CHECK(layers[1].at("output_image") == nlohmann::json::array({3, 2, 1}));
+  CHECK_FALSE(layers[1].contains("weights"));
+  CHECK_FALSE(layers[1].contains("bias"));
+  CHECK(layers[2].at("map") == "dense4");
+  CHECK(layers[2].at("weights").at("file") == "W3.npy");
+
+  SECTION("a weights file of the dense shape is refused, naming the expected one") {
+    write_npy(dir / "W1.npy", Matrix<double>(wc.transpose()));
+    npy_cnn other = random_cnn(43);
+    const Vector<double> before = other.parameters();
+    REQUIRE_DATA_ERROR(import_npy(dir.path, other),
+                       Equals("import_npy: " + (dir / "W1.npy").string() +
+                              ": expected shape (3, 2, 3, 3), found (3, 18)"));
+    CHECK(same_bits<double>(other.parameters(), before));
+  }
+}
+
+TEST_CASE("NumPy computes a convolution's pre-activation from the exported files",
+          "[npy][io][numpy]") {
+  const std::string python = python_with_numpy();
+  if (python.empty()) {
+    WARN("python3 with numpy is not available (Debian: python3-numpy): NumPy check skipped");
+    return;
+  }
+  npy_temp_dir dir;
+  const npy_cnn net = random_cnn(44);
+  export_npy(dir.path, net);
+  random_source random(45);
+  const Matrix<double> x = random_matrix<double>(random, 84, 5);
+  write_npy(dir / "x.npy", x);
+  // The definition of conv2d (cross-correlation) written out in loops, as PyTorch documents it,
+  // on images x.T.reshape(B, C, H, W); the result back as columns of (F, OH, OW).
+  run_python(python, dir, R"(import json, os, sys
+import numpy as np
+d = sys.argv[1]
+layer = json.load(open(os.path.join(d, 'manifest.json')))['layers'][0]
+W, b = np.load(os.path.join(d, 'W1.npy')), np.load(os.path.join(d, 'b1.npy'))
+x = np.load(os.path.join(d, 'x.npy'))
+C, H, Wd = layer['input_image']
+F, OH, OW = layer['output_image']
+stride, padding, K = 2, 1, W.shape[2]
+images = np.pad(x.T.reshape(-1, C, H, Wd), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+out = np.zeros((images.shape[0], F, OH, OW))
+for i in range(OH):
+    for j in range(OW):
+        window = images[:, :, i * stride:i * stride + K, j * stride:j * stride + K]
+        out[:, :, i, j] = np.einsum('bcuv,fcuv->bf', window, W) + b
+np.save(os.path.join(d, 'a1.npy'), np.ascontiguousarray(out.reshape(out.shape[0], -1).T))
+)",
+             dir.path.string());
+  Matrix<double> a1;
+  net.affine(0, x, a1);
+  const npy_array<double> numpy_a1 = read_npy<double>(dir / "a1.npy");
+  REQUIRE(numpy_a1.shape == std::vector<Index>{36, 5});
+  CHECK((numpy_a1.values - a1).cwiseAbs().maxCoeff() <= 1e-12 * (1 + a1.cwiseAbs().maxCoeff()));
+}
+
 TEST_CASE("NumPy reads the exported files, and files NumPy writes are read here",
           "[npy][io][numpy]") {
-  // The first python3 on PATH may be another installation (pyenv, a virtualenv) than the one
-  // Debian's python3-numpy serves.
-  std::string python;
-  for (const char* candidate : {"python3", "/usr/bin/python3"})
-    if (std::system((std::string(candidate) + " -c 'import numpy' >/dev/null 2>&1").c_str()) == 0) {
-      python = candidate;
-      break;
-    }
+  const std::string python = python_with_numpy();
   if (python.empty()) {
     WARN("python3 with numpy is not available (Debian: python3-numpy): NumPy check skipped");
     return;
@@ -693,10 +861,7 @@ TEST_CASE("NumPy reads the exported files, and files NumPy writes are read here"
   const fs::path imported = dir / "imported";
   fs::create_directory(imported);
 
-  const fs::path script = dir / "check.py";
-  {
-    std::ofstream out(script);
-    out << R"(import json, os, sys
+  run_python(python, dir, R"(import json, os, sys
 import numpy as np
 d = sys.argv[1]
 manifest = json.load(open(os.path.join(d, 'manifest.json')))
@@ -716,14 +881,8 @@ np.save(os.path.join(d, 'a1.npy'), np.ascontiguousarray(W1 @ x + b1[:, None]))
 np.save(os.path.join(d, 'c.npy'), 0.5 * np.arange(12, dtype='<f8').reshape(3, 4))
 np.save(os.path.join(d, 'f.npy'), np.asfortranarray(np.arange(6, dtype='<f4').reshape(2, 3)))
 json.dump(report, open(os.path.join(d, 'report.json'), 'w'))
-)";
-  }
-  const std::string command = python + " '" + script.string() + "' '" + dir.path.string() +
-                              "' 2>'" + (dir / "stderr").string() + "'";
-  const int status = std::system(command.c_str());
-  INFO(read_text(dir / "stderr"));
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+)",
+             dir.path.string());
 
   const auto report = nlohmann::json::parse(read_text(dir / "report.json"));
   REQUIRE(report.size() == 4);

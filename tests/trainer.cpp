@@ -346,6 +346,26 @@ TEST_CASE("the trainer's --export writes a model that reproduces the reported te
   CHECK(classification_error(net, test) ==
         Approx(run.lines.back()["final_test_error"].get<double>()).epsilon(1e-5));
   CHECK(json::parse(std::ifstream(model / "manifest.json"))["layer_sizes"] == json(layers));
+
+  // A CNN: convolution weights in PyTorch's layout, no files for the pooling layer.
+  const fs::path cnn_model = data.path / "cnn";
+  fs::create_directory(cnn_model);
+  const std::string architecture = "conv4k3p1-pool2-dense10";
+  const run_result cnn_run = run_trainer("--data " + data.path.string() +
+                                         " --train-samples 5000 --validation 1000 --method bp"
+                                         " --epochs 1 --quiet --architecture " +
+                                         architecture + " --export " + cnn_model.string());
+  INFO(cnn_run.error);
+  REQUIRE(cnn_run.status == 0);
+  mlp<float, relu> cnn({1, 4, 4}, parse_architecture(architecture),
+                       {relu{}, identity{}, identity{}});
+  import_npy(cnn_model, cnn);
+  CHECK(classification_error(cnn, test) ==
+        Approx(cnn_run.lines.back()["final_test_error"].get<double>()).epsilon(1e-5));
+  const json manifest = json::parse(std::ifstream(cnn_model / "manifest.json"));
+  CHECK(manifest["architecture"] == architecture);
+  CHECK(manifest["layers"][0]["weights"]["shape"] == json({4, 1, 3, 3}));
+  CHECK_FALSE(fs::exists(cnn_model / "W2.npy"));
 }
 
 #endif

@@ -389,8 +389,8 @@ int main(int argc, char** argv) {
                  "every epoch; a resumed run keeps the earlier epochs' rows)");
   app.add_option("--export", opts.export_dir,
                  "After the last epoch, write the trained parameters as NumPy files into this "
-                 "existing directory: W1.npy .. WL.npy, b1.npy .. bL.npy and manifest.json "
-                 "(README \"Reliability\"; import_npy reads them back)");
+                 "existing directory: Wk.npy and bk.npy for each layer k with parameters, and "
+                 "manifest.json (README \"Reliability\"; import_npy reads them back)");
   app.add_flag("--quiet", opts.quiet,
                "No progress on stderr (errors only); stdout's JSON is unchanged");
   try {

@@ -4,9 +4,10 @@
 /// run in NumPy, and parameters trained elsewhere can be brought in.
 ///
 ///   export_npy("model", net);   // model/W1.npy .. WL.npy, b1.npy .. bL.npy, manifest.json
-///   import_npy("model", net);   // the same files back into a program of the same sizes
+///   import_npy("model", net);   // the same files back into a program of the same maps
 ///
-/// In NumPy, with samples as columns, `W @ x + b[:, None]` is a layer's pre-activation a_k.
+/// In NumPy, with samples as columns, `W @ x + b[:, None]` is a dense layer's pre-activation
+/// a_k; a convolution's W has PyTorch's Conv2d layout (filters, channels, kernel, kernel).
 ///
 /// Format (NPY 1.0, https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html):
 ///   "\x93NUMPY" | major 1, minor 0 | u16 header length | header | data
@@ -17,12 +18,12 @@
 ///
 /// The writer stores matrices with 'fortran_order': True, which is Eigen's column-major order,
 /// and vectors with the 1-D shape (n,). The reader takes float32 and float64 ('<f4', '<f8', and
-/// '|' or '=' in place of '<' where that means little-endian here), either order, 1-D and 2-D
-/// shapes, versions 1.0 and 2.0. It treats every file as untrusted: anything else (bad magic,
-/// truncated preamble, header or data, other types, big-endian data, other ranks, trailing bytes,
-/// a header that does not parse, sizes that overflow) is a data_error naming the file, what was
-/// expected and what was found; it never reads past the file's bytes and allocates only for data
-/// the file actually holds.
+/// '|' or '=' in place of '<' where that means little-endian here), either order, any shape of
+/// at least one dimension, versions 1.0 and 2.0. It treats every file as untrusted: anything else
+/// (bad magic, truncated preamble, header or data, other types, big-endian data, 0-D arrays,
+/// trailing bytes, a header that does not parse, sizes that overflow) is a data_error naming the
+/// file, what was expected and what was found; it never reads past the file's bytes and
+/// allocates only for data the file actually holds.
 
 #include <algorithm>
 #include <bit>
@@ -50,8 +51,9 @@
 
 namespace bilevel {
 
-/// An array read from an .npy file: its shape as stored (1 or 2 entries) and its values, a 1-D
-/// array of n entries as an n x 1 matrix.
+/// An array read from an .npy file: its shape as stored and its values, a 1-D array of n entries
+/// as an n x 1 matrix and an array of shape (n0, n1, ...) as the n0 x (n1 * ...) matrix of
+/// NumPy's a.reshape(n0, -1) (the trailing indices flattened in C order, the last fastest).
 template <Scalar S>
 struct npy_array {
   std::vector<Index> shape;
@@ -251,30 +253,49 @@ class npy_header_parser {
   std::size_t position_ = 0;
 };
 
-/// Fills `values` from `count` little-endian F at `data` in NPY order: column-major when
-/// `fortran`, row-major otherwise (only a 2-D shape makes a difference).
+/// Fills `values` (shape[0] x the product of the rest, as npy_array holds them) from little-endian
+/// F at `data` in NPY order: the first index fastest when `fortran`, the last otherwise.
 template <class F, Scalar S>
-void npy_convert(const std::uint8_t* data, bool fortran, Matrix<S>& values) {
+void npy_convert(const std::uint8_t* data, bool fortran, const std::vector<Index>& shape,
+                 Matrix<S>& values) {
   const Index rows = values.rows(), cols = values.cols();
-  if (fortran || cols == 1) {
-    S* out = values.data();
-    for (Index i = 0; i < rows * cols; ++i)
-      out[i] = static_cast<S>(load_little<F>(data + std::size_t(i) * sizeof(F)));
-  } else {
+  const auto load = [&](Index i) { return static_cast<S>(load_little<F>(data + i * sizeof(F))); };
+  if (!fortran) {  // entry (r, c) at r * cols + c
     for (Index r = 0; r < rows; ++r)
-      for (Index c = 0; c < cols; ++c)
-        values(r, c) = static_cast<S>(load_little<F>(data + std::size_t(r * cols + c) * sizeof(F)));
+      for (Index c = 0; c < cols; ++c) values(r, c) = load(r * cols + c);
+  } else if (shape.size() <= 2) {  // Eigen's own order
+    for (Index i = 0; i < rows * cols; ++i) values.data()[i] = load(i);
+  } else {
+    // File entry i has indices (i0, i1, ..., in) with i0 fastest; its column is the C-order
+    // position of (i1, ..., in), to which index d >= 1 contributes i_d times the product of
+    // the extents after d.
+    std::vector<Index> stride(shape.size(), 1);
+    for (std::size_t d = shape.size() - 1; d > 1; --d) stride[d - 1] = stride[d] * shape[d];
+    std::vector<Index> index(shape.size(), 0);
+    for (Index i = 0; i < rows * cols; ++i) {
+      Index column = 0;
+      for (std::size_t d = 1; d < shape.size(); ++d) column += index[d] * stride[d];
+      values(index[0], column) = load(i);
+      for (std::size_t d = 0; d < shape.size() && ++index[d] == shape[d]; ++d) index[d] = 0;
+    }
   }
 }
 
-/// The bytes of an .npy file holding `values` (column-major, `rows` x `cols`), 1-D when `vector`.
+/// The bytes of an .npy file of `shape` whose data are the entries of `values` in column-major
+/// order, declared as Fortran order when `fortran` and as C order otherwise: a matrix as itself
+/// (its shape, Fortran), a vector as (n,), and a convolution's Wc, whose columns are its filters'
+/// (c, u, v) weights, as the C-order (F, C, K, K).
 template <class S>
-std::vector<std::uint8_t> npy_file_bytes(const Eigen::Ref<const Matrix<S>>& values, bool vector) {
+std::vector<std::uint8_t> npy_file_bytes(const Eigen::Ref<const Matrix<S>>& values,
+                                         const std::vector<Index>& shape, bool fortran) {
   static_assert(npy_scalar<S>, "bilevel::npy: only float and double arrays can be written");
-  const std::vector<Index> shape =
-      vector ? std::vector<Index>{values.size()} : std::vector<Index>{values.rows(), values.cols()};
+  Index count = 1;
+  for (const Index extent : shape) count *= extent;
+  if (count != values.size())
+    throw shape_error(concat("npy_file_bytes: expected ", count, " values for shape ",
+                             npy_shape_text(shape), ", found ", values.size()));
   std::string header = concat("{'descr': '", npy_descr<S>(), "', 'fortran_order': ",
-                              vector ? "False" : "True", ", 'shape': ", npy_shape_text(shape),
+                              fortran ? "True" : "False", ", 'shape': ", npy_shape_text(shape),
                               ", }");
   constexpr std::size_t preamble = npy_magic.size() + 2 + 2;  // magic, version, u16 length
   // Spaces, then '\n', so that the data starts at a multiple of npy_alignment.
@@ -296,6 +317,15 @@ std::vector<std::uint8_t> npy_file_bytes(const Eigen::Ref<const Matrix<S>>& valu
   return bytes;
 }
 
+/// A matrix's shape and order: (rows, cols) in Fortran order, or (n,) for a vector type.
+template <class Derived>
+std::pair<std::vector<Index>, bool> npy_natural_shape(const Eigen::DenseBase<Derived>& array) {
+  if constexpr (Derived::ColsAtCompileTime == 1)
+    return {{array.size()}, false};
+  else
+    return {{array.rows(), array.cols()}, true};
+}
+
 template <class Derived>
 void write_npy_as(const std::filesystem::path& path, const Eigen::DenseBase<Derived>& array,
                   std::string_view function) {
@@ -303,8 +333,8 @@ void write_npy_as(const std::filesystem::path& path, const Eigen::DenseBase<Deri
   static_assert(npy_scalar<S>, "bilevel::write_npy: only float and double arrays can be written");
   // A Ref binds to maps and blocks without copying; other expressions are evaluated once.
   const Eigen::Ref<const Matrix<S>> values(array.derived());
-  write_file_atomically(path, npy_file_bytes<S>(values, Derived::ColsAtCompileTime == 1),
-                        function);
+  const auto [shape, fortran] = npy_natural_shape(array);
+  write_file_atomically(path, npy_file_bytes<S>(values, shape, fortran), function);
 }
 
 /// "<path>: expected ..., found ..." for a directory argument that is not an existing directory.
@@ -364,7 +394,8 @@ std::vector<std::uint8_t> npy_bytes(const Eigen::DenseBase<Derived>& array) {
   using S = typename Derived::Scalar;
   static_assert(detail::npy_scalar<S>, "bilevel::npy_bytes: only float and double arrays");
   const Eigen::Ref<const Matrix<S>> values(array.derived());
-  return detail::npy_file_bytes<S>(values, Derived::ColsAtCompileTime == 1);
+  const auto [shape, fortran] = detail::npy_natural_shape(array);
+  return detail::npy_file_bytes<S>(values, shape, fortran);
 }
 
 /// Writes `array` to `path` as .npy (see npy_bytes), atomically (io/file.hpp). Throws data_error
@@ -431,15 +462,17 @@ npy_array<S> parse_npy(std::span<const std::uint8_t> bytes, std::string_view con
     throw data_error(concat(where, "unsupported descr '", detail::npy_quote(descr),
                             "': expected '<f4' or '<f8' (little-endian float32 or float64)",
                             descr.starts_with('>') ? ", found big-endian data" : ""));
-  if (header.shape.size() != 1 && header.shape.size() != 2)
-    throw data_error(concat(where, "unsupported shape ", detail::npy_shape_text(header.shape),
-                            ": expected 1 or 2 dimensions, found ", header.shape.size()));
+  if (header.shape.empty())
+    throw data_error(concat(where, "unsupported shape (): expected at least 1 dimension, found 0"));
 
-  Index count = 1, data_size = 0;
+  // The columns (all extents but the first) on their own too: (0, huge, huge) holds no data
+  // but would make a matrix of too many columns.
+  Index columns = 1, count = 0, data_size = 0;
   bool overflow = false;
-  for (const Index dimension : header.shape)
-    overflow = overflow || __builtin_mul_overflow(count, dimension, &count);
-  if (overflow || __builtin_mul_overflow(count, Index(item), &data_size))
+  for (std::size_t d = 1; d < header.shape.size(); ++d)
+    overflow = overflow || __builtin_mul_overflow(columns, header.shape[d], &columns);
+  if (overflow || __builtin_mul_overflow(header.shape[0], columns, &count) ||
+      __builtin_mul_overflow(count, Index(item), &data_size))
     throw data_error(concat(where, "shape ", detail::npy_shape_text(header.shape), " of '",
                             descr, "' overflows: more than ",
                             std::numeric_limits<Index>::max(), " bytes"));
@@ -452,16 +485,16 @@ npy_array<S> parse_npy(std::span<const std::uint8_t> bytes, std::string_view con
 
   npy_array<S> result;
   result.shape = header.shape;
-  result.values.resize(header.shape[0], header.shape.size() == 2 ? header.shape[1] : 1);
+  result.values.resize(header.shape[0], columns);
   const std::uint8_t* data = bytes.data() + preamble + header_length;
   if (item == 4)
-    detail::npy_convert<float>(data, header.fortran_order, result.values);
+    detail::npy_convert<float>(data, header.fortran_order, header.shape, result.values);
   else
-    detail::npy_convert<double>(data, header.fortran_order, result.values);
+    detail::npy_convert<double>(data, header.fortran_order, header.shape, result.values);
   return result;
 }
 
-/// Reads a float32 or float64 .npy file of 1 or 2 dimensions into S (see parse_npy). Throws
+/// Reads a float32 or float64 .npy file into S (see parse_npy and npy_array). Throws
 /// data_error naming read_npy and the path for a missing or non-regular file and anything the
 /// format does not allow.
 template <Scalar S>
@@ -472,31 +505,58 @@ npy_array<S> read_npy(const std::filesystem::path& path) {
 
 namespace detail {
 
-/// The .npy files hold one W (n_k, n_{k-1}) per layer: a program with another map is refused.
+/// How layer k's weights are stored: a dense W as itself, (n_k, n_{k-1}) in Fortran order; a
+/// convolution's Wc (its columns the filters' (c, u, v) weights, layers/conv2d.hpp) as PyTorch's
+/// Conv2d weight (F, C, K, K) in C order, whose reshape(F, -1) is Wc^T. Maps without parameters
+/// (pooling) have no files.
+struct npy_weight_layout {
+  std::vector<Index> shape;
+  bool fortran = true;  ///< W as stored; otherwise the file holds W^T's rows
+};
+
 template <class Program>
-void require_dense_program(const Program& net, std::string_view function) {
-  for (Index k = 0; k < net.depth(); ++k)
-    if (!std::holds_alternative<dense_spec>(net.maps()[std::size_t(k)]))
-      throw config_error(concat(function, ": layer ", k + 1, " is ",
-                                describe(net.maps()[std::size_t(k)]),
-                                "; the .npy export holds dense layers only (save a checkpoint)"));
+npy_weight_layout npy_weights_layout(const Program& net, Index k) {
+  const auto& layer = net.layer(k);
+  if (const auto* conv = std::get_if<conv_spec>(&net.maps()[std::size_t(k)])) {
+    const Index area = conv->kernel * conv->kernel;
+    return {{layer.weight_cols(), layer.weight_rows() / area, conv->kernel, conv->kernel}, false};
+  }
+  return {{layer.weight_rows(), layer.weight_cols()}, true};
+}
+
+template <class Program>
+bool npy_has_parameters(const Program& net, Index k) {
+  return net.layer(k).bias_size() > 0;
+}
+
+inline std::string json_array(const std::vector<Index>& values) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < values.size(); ++i) text += concat(i > 0 ? ", " : "", values[i]);
+  return text + "]";
+}
+
+inline std::string json_image(const image_shape& image) {
+  return json_array({image.channels, image.height, image.width});
 }
 
 }  // namespace detail
 
-/// Writes the parameters of `net` into the existing `directory`: W1.npy .. WL.npy (layer k's
-/// weights, shape (n_k, n_{k-1}), Fortran order), b1.npy .. bL.npy (shape (n_k,)) and
-/// manifest.json (sizes, loss and activation names, per-layer files and shapes, dtype), each
-/// file atomically and the manifest last. In NumPy, with x holding samples as columns,
-/// W @ x + b[:, None] is layer k's pre-activation. Throws data_error naming export_npy when the
-/// directory does not exist or a file cannot be written.
+/// Writes the parameters of `net` into the existing `directory`, for each layer k with
+/// parameters: Wk.npy (a dense layer's weights of shape (n_k, n_{k-1}) in Fortran order, a
+/// convolution's of PyTorch's shape (filters, channels, kernel, kernel)) and bk.npy (shape (n_k,)
+/// or (filters,)); pooling layers have no files. Then manifest.json: the input image, the
+/// architecture (layers/architecture.hpp's grammar), sizes, loss, and per layer its map, images,
+/// activation, files and shapes, the dtype. Each file is written atomically and the manifest
+/// last. In NumPy, with x holding samples as columns, W @ x + b[:, None] is a dense layer's
+/// pre-activation, and a convolution's is PyTorch's conv2d of x.T.reshape(B, C, H, W) (images as
+/// in layers/image.hpp). Throws data_error naming export_npy when the directory does not exist or
+/// a file cannot be written.
 template <Scalar S, class Loss, class... Pairs>
 void export_npy(const std::filesystem::path& directory, const program<S, Loss, Pairs...>& net) {
   static_assert(detail::npy_scalar<S>, "bilevel::export_npy: only float and double programs");
   using detail::concat;
   using detail::json_string;
   constexpr std::string_view function = "export_npy";
-  detail::require_dense_program(net, function);
   detail::require_directory(directory, function);
 
   const char* dtype = sizeof(S) == 4 ? "float32" : "float64";
@@ -505,16 +565,25 @@ void export_npy(const std::filesystem::path& directory, const program<S, Loss, P
   json << "{\n  \"format\": \"bilevel npy export\",\n  \"version\": 1,\n";
   json << "  \"dtype\": \"" << dtype << "\",\n";
   json << "  \"loss\": " << json_string(net.loss().name()) << ",\n";
+  json << "  \"input_image\": " << detail::json_image(net.input_shape()) << ",\n";
+  json << "  \"architecture\": " << json_string(describe(net.maps())) << ",\n";
   json << "  \"layer_sizes\": [" << net.input_size();
   for (Index k = 0; k < net.depth(); ++k) json << ", " << net.layer(k).outputs();
   json << "],\n  \"pre_activation\": \"W @ x + b[:, None], x with one sample per column\",\n";
+  if (!net.dense_only())
+    json << "  \"conv_pre_activation\": \"torch.nn.functional.conv2d(x.T.reshape(B, C, H, W), "
+            "W, b, stride, padding)\",\n";
   json << "  \"layers\": [";
+  image_shape image = net.input_shape();
   for (Index k = 0; k < net.depth(); ++k) {
     const Index number = k + 1, in = net.layer(k).inputs(), out = net.layer(k).outputs();
-    detail::write_npy_as(directory / detail::npy_weights_name(number), net.weights(k), function);
-    detail::write_npy_as(directory / detail::npy_bias_name(number), net.bias(k), function);
-    json << (k > 0 ? "," : "") << "\n    {\"layer\": " << number << ", \"inputs\": " << in
-         << ", \"outputs\": " << out << ",\n";
+    const image_shape output = output_shape<S>(net.layer(k).map());
+    json << (k > 0 ? "," : "") << "\n    {\"layer\": " << number
+         << ", \"map\": " << json_string(describe(net.maps()[std::size_t(k)]))
+         << ", \"inputs\": " << in << ", \"outputs\": " << out
+         << ", \"input_image\": " << detail::json_image(image)
+         << ", \"output_image\": " << detail::json_image(output) << ",\n";
+    image = output;
     net.layer(k).visit([&](const auto& pair) {
       json << "     \"activation\": " << json_string(pair.name());
       if constexpr (detail::has_hyperparameters<std::decay_t<decltype(pair)>>) {
@@ -525,10 +594,19 @@ void export_npy(const std::filesystem::path& directory, const program<S, Loss, P
         json << "]";
       }
     });
-    json << ",\n     \"weights\": {\"file\": " << json_string(detail::npy_weights_name(number))
-         << ", \"shape\": [" << out << ", " << in << "]},\n";
-    json << "     \"bias\": {\"file\": " << json_string(detail::npy_bias_name(number))
-         << ", \"shape\": [" << out << "]}}";
+    if (detail::npy_has_parameters(net, k)) {
+      const auto layout = detail::npy_weights_layout(net, k);
+      const std::vector<Index> bias_shape{net.layer(k).bias_size()};
+      write_file_atomically(directory / detail::npy_weights_name(number),
+                            detail::npy_file_bytes<S>(net.weights(k), layout.shape, layout.fortran),
+                            function);
+      detail::write_npy_as(directory / detail::npy_bias_name(number), net.bias(k), function);
+      json << ",\n     \"weights\": {\"file\": " << json_string(detail::npy_weights_name(number))
+           << ", \"shape\": " << detail::json_array(layout.shape) << "},\n";
+      json << "     \"bias\": {\"file\": " << json_string(detail::npy_bias_name(number))
+           << ", \"shape\": " << detail::json_array(bias_shape) << "}";
+    }
+    json << "}";
   }
   json << "\n  ]\n}\n";
   const std::string text = json.str();
@@ -537,16 +615,15 @@ void export_npy(const std::filesystem::path& directory, const program<S, Loss, P
                         function);
 }
 
-/// Reads W1.npy .. WL.npy and b1.npy .. bL.npy from `directory` into `net`, whose layer sizes
-/// they must match: W_k of shape (n_k, n_{k-1}) in either order, b_k of shape (n_k,), float32 or
-/// float64 (converted to S as parse_npy says), every value finite. All or nothing: every file is
-/// read and checked before any parameter changes. Throws data_error naming import_npy, the file,
-/// the expected and the found shape (or what else is wrong); `net` is then unchanged.
+/// Reads Wk.npy and bk.npy from `directory` for every layer k with parameters into `net`, whose
+/// maps they must match (the shapes export_npy writes; a weights file in either order), float32
+/// or float64 (converted to S as parse_npy says), every value finite. All or nothing: every file
+/// is read and checked before any parameter changes. Throws data_error naming import_npy, the
+/// file, the expected and the found shape (or what else is wrong); `net` is then unchanged.
 template <Scalar S, class Loss, class... Pairs>
 void import_npy(const std::filesystem::path& directory, program<S, Loss, Pairs...>& net) {
   using detail::concat;
   constexpr std::string_view function = "import_npy";
-  detail::require_dense_program(net, function);
   detail::require_directory(directory, function);
   const auto load = [&](const std::string& name, const std::vector<Index>& expected) {
     const std::filesystem::path path = directory / name;
@@ -560,13 +637,17 @@ void import_npy(const std::filesystem::path& directory, program<S, Loss, Pairs..
                               sizeof(S) == 4 ? " (or a float64 beyond float's range)" : ""));
     return std::move(array.values);
   };
-  std::vector<Matrix<S>> weights, biases;
+  const auto depth = std::size_t(net.depth());
+  std::vector<Matrix<S>> weights(depth), biases(depth);  // empty for maps without parameters
   for (Index k = 0; k < net.depth(); ++k) {
-    const Index in = net.layer(k).inputs(), out = net.layer(k).outputs();
-    weights.push_back(load(detail::npy_weights_name(k + 1), {out, in}));
-    biases.push_back(load(detail::npy_bias_name(k + 1), {out}));
+    if (!detail::npy_has_parameters(net, k)) continue;
+    const auto layout = detail::npy_weights_layout(net, k);
+    Matrix<S> w = load(detail::npy_weights_name(k + 1), layout.shape);
+    weights[std::size_t(k)] = layout.fortran ? std::move(w) : Matrix<S>(w.transpose());
+    biases[std::size_t(k)] = load(detail::npy_bias_name(k + 1), {net.layer(k).bias_size()});
   }
   for (Index k = 0; k < net.depth(); ++k) {
+    if (!detail::npy_has_parameters(net, k)) continue;
     net.weights(k) = weights[std::size_t(k)];
     net.bias(k) = biases[std::size_t(k)].col(0);
   }
