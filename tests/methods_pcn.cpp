@@ -370,6 +370,20 @@ TEST_CASE("a sample's inference does not depend on its batch: the solve retires 
   // The samples converge at different sweeps, so the batch's solve retires them in turn.
   CHECK(measured.fewest_sweeps < measured.most_sweeps);
   CHECK(measured.largest < 1e-6);
+
+  // At rate 2 every sample overshoots and halves its own rate, at its own steps: each keeps
+  // its rate when the batch retires others around it.
+  const auto overshooting = batch_dependence<tanh_pair>(
+      39,
+      [] {
+        pcn<double>::settings config = tight_pcn(0.3).config();
+        config.inference_rate = 2;
+        return pcn<double>(config);
+      },
+      [](pcn<double>& m) -> const auto& { return m.state(); });
+  REQUIRE(overshooting.batch_converged);
+  CHECK(overshooting.fewest_sweeps < overshooting.most_sweeps);
+  CHECK(overshooting.largest < 1e-6);
 }
 
 TEST_CASE("accelerated inference reaches the same equilibrium in fewer steps", "[pcn]") {
@@ -460,6 +474,45 @@ TEST_CASE("PCN's report counts the samples left at the cap", "[pcn]") {
   CHECK(free.inner_iterations < pcn<double>().config().stopping.max_iterations);
 }
 
+TEST_CASE("a sample whose fixed rate overshoots halves it and converges; the others take the "
+          "fixed-rate steps bit for bit",
+          "[pcn]") {
+  random_source random(70);
+  auto net = make_mlp<double, tanh_pair>({4, 7, 5, 3});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 4, 9);
+  const Matrix<double> y = random_one_hot<double>(random, 3, 9);
+  Vector<double> reference, estimate, fixed_estimate;
+  REQUIRE(tight_pcn(1).gradient(net, x, y, reference).converged());
+
+  // F's curvature in z_k is at least 1 (its own error term): a rate of 2.5 overshoots in every
+  // sample, by 1.5 times the step along such directions; at rate 1 some samples settle into a
+  // two-cycle, one of them only after a halving (to 0.25), and its next halving jumps to the
+  // cycle's middle, which the rule must not read as a contraction.
+  pcn<double>::settings config;
+  for (const double rate : {1.0, 2.5}) {
+    CAPTURE(rate);
+    config.inference_rate = rate;
+    const step_report halved = pcn<double>(config).gradient(net, x, y, estimate);
+    CHECK(halved.converged());
+    CHECK(relative_error(estimate, reference) < 1e-4);
+  }
+  config.rate_halvings = 0;
+  config.stopping.max_iterations = 200;
+  const step_report fixed = pcn<double>(config).gradient(net, x, y, fixed_estimate);
+  CHECK_FALSE(fixed.converged());
+  CHECK_FALSE(relative_error(fixed_estimate, reference) < 1e-2);
+
+  // At the default rate these samples never climb: halvings allowed or not, the same bits.
+  pcn<double>::settings plain;
+  plain.rate_halvings = 0;
+  Vector<double> plain_estimate;
+  const step_report with = pcn<double>().gradient(net, x, y, estimate);
+  const step_report without = pcn<double>(plain).gradient(net, x, y, plain_estimate);
+  CHECK(with.inner_iterations == without.inner_iterations);
+  CHECK(estimate == plain_estimate);
+}
+
 TEST_CASE("PCN in float keeps its digits at a small spacing", "[pcn]") {
   // At s = 1e-6 the states move by about 1e-6 of their size: inference on z would drown in
   // float's rounding, and a stopping floor relative to |z^0| would stop it at once; on
@@ -501,6 +554,9 @@ TEST_CASE("PCN rejects bad settings and batches of the wrong shape", "[pcn]") {
   CHECK_THROWS_WITH(pcn<double>({.stopping = {.tolerance = 0.0}}),
                     Catch::Contains("pcn") && Catch::Contains("tolerance"));
   CHECK_NOTHROW(make_pcn(1, 1.0));
+  CHECK_THROWS_WITH(pcn<double>({.rate_halvings = -1}),
+                    Catch::Contains("pcn") && Catch::Contains("rate_halvings") &&
+                        Catch::Contains("-1"));
 
   auto net = make_mlp<double, relu>({3, 4, 2});
   Vector<double> gradient;

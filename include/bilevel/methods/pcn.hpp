@@ -25,6 +25,15 @@
 /// sample stops when §5.6b's rule holds for all its layers (methods/stopping_rule.hpp; then it
 /// stays where it is), and the report counts the samples still moving at the cap.
 ///
+/// A fixed rate converges only below 2 over F's largest curvature, which grows with the
+/// weights: past it a sample settles into a two-cycle (measured on LeNet-5 after an epoch of
+/// Fashion-MNIST: F alternating between 1.4275 and 1.4401 to the cap). So a sample whose step
+/// climbed F (beyond its rounding) without being shorter than the one before, the signature of
+/// overshooting rather than of a rise on the way down, halves its own rate, at most
+/// `rate_halvings` times, and the rule judges it afresh from then on. A sample that never
+/// climbs takes the fixed-rate steps bit for bit; the halvings are bounded, so the rates do not
+/// form a summable sequence that would stall short of the equilibrium (below).
+///
 /// As an option the steps carry Nesterov momentum (`accelerated`): each unit keeps its own last
 /// step, and a sample restarts its momentum where a step climbs (O'Donoghue & Candes's gradient
 /// restart, one sum per sample as the stopping rule reads). The rule is sound for steps that
@@ -45,16 +54,18 @@
 /// at a fixed rate converges linearly where F is smooth, so the rule's estimate is sound there
 /// (measured: within 1.03 times the tolerance); a minimiser on a kink of a piecewise-linear pair
 /// (ReLU at s >= 0.01) makes fixed-rate steps chatter without converging, which the report shows.
-/// Shrinking the rate where the gradient turns back is no cure: with a summable sequence of
-/// steps the iterate stalls short of a stationary point while the rule, seeing steps shrink,
-/// calls it converged (measured at s = 1 on MNIST: stopped 11% of the estimate away from where
-/// the same steps continued). MAC's Z-step (methods/mac.hpp) minimises the same F and converges.
+/// Shrinking the rate without bound where the gradient turns back is no cure: with a summable
+/// sequence of steps the iterate stalls short of a stationary point while the rule, seeing steps
+/// shrink, calls it converged (measured at s = 1 on MNIST: stopped 11% of the estimate away
+/// from where the same steps continued). MAC's Z-step (methods/mac.hpp) minimises the same F
+/// and converges.
 ///
 /// Papers: J. Whittington, R. Bogacz, Neural Computation 29(5), 2017; Y. Song et al., "Can the
 /// Brain Do Backpropagation? Exact Implementation of Backpropagation in Predictive Coding
 /// Networks", NeurIPS 2020.
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -88,6 +99,10 @@ class pcn {
     /// The stopping rule of §5.6b (tolerance, cap on inference steps). Ignored by Z-IL, whose
     /// schedule fixes L - 1 steps: by then every layer's gradient has been taken.
     stopping_settings<S> stopping = {S(1e-4), 5000};
+    /// How many times a sample's rate may be halved where its plain step climbed F without
+    /// shrinking (a two-cycle of too large a rate; 0: the fixed rate throughout). Not used with
+    /// momentum, whose restarts handle climbing steps, nor by Z-IL.
+    Index rate_halvings = 4;
     /// Where inference starts: the forward pass, or the first-order start of §5.6b. The
     /// forward pass by default: the first-order start needs BP's backward pass, and locality is
     /// PCN's point.
@@ -102,6 +117,8 @@ class pcn {
     detail::require_positive_finite("pcn", "spacing", settings_.spacing);
     detail::require_positive_finite("pcn", "inference_rate", settings_.inference_rate);
     settings_.stopping.validate("pcn");
+    detail::require(settings_.rate_halvings >= 0, "pcn", "rate_halvings", ">= 0",
+                    settings_.rate_halvings);
     detail::require(!(settings_.accelerated && settings_.zero_divergence), "pcn", "accelerated",
                     "false with zero_divergence (Z-IL's schedule is of plain steps)", "true");
   }
@@ -181,7 +198,10 @@ class pcn {
     step_norms_.resize(std::size_t(L));
     for (RowVector<S>* row : {&displacement_, &rounding_}) row->resize(B);
     for (Index k = 1; k < L; ++k) step_norms_[std::size_t(k)].resize(B);
-    if (accelerated) start_momentum(L, B);
+    if (accelerated)
+      start_momentum(L, B);
+    else
+      start_rates(B);
     // The rule judges the iterates: with momentum, x (iterate_), not the extrapolated point.
     const std::vector<Matrix<S>>& iterate = accelerated ? iterate_ : state_.d;
     Index steps = 0, active = B;
@@ -201,7 +221,10 @@ class pcn {
                       rounding_.head(active));
       }
       bool done = rule_.end_iteration();
-      if (accelerated) done = certify_plainly(active) == 0 && done;
+      if (accelerated)
+        done = certify_plainly(active) == 0 && done;
+      else
+        done = slow_down_overshooting(active) == 0 && done;
       if (done) break;
       active = rule_.retire_converged([this](Index p, Index q) { swap_samples(p, q); });
       energy_.set_width(active);
@@ -218,15 +241,60 @@ class pcn {
     return steps;
   }
 
-  /// z_k <- z_k - rate dF_s/dz_k for every hidden k, on the first `active` samples.
+  /// z_k <- z_k - rate_j dF_s/dz_k for every hidden k, on the first `active` samples.
   void gradient_step(Index L, Index active) {
-    const S rate = settings_.inference_rate;
+    const auto rate = rate_.head(active);
+    auto squared_step = squared_step_.head(active);
+    squared_step.setZero();
     for (Index k = 1; k < L; ++k) {
       const auto u = std::size_t(k);
       auto gradient = state_.gradient[u].leftCols(active);
-      step_norms_[u].head(active) = rate * gradient.colwise().norm();
-      state_.d[u].leftCols(active) -= rate * gradient;
+      step_norms_[u].head(active) = rate.cwiseProduct(gradient.colwise().norm());
+      state_.d[u].leftCols(active) -= gradient * rate.asDiagonal();
+      squared_step += step_norms_[u].head(active).cwiseAbs2();
     }
+  }
+
+  /// Every sample at the configured rate, with F at the start (state_.energy) as its last
+  /// value and no last step.
+  void start_rates(Index B) {
+    for (RowVector<S>* row : {&rate_, &last_energy_, &squared_step_, &last_squared_step_})
+      row->resize(B);
+    rate_.setConstant(settings_.inference_rate);
+    last_energy_ = state_.energy;
+    last_squared_step_.setConstant(std::numeric_limits<S>::infinity());
+    halvings_.setZero(B);
+    just_halved_.setZero(B);
+  }
+
+  /// After a plain step evaluated at the new state: a sample whose F rose by more than its
+  /// rounding, in a step at least as long as the one before, overshot (a fixed rate above 2 over
+  /// the curvature), and halves its rate if it may still (rate_halvings). A rise in a shorter
+  /// step is a descent that is still settling, and is left alone. The rule judges a slowed
+  /// sample afresh, from the second step at its new rate: the first one jumps from the cycle to
+  /// near its middle, and a history that started with it would read the slow steps after it as
+  /// a fast contraction (measured: stopped at 30 times the tolerance). Returns how many samples
+  /// the rule judges afresh.
+  Index slow_down_overshooting(Index active) {
+    constexpr S margin = S(64) * std::numeric_limits<S>::epsilon();
+    Index reopened = 0;
+    for (Index j = 0; j < active; ++j) {
+      const S energy = state_.energy(j);
+      const bool climbed = energy - last_energy_(j) > margin * std::abs(last_energy_(j));
+      const bool shorter = squared_step_(j) < S(0.998) * last_squared_step_(j);
+      last_energy_(j) = energy;
+      last_squared_step_(j) = squared_step_(j);
+      const bool halve = climbed && !shorter && halvings_(j) < settings_.rate_halvings;
+      if (!halve && just_halved_(j) == 0) continue;
+      if (halve) {
+        rate_(j) /= S(2);
+        ++halvings_(j);
+      }
+      just_halved_(j) = halve ? 1 : 0;
+      rule_.reopen(j);
+      ++reopened;
+    }
+    return reopened;
   }
 
   /// Momentum state for a solve from the current point: the iterate x = the start, t = 1.
@@ -315,7 +383,13 @@ class pcn {
   void swap_samples(Index p, Index q) {
     order_.swap(p, q);
     energy_.swap_samples(p, q, {&state_});
-    if (!settings_.accelerated) return;
+    if (!settings_.accelerated) {
+      for (RowVector<S>* row : {&rate_, &last_energy_, &squared_step_, &last_squared_step_})
+        std::swap((*row)(p), (*row)(q));
+      std::swap(halvings_(p), halvings_(q));
+      std::swap(just_halved_(p), just_halved_(q));
+      return;
+    }
     for (std::vector<Matrix<S>>* members : {&iterate_, &step_})
       for (Matrix<S>& m : *members)
         if (m.size() > 0) m.col(p).swap(m.col(q));
@@ -355,6 +429,11 @@ class pcn {
   std::vector<Matrix<S>> iterate_, step_;
   RowVector<S> momentum_time_, momentum_, uphill_;
   Eigen::Matrix<Index, 1, Eigen::Dynamic> plain_;
+  // Plain inference: per sample its rate, F and squared step (all layers) of the last
+  // iteration, this iteration's squared step, the halvings taken, and whether the last step was
+  // the first at a halved rate (slow_down_overshooting).
+  RowVector<S> rate_, last_energy_, squared_step_, last_squared_step_;
+  Eigen::Matrix<Index, 1, Eigen::Dynamic> halvings_, just_halved_;
 };
 
 }  // namespace bilevel
