@@ -715,12 +715,14 @@ TEST_CASE("JSON strings in the manifest are escaped", "[npy][io]") {
 
 namespace {
 
-/// A python3 that imports numpy, or "": the first python3 on PATH may be another installation
-/// (pyenv, a virtualenv) than the one Debian's python3-numpy serves.
+/// A python3 that imports numpy, or "" after a warning that the NumPy check is skipped: the
+/// first python3 on PATH may be another installation (pyenv, a virtualenv) than the one Debian's
+/// python3-numpy serves.
 std::string python_with_numpy() {
   for (const char* candidate : {"python3", "/usr/bin/python3"})
     if (std::system((std::string(candidate) + " -c 'import numpy' >/dev/null 2>&1").c_str()) == 0)
       return candidate;
+  WARN("python3 with numpy is not available (Debian: python3-numpy): NumPy check skipped");
   return "";
 }
 
@@ -807,10 +809,7 @@ TEST_CASE("a CNN round-trips through export_npy and import_npy, its convolution 
 TEST_CASE("NumPy computes a convolution's pre-activation from the exported files",
           "[npy][io][numpy]") {
   const std::string python = python_with_numpy();
-  if (python.empty()) {
-    WARN("python3 with numpy is not available (Debian: python3-numpy): NumPy check skipped");
-    return;
-  }
+  if (python.empty()) return;
   npy_temp_dir dir;
   const npy_cnn net = random_cnn(44);
   export_npy(dir.path, net);
@@ -847,10 +846,7 @@ np.save(os.path.join(d, 'a1.npy'), np.ascontiguousarray(out.reshape(out.shape[0]
 TEST_CASE("NumPy reads the exported files, and files NumPy writes are read here",
           "[npy][io][numpy]") {
   const std::string python = python_with_numpy();
-  if (python.empty()) {
-    WARN("python3 with numpy is not available (Debian: python3-numpy): NumPy check skipped");
-    return;
-  }
+  if (python.empty()) return;
   npy_temp_dir dir;
   auto net = make_mlp<float, relu>({6, 5, 3});
   random_source random(31);

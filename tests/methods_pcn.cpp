@@ -477,7 +477,7 @@ TEST_CASE("PCN's report counts the samples left at the cap", "[pcn]") {
 TEST_CASE("a sample whose fixed rate overshoots halves it and converges; the others take the "
           "fixed-rate steps bit for bit",
           "[pcn]") {
-  random_source random(70);
+  random_source random(72);
   auto net = make_mlp<double, tanh_pair>({4, 7, 5, 3});
   randomize(net, random);
   const Matrix<double> x = random_matrix<double>(random, 4, 9);
@@ -485,23 +485,26 @@ TEST_CASE("a sample whose fixed rate overshoots halves it and converges; the oth
   Vector<double> reference, estimate, fixed_estimate;
   REQUIRE(tight_pcn(1).gradient(net, x, y, reference).converged());
 
-  // F's curvature in z_k is at least 1 (its own error term): a rate of 2.5 overshoots in every
-  // sample, by 1.5 times the step along such directions; at rate 1 some samples settle into a
-  // two-cycle, one of them only after a halving (to 0.25), and its next halving jumps to the
-  // cycle's middle, which the rule must not read as a contraction.
+  // F's curvature in z_k is at least 1 (its own error term): rates of 1.5 and 2 overshoot, and
+  // the samples halve them, some twice. The first step after a halving jumps from the cycle to
+  // near its middle; judged from it, the rule stopped a sample at rate 1.5 early, leaving the
+  // estimate 4 times the tolerance from the tight solve's.
   pcn<double>::settings config;
-  for (const double rate : {1.0, 2.5}) {
+  for (const double rate : {1.5, 2.0}) {
     CAPTURE(rate);
     config.inference_rate = rate;
     const step_report halved = pcn<double>(config).gradient(net, x, y, estimate);
     CHECK(halved.converged());
     CHECK(relative_error(estimate, reference) < 1e-4);
   }
+  // The fixed rate 2.5 diverges: its states overflow within the cap, which the report must
+  // not call converged (stopping_rule.hpp).
+  config.inference_rate = 2.5;
   config.rate_halvings = 0;
-  config.stopping.max_iterations = 200;
+  config.stopping.max_iterations = 2000;
   const step_report fixed = pcn<double>(config).gradient(net, x, y, fixed_estimate);
   CHECK_FALSE(fixed.converged());
-  CHECK_FALSE(relative_error(fixed_estimate, reference) < 1e-2);
+  CHECK_FALSE(all_finite(fixed_estimate));
 
   // At the default rate these samples never climb: halvings allowed or not, the same bits.
   pcn<double>::settings plain;

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "bilevel/core/error.hpp"
@@ -117,4 +118,24 @@ TEST_CASE("a reopened sample is judged afresh from new steps; a held one keeps i
   }
   CHECK(first_pass_0 == 3);
   CHECK(first_pass_1 == alone);
+}
+
+TEST_CASE("a sample whose iterate diverged never meets the rule", "[stopping_rule]") {
+  // Samples: an overflowed displacement with an infinite step, the same with a finite step, a
+  // NaN step, and a finite still one (which converges by the floor).
+  const double inf = std::numeric_limits<double>::infinity();
+  detail::displacement_rule<double> rule;
+  rule.start(1, 4, tolerance);
+  RowVector<double> step(4), displacement(4);
+  step << inf, 1, std::numeric_limits<double>::quiet_NaN(), 0;
+  displacement << inf, inf, 1, 1;
+  for (int t = 0; t < 6; ++t) {
+    rule.observe(0, step, displacement, displacement);
+    CHECK_FALSE(rule.end_iteration());
+  }
+  CHECK_FALSE(rule.converged(0));
+  CHECK_FALSE(rule.converged(1));
+  CHECK_FALSE(rule.converged(2));
+  CHECK(rule.converged(3));
+  CHECK(rule.unconverged() == 3);
 }

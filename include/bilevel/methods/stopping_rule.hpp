@@ -24,7 +24,9 @@
 /// iterations; before that, P = s_t and r the larger of the observed step ratios. A block
 /// whose step stays below the floor (no signal reached it, or it sits at rounding) has converged
 /// by the floor alone. A sample has converged when all its blocks have in the same iteration; a
-/// solver stops when every sample has, or at its cap, which it reports.
+/// solver stops when every sample has, or at its cap, which it reports. A sample whose steps or
+/// displacement are not finite (a solver that diverged) never converges: it runs to the cap and
+/// is reported.
 
 #include <algorithm>
 #include <array>
@@ -118,7 +120,8 @@ class displacement_rule {
         contraction = s0 / s1;
         if (iteration_ == 2 && s2 > 0) contraction = std::max(contraction, s1 / s2);
       }
-      const bool still = s0 <= floor;
+      // An iterate that overflowed has an infinite floor: it must not pass as still.
+      const bool still = s0 <= floor && floor < std::numeric_limits<S>::infinity();
       const bool contracting =
           contraction < 1 &&
           contraction / (1 - contraction) * recent <= tolerance_ * displacement(j) + floor;
