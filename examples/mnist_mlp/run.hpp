@@ -55,43 +55,22 @@ inline bilevel::method_options method_settings(const options& opts) {
   return o;
 }
 
-/// The optimizer chosen on the command line; one dispatch per step.
+/// The optimizer chosen on the command line.
 template <class S>
-class any_optimizer {
- public:
-  any_optimizer(const options& opts, Index parameters, Index decayed)
-      : optimizer_(make(opts, parameters, decayed)) {}
-  void step(Eigen::Ref<bilevel::Vector<S>> params, const bilevel::Vector<S>& gradient) {
-    std::visit([&](auto& o) { o.step(params, gradient); }, optimizer_);
-  }
-  void set_learning_rate(S lr) {
-    std::visit([&](auto& o) { o.set_learning_rate(lr); }, optimizer_);
-  }
-  void save_state(bilevel::state_writer& out) const {
-    std::visit([&](const auto& o) { o.save_state(out); }, optimizer_);
-  }
-  void load_state(bilevel::state_reader& in) {
-    std::visit([&](auto& o) { o.load_state(in); }, optimizer_);
-  }
-
- private:
-  using variant = std::variant<bilevel::adam<S>, bilevel::sgd<S>>;
-  static variant make(const options& opts, Index parameters, Index decayed) {
-    if (opts.optimizer == "adam") {
-      typename bilevel::adam<S>::settings settings;
-      settings.learning_rate = S(opts.lr);
-      settings.weight_decay = S(opts.weight_decay);
-      return bilevel::adam<S>(settings, parameters, decayed);
-    }
-    typename bilevel::sgd<S>::settings settings;
+bilevel::any_optimizer<S> make_optimizer(const options& opts, Index parameters, Index decayed) {
+  if (opts.optimizer == "adam") {
+    typename bilevel::adam<S>::settings settings;
     settings.learning_rate = S(opts.lr);
-    settings.momentum = opts.optimizer == "sgd" ? S(0) : S(opts.momentum);
-    settings.nesterov = opts.optimizer == "nesterov";
     settings.weight_decay = S(opts.weight_decay);
-    return bilevel::sgd<S>(settings, parameters, decayed);
+    return bilevel::adam<S>(settings, parameters, decayed);
   }
-  variant optimizer_;
-};
+  typename bilevel::sgd<S>::settings settings;
+  settings.learning_rate = S(opts.lr);
+  settings.momentum = opts.optimizer == "sgd" ? S(0) : S(opts.momentum);
+  settings.nesterov = opts.optimizer == "nesterov";
+  settings.weight_decay = S(opts.weight_decay);
+  return bilevel::sgd<S>(settings, parameters, decayed);
+}
 
 inline bilevel::lr_schedule<double> make_schedule(const options& opts) {
   using schedule = bilevel::lr_schedule<double>;
@@ -165,23 +144,14 @@ inline std::vector<bilevel::map_spec> architecture_maps(const options& opts) {
   }
 }
 
-/// The classifier of `maps` on one-channel images of `rows` x `cols`: `hidden` after every
-/// convolution and dense layer, the identity after each pooling (a linear map needs none) and
-/// at the output.
+/// The classifier of `maps` on one-channel images of `rows` x `cols` (make_classifier).
 template <class S, class Hidden>
 bilevel::mlp<S, Hidden> image_program(const options& opts,
                                       const std::vector<bilevel::map_spec>& maps, Index rows,
                                       Index cols, const Hidden& hidden) {
-  using net_type = bilevel::mlp<S, Hidden>;
-  std::vector<typename net_type::pair_type> pairs;
-  for (std::size_t k = 0; k < maps.size(); ++k) {
-    const bool linear =
-        k + 1 == maps.size() || std::holds_alternative<bilevel::pool_spec>(maps[k]);
-    pairs.push_back(linear ? typename net_type::pair_type(bilevel::identity{})
-                           : typename net_type::pair_type(hidden));
-  }
   try {
-    return net_type(bilevel::image_shape{1, rows, cols}, maps, std::move(pairs));
+    return bilevel::make_classifier<bilevel::mlp<S, Hidden>>(bilevel::image_shape{1, rows, cols},
+                                                             maps, hidden);
   } catch (const bilevel::error& e) {
     throw bilevel::config_error("--architecture " + opts.architecture + ": " + e.what());
   }
@@ -250,7 +220,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
 
   bilevel::random_source init_random(opts.seed);
   net.initialize(bilevel::parse_init_scheme(opts.init), init_random);
-  any_optimizer<S> optimizer(opts, net.parameter_count(), net.weight_count());
+  auto optimizer = make_optimizer<S>(opts, net.parameter_count(), net.weight_count());
   const auto schedule = make_schedule(opts);
   return group.with_stepper<S>(method, [&](auto& stepper) {
     bilevel::trainer trainer(net, stepper, optimizer, opts.batch, opts.seed + 1, mode);

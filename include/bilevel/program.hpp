@@ -194,7 +194,7 @@ class program {
     Vector<S> parameters = in.read_values<S>("parameters", parameter_count());
     if (!all_finite(parameters)) in.fail("parameters", "finite", "a NaN or Inf entry");
     for (Index k = 0; k < depth(); ++k) layers_[std::size_t(k)].set_pair(std::move(pairs[std::size_t(k)]));
-    parameters_ = std::move(parameters);
+    parameters_ = parameters;  // into the same buffer: views of it stay valid (Python's)
   }
 
   /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source);
@@ -412,6 +412,22 @@ mlp<S, Hidden, Loss> make_mlp(const std::vector<Index>& sizes, Hidden hidden = {
   std::vector<pair_type> pairs(sizes.size() - 2, pair_type(hidden));
   pairs.emplace_back(identity{});
   return mlp<S, Hidden, Loss>(sizes, std::move(pairs), std::move(loss));
+}
+
+/// The usual classifier of images of shape `input` through the layers `maps`: `hidden` after
+/// every convolution and dense layer, the identity after each pooling (a linear map needs none)
+/// and at the output, whose values the loss reads as logits. Throws as the program constructor.
+template <class Program>
+Program make_classifier(const image_shape& input, std::vector<map_spec> maps,
+                        const typename Program::pair_type& hidden,
+                        typename Program::loss_type loss = {}) {
+  using pair_type = typename Program::pair_type;
+  std::vector<pair_type> pairs;
+  for (std::size_t k = 0; k < maps.size(); ++k) {
+    const bool linear = k + 1 == maps.size() || std::holds_alternative<pool_spec>(maps[k]);
+    pairs.push_back(linear ? pair_type(identity{}) : hidden);
+  }
+  return Program(input, std::move(maps), std::move(pairs), std::move(loss));
 }
 
 }  // namespace bilevel

@@ -133,7 +133,9 @@ void restore_checkpoint(std::span<const std::uint8_t> bytes, const std::string& 
       },
       staged);
   in.finish();
-  std::apply([&](auto&... copies) { ((components = std::move(copies)), ...); }, staged);
+  // Copied, not moved: buffers of the same size keep their addresses, so that views of them
+  // (the Python module's parameters array) stay valid.
+  std::apply([&](const auto&... copies) { ((components = copies), ...); }, staged);
 }
 
 /// Writes a checkpoint of `components` to `path` atomically (io/file.hpp).

@@ -313,11 +313,16 @@ inline constexpr std::array<std::string_view, 4> mnist_file_names = {
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte"};
 
-/// Loads MNIST or Fashion-MNIST from `dir`, which must hold the mnist_file_names, each plain or
-/// with a .gz suffix (the plain file wins if both exist). Labels must be 0 to 9; images must
-/// have `pixels` pixels unless that is 0 (checked before their payload is read).
+/// The two splits of an MNIST-style data set.
+enum class mnist_split { train, test };
+
+/// Loads one split of MNIST or Fashion-MNIST from `dir`, which must hold that split's
+/// mnist_file_names, each plain or with a .gz suffix (the plain file wins if both exist). Labels
+/// must be 0 to 9; images must have `pixels` pixels unless that is 0 (checked before their
+/// payload is read).
 template <Scalar S>
-mnist_data<S> load_mnist(const std::filesystem::path& dir, Index pixels = 0) {
+labelled_set<S> load_mnist_split(const std::filesystem::path& dir, mnist_split split,
+                                 Index pixels = 0) {
   using detail::concat;
   std::error_code status_error;
   const auto status = std::filesystem::status(dir, status_error);
@@ -342,15 +347,23 @@ mnist_data<S> load_mnist(const std::filesystem::path& dir, Index pixels = 0) {
         concat("load_mnist: missing ", plain.string(), " (or ", compressed.string(), ")"));
   };
   constexpr Index classes = 10;
+  const std::size_t first = split == mnist_split::train ? 0 : 2;
+  return load_idx_pair<S>(find(mnist_file_names[first]), find(mnist_file_names[first + 1]),
+                          pixels, classes);
+}
+
+/// Loads both splits of MNIST or Fashion-MNIST from `dir` (load_mnist_split); their images must
+/// have the same size.
+template <Scalar S>
+mnist_data<S> load_mnist(const std::filesystem::path& dir, Index pixels = 0) {
   mnist_data<S> data;
-  data.train = load_idx_pair<S>(find(mnist_file_names[0]), find(mnist_file_names[1]), pixels,
-                                classes);
-  data.test = load_idx_pair<S>(find(mnist_file_names[2]), find(mnist_file_names[3]), pixels,
-                               classes);
+  data.train = load_mnist_split<S>(dir, mnist_split::train, pixels);
+  data.test = load_mnist_split<S>(dir, mnist_split::test, pixels);
   if (data.train.rows != data.test.rows || data.train.cols != data.test.cols) {
-    throw data_error(concat("load_mnist: ", dir.string(), ": training images are ", data.train.rows,
-                            "x", data.train.cols, " but test images are ", data.test.rows, "x",
-                            data.test.cols));
+    throw data_error(detail::concat("load_mnist: ", dir.string(), ": training images are ",
+                                    data.train.rows, "x", data.train.cols,
+                                    " but test images are ", data.test.rows, "x",
+                                    data.test.cols));
   }
   return data;
 }
