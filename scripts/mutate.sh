@@ -15,7 +15,9 @@
 #   + <the line with the slip>
 # The tests to run are a Catch test spec when they start with '[' (tags, e.g. "[chl],[lpom]":
 # either tag), a ctest -R regex otherwise. The copy and its build live in ${MUTATE_DIR:-/tmp/bilevel-mutants} (built with ccache when it
-# is installed, tests and their library only: no examples, benchmarks or MPI).
+# is installed, tests and their library only: no examples, benchmarks or MPI; for slips whose
+# tests are the python_ ones, the Python module alone, whose comparisons with the C++ trainer
+# are skipped there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 - "$@" <<'PY'
@@ -62,7 +64,11 @@ def run(command, **options):
     return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           **options)
 
-def prepare():
+def targets(slip):
+    """What a slip's tests run: the Python module for the python_ tests, else the test programs."""
+    return ["bilevel_python"] if slip["tests"].startswith("python") else test_programs
+
+def prepare(needed):
     if os.path.isdir(source):
         shutil.rmtree(source)
     ignore = shutil.ignore_patterns(".git", "build*", "data", "results")
@@ -70,12 +76,12 @@ def prepare():
     launcher = ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"] if shutil.which("ccache") else []
     configure = run(["cmake", "-S", source, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                      "-DBILEVEL_BUILD_EXAMPLES=OFF", "-DBILEVEL_BUILD_BENCHMARKS=OFF",
-                     "-DBILEVEL_WITH_MPI=OFF", "-DBILEVEL_INSTALL=OFF", "-DBILEVEL_TEST_FILES="]
+                     "-DBILEVEL_WITH_MPI=OFF", "-DBILEVEL_INSTALL=OFF", "-DBILEVEL_PYTHON=ON",
+                     "-DBILEVEL_TEST_FILES="]
                     + launcher)
     if configure.returncode != 0:
         fail("cmake configure failed:\n" + configure.stdout[-3000:])
-    built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
-                 *test_programs])
+    built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", *needed])
     if built.returncode != 0:
         fail("the unmutated tests do not build:\n" + built.stdout[-3000:])
 
@@ -114,7 +120,7 @@ def check(slip):
     try:
         select(test_files(slip["tests"]))
         built = run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
-                     *test_programs])
+                     *targets(slip)])
         if built.returncode != 0:
             return "error", "the slip does not compile (not a plausible slip)"
         if slip["tests"].startswith("["):
@@ -141,7 +147,7 @@ chosen = [s for s in every if not arguments or s["id"] in arguments]
 unknown = set(arguments) - {s["id"] for s in every}
 if unknown:
     fail("unknown slip id(s): " + ", ".join(sorted(unknown)))
-prepare()
+prepare(sorted({target for slip in chosen for target in targets(slip)}))
 counts = {"killed": 0, "survived": 0, "error": 0}
 for slip in chosen:
     outcome, detail = check(slip)
@@ -149,7 +155,8 @@ for slip in chosen:
     print(f"{outcome:8} {slip['id']}" + (f"  ({detail})" if detail else ""), flush=True)
 # Leave the copy's objects matching the unmutated sources for the next run.
 select("")
-run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", "bilevel_tests"])
+run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target",
+     *sorted({target for slip in chosen for target in targets(slip)})])
 print(f"mutate.sh: {counts['killed']} of {len(chosen)} slips killed, {counts['survived']} "
       f"survived, {counts['error']} not applicable")
 sys.exit(0 if counts["survived"] == 0 and counts["error"] == 0 else 1)

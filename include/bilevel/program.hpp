@@ -194,7 +194,7 @@ class program {
     Vector<S> parameters = in.read_values<S>("parameters", parameter_count());
     if (!all_finite(parameters)) in.fail("parameters", "finite", "a NaN or Inf entry");
     for (Index k = 0; k < depth(); ++k) layers_[std::size_t(k)].set_pair(std::move(pairs[std::size_t(k)]));
-    parameters_ = parameters;  // into the same buffer: views of it stay valid (Python's)
+    parameters_ = std::move(parameters);
   }
 
   /// Draws every layer's W and b by `scheme`, layer 1 first (deterministic given the source);

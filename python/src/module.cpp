@@ -617,11 +617,15 @@ PYBIND11_MODULE(bilevel, m) {
                              result.training.unconverged_share);
             if (!callback.is_none()) callback(entry);
           };
+          const auto interrupted = [] {  // Ctrl-C ends the run after the current batch
+            py::gil_scoped_acquire locked;
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+          };
           const run_data<S> data{&train_data, test_data ? &*test_data : nullptr,
                                  validation_data ? &*validation_data : nullptr};
           {
             py::gil_scoped_release unlocked;
-            typed_ops<S>::train(net, method, optimizer, data, settings, finished);
+            typed_ops<S>::train(net, method, optimizer, data, settings, finished, interrupted);
           }
           return history;
         });

@@ -47,9 +47,11 @@ struct typed_ops {
   static void predict(any_method<S>* method, const network<S>& net, const MatrixCRef<S>& x,
                       Matrix<S>& output);
 
+  /// `batch_done` runs after every batch (the module checks for Ctrl-C there).
   static void train(network<S>& net, any_method<S>& method, any_optimizer<S>& optimizer,
                     const run_data<S>& data, const train_settings& settings,
-                    const std::function<void(const epoch_result&)>& epoch_finished);
+                    const std::function<void(const epoch_result&)>& epoch_finished,
+                    const std::function<void()>& batch_done);
 
   /// The network and whichever of the others are given (not null), in this order.
   static void save(const std::filesystem::path& path, const network<S>& net,

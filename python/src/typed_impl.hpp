@@ -74,7 +74,8 @@ void typed_ops<S>::predict(any_method<S>* method, const network<S>& net, const M
 template <Scalar S>
 void typed_ops<S>::train(network<S>& net, any_method<S>& method, any_optimizer<S>& optimizer,
                          const run_data<S>& data, const train_settings& settings,
-                         const std::function<void(const epoch_result&)>& epoch_finished) {
+                         const std::function<void(const epoch_result&)>& epoch_finished,
+                         const std::function<void()>& batch_done) {
   // The caller's floating-point mode is restored however the run ends.
   struct denormal_mode {
     bool before = denormals_flushed();
@@ -88,6 +89,7 @@ void typed_ops<S>::train(network<S>& net, any_method<S>& method, any_optimizer<S
   run_record record;
   run_callbacks<S> callbacks;
   callbacks.epoch_finished = epoch_finished;
+  callbacks.batch_done = [&batch_done](Index, Index, Index) { batch_done(); };
   run_epochs(loop, data, run, record, callbacks);
 }
 

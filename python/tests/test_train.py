@@ -1,7 +1,10 @@
-"""The module trains exactly as the C++ trainer: the same data, seeds and settings give the
-same parameters to the last bit, for every method (and both scalars, and native steps)."""
+"""bilevel.train is the C++ trainer: the same data, seeds and settings give the same parameters
+to the last bit, for every method (and both scalars, and native steps); and the run loop as
+Python sees it: its seed, the caller's floating-point mode, callbacks and Ctrl-C."""
 import os
+import signal
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -104,3 +107,47 @@ def test_a_python_loop_is_the_run_loop(mnist_dir):
         g, _ = method.gradient(nets[1], x, y)
         opts[1].step(nets[1], g)
     assert np.array_equal(nets[0].parameters, nets[1].parameters)
+
+
+def test_the_seed_decides_the_order_and_the_callers_float_mode_survives(mnist_dir):
+    images, labels = bilevel.load_mnist(mnist_dir, "train")
+    runs = []
+    for seed in (7, 7, 8):
+        net = bilevel.mlp([784, 8, 10], seed=1)
+        bilevel.flush_denormals(False)
+        bilevel.train(net, bilevel.method("bp"), bilevel.optimizer("adam", net), images, labels,
+                      epochs=1, batch=30, seed=seed)
+        assert np.float32(1e-38) / np.float32(10) > 0  # gradual underflow again after the run
+        runs.append(net.parameters.copy())
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_a_failing_callback_ends_the_run_with_its_exception(mnist_dir):
+    images, labels = bilevel.load_mnist(mnist_dir, "train")
+    net = bilevel.mlp([784, 8, 10], seed=1)
+    epochs = []
+
+    def stop(result):
+        epochs.append(result["epoch"])
+        raise KeyError("enough")
+
+    with pytest.raises(KeyError, match="enough"):
+        bilevel.train(net, bilevel.method("bp"), bilevel.optimizer("adam", net), images, labels,
+                      epochs=3, batch=30, callback=stop)
+    assert epochs == [1]
+
+
+def test_ctrl_c_ends_a_run_after_its_batch(mnist_dir):
+    images, labels = bilevel.load_mnist(mnist_dir, "train")
+    net = bilevel.mlp([784, 8, 10], seed=1)
+    epochs = []
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bilevel.train(net, bilevel.method("bp"), bilevel.optimizer("adam", net), images,
+                          labels, epochs=20000, batch=30, callback=epochs.append)
+    finally:
+        timer.cancel()
+    assert 0 < len(epochs) < 20000
+    assert np.all(np.isfinite(net.parameters))

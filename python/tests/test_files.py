@@ -1,0 +1,61 @@
+"""Data, checkpoints and the NumPy export from Python."""
+import numpy as np
+import pytest
+
+import bilevel
+from conftest import digits
+
+
+def test_load_mnist_reads_both_splits(mnist_dir):
+    images, labels = bilevel.load_mnist(mnist_dir, "train")
+    expected, expected_labels = digits(300, seed=1)
+    assert images.shape == (300, 784) and images.dtype == np.float32
+    assert labels.dtype == np.uint8 and np.array_equal(labels, expected_labels)
+    assert np.array_equal(images, expected.reshape(300, 784).astype(np.float32) / 255)
+    test_images, _ = bilevel.load_mnist(mnist_dir, "test", dtype=np.float64)
+    assert test_images.shape == (100, 784) and test_images.dtype == np.float64
+    with pytest.raises(bilevel.DataError, match="nowhere: No such file"):
+        bilevel.load_mnist(mnist_dir / "nowhere")
+    with pytest.raises(bilevel.DataError, match="missing .*t10k-labels-idx1-ubyte"):
+        bilevel.load_mnist(mnist_dir / "..", "test")
+    with pytest.raises(bilevel.ConfigError, match="split"):
+        bilevel.load_mnist(mnist_dir, "validation")
+
+
+def test_checkpoint_restores_everything_and_keeps_the_view(tmp_path, mnist_dir):
+    images, labels = bilevel.load_mnist(mnist_dir, "train")
+    net = bilevel.mlp([784, 8, 10], seed=1)
+    method, opt = bilevel.method("pcn"), bilevel.optimizer("adam", net)
+    bilevel.train(net, method, opt, images, labels, epochs=1, batch=30)
+    path = tmp_path / "run.ckpt"
+    bilevel.save_checkpoint(path, net, opt, method)
+    view, saved = net.parameters, net.parameters.copy()
+    continued = [bilevel.train(net, method, opt, images, labels, epochs=1, batch=30, seed=9)]
+    after_one_more = net.parameters.copy()
+    bilevel.load_checkpoint(path, net, opt, method)
+    assert net.parameters.ctypes.data == view.ctypes.data  # restored into the same buffer
+    assert np.array_equal(view, saved)
+    continued.append(bilevel.train(net, method, opt, images, labels, epochs=1, batch=30, seed=9))
+    assert np.array_equal(net.parameters, after_one_more)  # Adam's moments came back too
+    assert continued[0][0]["loss"] == continued[1][0]["loss"]
+
+    damaged = bytearray(path.read_bytes())
+    damaged[-10] ^= 0xFF
+    (tmp_path / "bad.ckpt").write_bytes(bytes(damaged))
+    with pytest.raises(bilevel.DataError, match="checksum"):
+        bilevel.load_checkpoint(tmp_path / "bad.ckpt", net, opt, method)
+    assert np.array_equal(net.parameters, after_one_more)  # all or nothing
+    with pytest.raises(bilevel.DataError):
+        bilevel.load_checkpoint(path, bilevel.mlp([784, 9, 10]))
+
+
+def test_npy_export_round_trips_and_numpy_reads_it(tmp_path):
+    net = bilevel.mlp([5, 4, 3], activation="tanh", seed=3, dtype="float64")
+    bilevel.export_npy(tmp_path, net)
+    W1, b1 = np.load(tmp_path / "W1.npy"), np.load(tmp_path / "b1.npy")
+    W2, b2 = np.load(tmp_path / "W2.npy"), np.load(tmp_path / "b2.npy")
+    x = np.random.default_rng(0).random((6, 5))
+    assert np.allclose(net.predict(x), np.tanh(x @ W1.T + b1) @ W2.T + b2, rtol=1e-13)
+    other = bilevel.mlp([5, 4, 3], activation="tanh", seed=4, dtype="float64")
+    bilevel.import_npy(tmp_path, other)
+    assert np.array_equal(other.parameters, net.parameters)
