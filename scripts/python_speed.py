@@ -24,9 +24,10 @@ def trainer_seconds(trainer, data, method):
     """The trainer's own training time of one epoch (its JSON line's `seconds`)."""
     line = subprocess.run(
         [trainer, "--data", data, "--method", method, "--layers", ",".join(map(str, SIZES)),
-         "--activation", ACTIVATION.get(method, "relu"), "--optimizer", "adam", "--lr", "0.001", "--batch", "50",
-         "--epochs", "1", "--threads", "1", "--quiet", *SETTINGS.get(method, [])],
-        check=True, capture_output=True, text=True).stdout.splitlines()[0]  # the epoch; a summary follows
+         "--activation", ACTIVATION.get(method, "relu"), "--optimizer", "adam", "--lr", "0.001",
+         "--batch", "50", "--epochs", "1", "--threads", "1", "--quiet",
+         *SETTINGS.get(method, [])],
+        check=True, capture_output=True, text=True).stdout.splitlines()[0]  # then a summary
     return json.loads(line)["seconds"]
 
 

@@ -3,8 +3,8 @@
 run loop (bilevel.train), then a few steps of a hand-written loop (method.gradient +
 opt.step), and prints the test error.
 
-    python3 examples/python/train_mnist.py --method pcn --epochs 1   # data/mnist (scripts/fetch-mnist.sh)
-    python3 examples/python/train_mnist.py --synthetic                # no data needed
+    python3 examples/python/train_mnist.py --method pcn   # data/mnist: scripts/fetch-mnist.sh
+    python3 examples/python/train_mnist.py --synthetic    # no data needed
 """
 import argparse
 import time

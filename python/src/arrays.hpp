@@ -79,7 +79,8 @@ Matrix<S> targets(const py::handle& object, Index samples, Index classes,
     if (array.shape(0) != samples)
       throw shape_error(detail::concat(where, ": y must hold one label per sample (", samples,
                                        "); got shape ", shape_text(array)));
-    const auto labels = py::array_t<long long, py::array::c_style | py::array::forcecast>::ensure(array);
+    const auto labels =
+        py::array_t<long long, py::array::c_style | py::array::forcecast>::ensure(array);
     Matrix<S> onehot = Matrix<S>::Zero(classes, samples);
     for (Index j = 0; j < samples; ++j) {
       const long long label = labels.at(j);

@@ -247,6 +247,43 @@ class py_optimizer {
   std::string name_;
 };
 
+/// body(net, optimizer, method) with the network typed and the others for it, or null where
+/// not given (the checkpoint functions).
+template <class Body>
+void with_components(const char* where, py_network& n, py_optimizer* opt, py_method* self,
+                     Body&& body) {
+  n.visit([&](auto& net) {
+    body(net, opt ? &opt->for_network(net, where) : nullptr,
+         self ? &self->for_network(net, where) : nullptr);
+  });
+}
+
+/// A writable view of the values at `data` in the shape and order of `layout`, keeping
+/// `owner` alive.
+template <Scalar S>
+py::array view(S* data, const detail::npy_weight_layout& layout, const py::object& owner) {
+  const std::vector<py::ssize_t> shape(layout.shape.begin(), layout.shape.end());
+  std::vector<py::ssize_t> strides(shape.size());
+  py::ssize_t stride = sizeof(S);
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    const std::size_t d = layout.fortran ? i : shape.size() - 1 - i;
+    strides[d] = stride;
+    stride *= shape[d];
+  }
+  return py::array_t<S>(shape, strides, data, owner);
+}
+
+/// Layer k = 1..depth of `net` (as W_k in docs/methods.md and Wk.npy), which must have
+/// parameters; returns its 0-based index.
+template <class Net>
+Index parameterized_layer(const Net& net, Index k, const char* where) {
+  detail::require(k >= 1 && k <= net.depth(), where, "the layer k", concat("1 to ", net.depth()),
+                  k);
+  detail::require(detail::npy_has_parameters(net, k - 1), where, concat("layer ", k),
+                  "a layer with parameters", "a pooling layer");
+  return k - 1;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reports as Python values.
 
@@ -361,6 +398,26 @@ PYBIND11_MODULE(bilevel, m) {
           },
           "The flat parameter buffer [W_1 .. W_L | b_1 .. b_L], a writable view (no copy).")
       .def(
+          "weights",
+          [](py::object self, Index k) {
+            return self.cast<py_network&>().visit([&](auto& net) {
+              const Index layer = parameterized_layer(net, k, "Network.weights");
+              return view(net.weights(layer).data(), detail::npy_weights_layout(net, layer), self);
+            });
+          },
+          py::arg("k"),
+          "W_k of layer k = 1..depth (as in docs/methods.md and Wk.npy), a writable view: dense "
+          "(n_k, n_{k-1}), convolution (filters, channels, kernel, kernel) as PyTorch's Conv2d.")
+      .def(
+          "bias",
+          [](py::object self, Index k) {
+            return self.cast<py_network&>().visit([&](auto& net) {
+              const Index layer = parameterized_layer(net, k, "Network.bias");
+              return view(net.bias(layer).data(), {{net.bias(layer).size()}, true}, self);
+            });
+          },
+          py::arg("k"), "b_k of layer k = 1..depth, a writable view (one value per unit or filter).")
+      .def(
           "predict",
           [](py_network& n, const py::handle& x) {
             return n.visit([&](const auto& net) {
@@ -374,7 +431,12 @@ PYBIND11_MODULE(bilevel, m) {
               return rows_of<S>(std::move(output));
             });
           },
-          py::arg("x"), "The last layer's values (B, outputs) of x (B, inputs) by the forward pass.")
+          py::arg("x"),
+          "The last layer's values (B, outputs) of x (B, inputs) by the forward pass.")
+      .def("copy", [](const py_network& n) { return py_network(n); },
+           "An independent copy: the same layers and parameters in a buffer of its own.")
+      .def("__copy__", [](const py_network& n) { return py_network(n); })
+      .def("__deepcopy__", [](const py_network& n, const py::dict&) { return py_network(n); })
       .def("__repr__", [](const py_network& n) {
         return n.visit([&](const auto& net) {
           return concat("<bilevel.Network ", n.description(), ", ", n.dtype_name(), ", ",
@@ -451,7 +513,7 @@ PYBIND11_MODULE(bilevel, m) {
                 report = typed_ops<S>::gradient(method, net, rows.matrix(), target, gradient);
               }
               warn_unconverged("Method.gradient", self.name(),
-                               double(report.unconverged) / double(std::max<Index>(1, rows.samples())));
+                               double(report.unconverged) / double(rows.samples()));
               const py::ssize_t size = gradient.size();
               return py::make_tuple(owning_array(std::move(gradient), {size}),
                                     report_dict(report));
@@ -498,7 +560,8 @@ PYBIND11_MODULE(bilevel, m) {
           py::arg("net"), py::arg("x"),
           "The outputs (B, outputs) as the method predicts (EP: free relaxation; the others: "
           "the forward pass).")
-      .def("__repr__", [](const py_method& self) { return "<bilevel.Method " + self.name() + ">"; });
+      .def("__repr__",
+           [](const py_method& self) { return "<bilevel.Method " + self.name() + ">"; });
 
   m.def(
       "method",
@@ -535,7 +598,8 @@ PYBIND11_MODULE(bilevel, m) {
               const auto gradient = contiguous<S>(g, "Optimizer.step", "g");
               if (gradient.ndim() != 1 || gradient.shape(0) != net.parameter_count())
                 throw shape_error(concat("Optimizer.step: g must have shape (",
-                                         net.parameter_count(), ",), the network's parameters; got ",
+                                         net.parameter_count(),
+                                         ",), the network's parameters; got ",
                                          shape_text(gradient)));
               const Eigen::Map<const Vector<S>> values(gradient.data(), net.parameter_count());
               py::gil_scoped_release unlocked;
@@ -597,7 +661,8 @@ PYBIND11_MODULE(bilevel, m) {
           any_optimizer<S>& optimizer = opt.for_network(net, "bilevel.train");
           const dataset<S> train_data = as_dataset(net, images, labels, "images");
           std::optional<dataset<S>> test_data, validation_data;
-          if (test_set) test_data = as_dataset(net, test_set->first, test_set->second, "test images");
+          if (test_set)
+            test_data = as_dataset(net, test_set->first, test_set->second, "test images");
           if (validation_set)
             validation_data =
                 as_dataset(net, validation_set->first, validation_set->second, "validation images");
@@ -645,24 +710,20 @@ PYBIND11_MODULE(bilevel, m) {
   m.def(
       "save_checkpoint",
       [](const std::filesystem::path& path, py_network& n, py_optimizer* opt, py_method* self) {
-        n.visit([&](auto& net) {
-          using S = scalar_of<decltype(net)>;
-          any_optimizer<S>* optimizer = opt ? &opt->for_network(net, "bilevel.save_checkpoint") : nullptr;
-          any_method<S>* method = self ? &self->for_network(net, "bilevel.save_checkpoint") : nullptr;
-          typed_ops<S>::save(path, net, optimizer, method);
-        });
+        with_components("bilevel.save_checkpoint", n, opt, self,
+                        [&](auto& net, auto* optimizer, auto* method) {
+                          typed_ops<scalar_of<decltype(net)>>::save(path, net, optimizer, method);
+                        });
       },
       py::arg("path"), py::arg("net"), py::arg("optimizer") = nullptr, py::arg("method") = nullptr,
       "Writes net (and the optimizer's and method's state, if given) to path atomically.");
   m.def(
       "load_checkpoint",
       [](const std::filesystem::path& path, py_network& n, py_optimizer* opt, py_method* self) {
-        n.visit([&](auto& net) {
-          using S = scalar_of<decltype(net)>;
-          any_optimizer<S>* optimizer = opt ? &opt->for_network(net, "bilevel.load_checkpoint") : nullptr;
-          any_method<S>* method = self ? &self->for_network(net, "bilevel.load_checkpoint") : nullptr;
-          typed_ops<S>::load(path, net, optimizer, method);
-        });
+        with_components("bilevel.load_checkpoint", n, opt, self,
+                        [&](auto& net, auto* optimizer, auto* method) {
+                          typed_ops<scalar_of<decltype(net)>>::load(path, net, optimizer, method);
+                        });
       },
       py::arg("path"), py::arg("net"), py::arg("optimizer") = nullptr, py::arg("method") = nullptr,
       "Restores what save_checkpoint wrote with the same components, all or nothing; the "
@@ -679,9 +740,12 @@ PYBIND11_MODULE(bilevel, m) {
   m.def(
       "import_npy",
       [](const std::filesystem::path& directory, py_network& n) {
-        n.visit([&](auto& net) { typed_ops<scalar_of<decltype(net)>>::import_npy(directory, net); });
+        n.visit([&](auto& net) {
+          typed_ops<scalar_of<decltype(net)>>::import_npy(directory, net);
+        });
       },
-      py::arg("directory"), py::arg("net"), "Reads what export_npy wrote into net, all or nothing.");
+      py::arg("directory"), py::arg("net"),
+      "Reads what export_npy wrote into net, all or nothing.");
 
   // --- the machine ----------------------------------------------------------------------------
   m.def("set_threads", [](int threads) {

@@ -1,5 +1,7 @@
 """NumPy in and out: rows are samples, the parameters view writes through, other dtypes and
 layouts are converted, wrong ones refused with the library's messages."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -94,13 +96,15 @@ def test_errors_name_the_python_shapes():
         method.gradient(net, x, np.array([-1, 1, 0, 2]))
     with pytest.raises(bilevel.ShapeError, match=r"one row per sample of x \(4\); got 3 rows"):
         method.gradient(net, x, np.eye(3, dtype=np.float32)[y[:3]])
-    with pytest.raises(bilevel.ShapeError, match=r"y \(targets, or 1-D labels\) must have shape \(B, 3\)"):
+    with pytest.raises(bilevel.ShapeError,
+                       match=r"y \(targets, or 1-D labels\) must have shape \(B, 3\)"):
         method.gradient(net, x, np.zeros((4, 4), np.float32))
     with pytest.raises(TypeError, match="labels y must be integers"):
         method.gradient(net, x, y.astype(np.float32))
     with pytest.raises(TypeError, match="x must be an array of real numbers"):
         method.gradient(net, np.array([["a"] * 5] * 4), y)
-    assert issubclass(bilevel.ShapeError, ValueError) and issubclass(bilevel.ShapeError, bilevel.Error)
+    assert issubclass(bilevel.ShapeError, ValueError)
+    assert issubclass(bilevel.ShapeError, bilevel.Error)
 
 
 def test_non_finite_input_is_refused():
@@ -141,3 +145,12 @@ def test_float64_networks_compute_in_float64():
     x, y = data(dtype=np.float64)
     g, _ = bilevel.method("bp").gradient(net, x, y)
     assert g.dtype == np.float64 and net.predict(x).dtype == np.float64
+
+
+def test_a_copy_is_independent():
+    net = small()
+    for twin in (net.copy(), copy.deepcopy(net)):
+        assert np.array_equal(twin.parameters, net.parameters)
+        assert twin.parameters.ctypes.data != net.parameters.ctypes.data
+        twin.parameters[:] = 0
+        assert np.any(net.parameters != 0)

@@ -59,3 +59,31 @@ def test_npy_export_round_trips_and_numpy_reads_it(tmp_path):
     other = bilevel.mlp([5, 4, 3], activation="tanh", seed=4, dtype="float64")
     bilevel.import_npy(tmp_path, other)
     assert np.array_equal(other.parameters, net.parameters)
+
+
+@pytest.mark.parametrize("make,layers", [
+    (lambda: bilevel.mlp([5, 4, 3], seed=3), 2),
+    (lambda: bilevel.network("conv3k3s2p1-pool2-dense4-dense3", image=(2, 6, 6), seed=3), 3),
+], ids=["mlp", "cnn"])
+def test_layer_views_are_the_exported_arrays_and_write_through(tmp_path, make, layers):
+    net = make()
+    bilevel.export_npy(tmp_path, net)
+    with_parameters = [k for k in range(1, net.depth + 1) if (tmp_path / f"W{k}.npy").exists()]
+    assert len(with_parameters) == layers
+    for k in with_parameters:
+        assert np.array_equal(net.weights(k), np.load(tmp_path / f"W{k}.npy"))
+        assert np.array_equal(net.bias(k), np.load(tmp_path / f"b{k}.npy"))
+    last = with_parameters[-1]
+    net.weights(last)[:] = 0
+    net.bias(last)[:] = [1, 2, 3]
+    x = np.random.default_rng(0).random((2, net.input_size), dtype=np.float32)
+    assert np.array_equal(net.predict(x), np.array([[1, 2, 3]] * 2, np.float32))
+    with pytest.raises(bilevel.ConfigError, match=f"the layer k must be 1 to {net.depth}, got 0"):
+        net.bias(0)
+
+
+def test_a_pooling_layer_has_no_parameters_to_view():
+    net = bilevel.network("conv3k3p1-pool2-dense3", image=(1, 4, 4))
+    with pytest.raises(bilevel.ConfigError,
+                       match="layer 2 must be a layer with parameters, got a pooling layer"):
+        net.weights(2)

@@ -36,8 +36,9 @@ def trainer_parameters(tmp_path, mnist_dir, method, activation, flags, precision
     subprocess.run([TRAINER, "--data", str(mnist_dir), "--layers", "784,16,10", "--method",
                     method, "--activation", activation, "--epochs", "2", "--batch", "20",
                     "--train-samples", "300", "--validation", "0", "--seed", "3", "--lr",
-                    "0.001", "--optimizer", "adam", "--schedule", "constant", "--threads", "1", "--precision", precision, "--step-mode",
-                    step_mode, "--export", str(out), "--quiet", *flags],
+                    "0.001", "--optimizer", "adam", "--schedule", "constant", "--threads", "1",
+                    "--precision", precision, "--step-mode", step_mode, "--export", str(out),
+                    "--quiet", *flags],
                    check=True, stdout=subprocess.DEVNULL)
     return out
 
