@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
 """The cost of training from Python: one MNIST epoch (50,000 images, batch 50, one thread) of
 the C++ trainer against the same epoch as bilevel.train and as a hand-written Python loop of
-method.gradient + opt.step, measured in one run (README "From Python"). Needs the module
-(scripts/setup.sh), the trainer in build/ and data/mnist (scripts/fetch-mnist.sh).
+method.gradient + opt.step; then a training step with tanh written in Python (the tests' pair,
+no inverse or proximal map given) against the built-in tanh; measured in one run (README "From
+Python"). Needs the module (scripts/setup.sh), the trainer in build/ and data/mnist
+(scripts/fetch-mnist.sh).
 
-    python3 scripts/python_speed.py [--methods fenbp,pcn] [--repeats 3]
+    python3 scripts/python_speed.py [--methods fenbp,pcn] [--repeats 3] [--pairs-only]
 """
 import argparse
 import json
+import pathlib
 import subprocess
+import sys
 import time
 
 import numpy as np
 
 import bilevel
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "python" / "tests"))
+from test_pairs import tanh_pair  # noqa: E402 (the tests' Python tanh)
 
 SIZES = [784, 256, 128, 64, 10]
 SETTINGS = {"fenbp": ["--beta", "0.01"], "pcn": ["--beta", "1"]}
@@ -57,17 +64,41 @@ def python_loop_seconds(images, labels, method):
     return seconds
 
 
+def step_seconds(method, net, x, y, repeats):
+    method.gradient(net, x, y)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        method.gradient(net, x, y)
+    return (time.perf_counter() - start) / repeats
+
+
+def pair_table(images, labels, methods, repeats):
+    print("\n| method | built-in tanh step (ms) | Python tanh step (ms) | Python / built-in |")
+    print("|---|---|---|---|")
+    x, y = images[:50], labels[:50]
+    for method in methods:
+        costs = [min(step_seconds(bilevel.method(method),
+                                  bilevel.mlp(SIZES, activation=hidden, seed=1), x, y, 5)
+                     for _ in range(repeats)) for hidden in ("tanh", tanh_pair())]
+        print(f"| {method} | {1e3 * costs[0]:.2f} | {1e3 * costs[1]:.2f} "
+              f"| {costs[1] / costs[0]:.2f}x |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="fenbp,pcn")
     parser.add_argument("--repeats", type=int, default=3, help="the fastest of this many runs")
     parser.add_argument("--trainer", default="build/examples/mnist_mlp")
     parser.add_argument("--data", default="data/mnist")
+    parser.add_argument("--pairs-only", action="store_true", help="only the Python pair's table")
     args = parser.parse_args()
 
     bilevel.set_threads(1)
     images, labels = bilevel.load_mnist(args.data, "train")
     images, labels = images[:50000], labels[:50000]  # the trainer's training split
+    if args.pairs_only:
+        pair_table(images, labels, ["bp", "fenbp", "pcn", "lpom"], args.repeats)
+        return
     print("| method | C++ trainer epoch (s) | bilevel.train (s) | Python loop (s) "
           "| Python loop / trainer |")
     print("|---|---|---|---|---|")
@@ -78,6 +109,7 @@ def main():
             lambda: python_loop_seconds(images, labels, method))]
         print(f"| {method} | {best[0]:.2f} | {best[1]:.2f} | {best[2]:.2f} "
               f"| {best[2] / best[0]:.2f}x |", flush=True)
+    pair_table(images, labels, ["bp", "fenbp", "pcn", "lpom"], args.repeats)
 
 
 if __name__ == "__main__":

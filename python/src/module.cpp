@@ -247,6 +247,49 @@ class py_optimizer {
   std::string name_;
 };
 
+/// A pair written in Python (bilevel.pair).
+struct py_pair {
+  std::shared_ptr<python_functions> functions;
+};
+
+/// The hidden layers' pair from bilevel.mlp's and bilevel.network's `activation`: a built-in
+/// pair's name or a bilevel.Pair.
+hidden_pair hidden_from(const py::handle& activation, double leaky_slope) {
+  if (py::isinstance<py_pair>(activation)) {
+    const auto& pair = activation.cast<const py_pair&>();
+    return {pair.functions->name, {}, pair.functions};
+  }
+  return {activation.cast<std::string>(), {.leaky_slope = leaky_slope}, nullptr};
+}
+
+/// Raises the first error a Python pair of `net` recorded while the library ran it (the pair
+/// cannot throw through the library's parallel loops; python_pair.hpp).
+template <class Net>
+void raise_pair_failures(const Net& net) {
+  for (Index k = 0; k < net.depth(); ++k) {
+    net.layer(k).visit([](const auto& pair) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(pair)>, python_pair>) {
+        if (const std::exception_ptr failure = pair.functions().take_failure())
+          std::rethrow_exception(failure);
+      }
+    });
+  }
+}
+
+/// body() with the GIL released, then the errors of net's Python pairs raised in preference to
+/// what the library made of their NaN outputs.
+template <class Net, class Body>
+void run_released(const Net& net, Body&& body) {
+  try {
+    py::gil_scoped_release unlocked;
+    body();
+  } catch (...) {
+    raise_pair_failures(net);
+    throw;
+  }
+  raise_pair_failures(net);
+}
+
 /// body(net, optimizer, method) with the network typed and the others for it, or null where
 /// not given (the checkpoint functions).
 template <class Body>
@@ -369,6 +412,56 @@ PYBIND11_MODULE(bilevel, m) {
       "(\"train\" or \"test\") of MNIST or Fashion-MNIST from the idx files in `directory` "
       "(plain or .gz).");
 
+  // --- pairs written in Python ----------------------------------------------------------------
+  py::class_<py_pair>(m, "Pair", "An activation pair written in Python (bilevel.pair).")
+      .def_property_readonly("name", [](const py_pair& p) { return p.functions->name; })
+      .def("__repr__", [](const py_pair& p) { return "<bilevel.Pair " + p.functions->name + ">"; });
+  m.def(
+      "pair",
+      [](const std::string& name, const py::object& f, const py::object& G,
+         const py::object& G_conj, const py::object& df, const py::object& vjp,
+         const py::object& inverse, const py::object& prox_conj) {
+        const auto callable = [&](const py::object& fn, const char* what, bool required) {
+          detail::require(required ? PyCallable_Check(fn.ptr()) != 0
+                                   : fn.is_none() || PyCallable_Check(fn.ptr()) != 0,
+                          "bilevel.pair", what, required ? "callable" : "callable or None",
+                          py::str(py::type::of(fn)).cast<std::string>());
+          return fn.is_none() ? py::object() : fn;
+        };
+        detail::require(!name.empty(), "bilevel.pair", "name", "not empty", "\"\"");
+        detail::require(!df.is_none() || !vjp.is_none(), "bilevel.pair", "df or vjp",
+                        "given (the derivative of f)", "neither");
+        auto functions = std::make_shared<python_functions>();
+        functions->name = name;
+        functions->f = callable(f, "f", true);
+        functions->G = callable(G, "G", true);
+        functions->G_conj = callable(G_conj, "G_conj", true);
+        functions->df = callable(df, "df", false);
+        functions->vjp = callable(vjp, "vjp", false);
+        functions->inverse = callable(inverse, "inverse", false);
+        functions->prox_conj = callable(prox_conj, "prox_conj", false);
+        return py_pair{std::move(functions)};
+      },
+      py::arg("name"), py::arg("f"), py::arg("G"), py::arg("G_conj"), py::kw_only(),
+      py::arg("df") = py::none(), py::arg("vjp") = py::none(), py::arg("inverse") = py::none(),
+      py::arg("prox_conj") = py::none(),
+      "An activation pair of NumPy functions on (B, n) arrays, elementwise: f = G', its "
+      "potential G and conjugate G* (inf outside its domain), the derivative df (or vjp(a, v) = "
+      "J_f(a)^T v); optional inverse(z) (some a with f(a) = z) and prox_conj(v, t) = "
+      "argmin_z t G*(z) + (z - v)^2 / 2, which the library otherwise finds by bisection on f "
+      "(some 100 calls of f). Pass it as a network's activation.");
+  m.def(
+      "check_pair",
+      [](const py_pair& pair) {
+        const pair_check_report report = check_activation_pair<double>(python_pair(pair.functions));
+        if (const std::exception_ptr failure = pair.functions->take_failure())
+          std::rethrow_exception(failure);
+        return py::make_tuple(report.ok(), report.summary());
+      },
+      py::arg("pair"),
+      "(ok, failures): the library's pair checker (Fenchel-Young, f = G', the derivative, the "
+      "inverse and the proximal map, by finite differences) on a Python pair, in float64.");
+
   // --- networks -------------------------------------------------------------------------------
   py::class_<py_network>(m, "Network",
                          "A layered program (docs/methods.md §1) with one flat parameter buffer.")
@@ -416,7 +509,8 @@ PYBIND11_MODULE(bilevel, m) {
               return view(net.bias(layer).data(), {{net.bias(layer).size()}, true}, self);
             });
           },
-          py::arg("k"), "b_k of layer k = 1..depth, a writable view (one value per unit or filter).")
+          py::arg("k"),
+          "b_k of layer k = 1..depth, a writable view (one value per unit or filter).")
       .def(
           "predict",
           [](py_network& n, const py::handle& x) {
@@ -424,10 +518,8 @@ PYBIND11_MODULE(bilevel, m) {
               using S = scalar_of<decltype(net)>;
               const sample_rows<S> rows(x, net.input_size(), "Network.predict", "x");
               Matrix<S> output;
-              {
-                py::gil_scoped_release unlocked;
-                typed_ops<S>::predict(nullptr, net, rows.matrix(), output);
-              }
+              run_released(net,
+                           [&] { typed_ops<S>::predict(nullptr, net, rows.matrix(), output); });
               return rows_of<S>(std::move(output));
             });
           },
@@ -456,16 +548,14 @@ PYBIND11_MODULE(bilevel, m) {
   };
   m.def(
       "mlp",
-      [make_network](const std::vector<Index>& sizes, const std::string& activation,
+      [make_network](const std::vector<Index>& sizes, const py::object& activation,
                      const std::string& init, std::uint64_t seed, const py::object& dtype,
                      double leaky_slope) {
+        const hidden_pair hidden = hidden_from(activation, leaky_slope);
         std::string text;
         for (const Index size : sizes) text += concat(text.empty() ? "" : "-", size);
-        return make_network(
-            [&]<Scalar S>() {
-              return typed_ops<S>::mlp(sizes, activation, {.leaky_slope = leaky_slope});
-            },
-            concat("mlp ", text, " ", activation), dtype, init, seed);
+        return make_network([&]<Scalar S>() { return typed_ops<S>::mlp(sizes, hidden); },
+                            concat("mlp ", text, " ", hidden.name), dtype, init, seed);
       },
       py::arg("sizes"), py::arg("activation") = "relu", py::arg("init") = "glorot",
       py::arg("seed") = 1, py::arg("dtype") = "float32", py::arg("leaky_slope") = 0.01,
@@ -475,16 +565,18 @@ PYBIND11_MODULE(bilevel, m) {
   m.def(
       "network",
       [make_network](const std::string& architecture, const std::vector<Index>& image,
-                     const std::string& activation, const std::string& init, std::uint64_t seed,
+                     const py::object& activation, const std::string& init, std::uint64_t seed,
                      const py::object& dtype, double leaky_slope) {
         detail::require(image.size() == 3, "bilevel.network", "image",
                         "(channels, height, width)", concat(image.size(), " values"));
+        const hidden_pair hidden = hidden_from(activation, leaky_slope);
         return make_network(
             [&]<Scalar S>() {
               return typed_ops<S>::classifier({image[0], image[1], image[2]}, architecture,
-                                              activation, {.leaky_slope = leaky_slope});
+                                              hidden);
             },
-            concat(architecture, " on ", image[0], "x", image[1], "x", image[2], " ", activation),
+            concat(architecture, " on ", image[0], "x", image[1], "x", image[2], " ",
+                   hidden.name),
             dtype, init, seed);
       },
       py::arg("architecture"), py::arg("image") = std::vector<Index>{1, 28, 28},
@@ -508,10 +600,9 @@ PYBIND11_MODULE(bilevel, m) {
                   targets<S>(y, rows.samples(), net.output_size(), "Method.gradient");
               Vector<S> gradient;
               step_report report;
-              {
-                py::gil_scoped_release unlocked;
+              run_released(net, [&] {
                 report = typed_ops<S>::gradient(method, net, rows.matrix(), target, gradient);
-              }
+              });
               warn_unconverged("Method.gradient", self.name(),
                                double(report.unconverged) / double(rows.samples()));
               const py::ssize_t size = gradient.size();
@@ -533,10 +624,9 @@ PYBIND11_MODULE(bilevel, m) {
               const Matrix<S> target =
                   targets<S>(y, rows.samples(), net.output_size(), "Method.train_step");
               step_report report;
-              {
-                py::gil_scoped_release unlocked;
+              run_released(net, [&] {
                 report = typed_ops<S>::train_step(method, net, rows.matrix(), target);
-              }
+              });
               return report_dict(report);
             });
           },
@@ -550,10 +640,8 @@ PYBIND11_MODULE(bilevel, m) {
               any_method<S>& method = self.for_network(net, "Method.predict");
               const sample_rows<S> rows(x, net.input_size(), "Method.predict", "x");
               Matrix<S> output;
-              {
-                py::gil_scoped_release unlocked;
-                typed_ops<S>::predict(&method, net, rows.matrix(), output);
-              }
+              run_released(net,
+                           [&] { typed_ops<S>::predict(&method, net, rows.matrix(), output); });
               return rows_of<S>(std::move(output));
             });
           },
@@ -688,10 +776,9 @@ PYBIND11_MODULE(bilevel, m) {
           };
           const run_data<S> data{&train_data, test_data ? &*test_data : nullptr,
                                  validation_data ? &*validation_data : nullptr};
-          {
-            py::gil_scoped_release unlocked;
+          run_released(net, [&] {
             typed_ops<S>::train(net, method, optimizer, data, settings, finished, interrupted);
-          }
+          });
           return history;
         });
       },

@@ -10,14 +10,22 @@
 #include <vector>
 
 #include "bilevel/bilevel.hpp"
+#include "python_pair.hpp"
 
 namespace bilevel::python {
 
-/// Any built-in pair on any layer (a per-layer choice, not a per-element one), softmax
-/// cross-entropy on the last layer's values.
+/// Any built-in pair or a pair written in Python on any layer (a per-layer choice, not a
+/// per-element one), softmax cross-entropy on the last layer's values.
 template <Scalar S>
 using network = program<S, softmax_cross_entropy, relu, leaky_relu, hard_sigmoid, hard_tanh,
-                        sigmoid, tanh_pair, softmax, identity>;
+                        sigmoid, tanh_pair, softmax, identity, python_pair>;
+
+/// The hidden layers' pair: a built-in one by name, or a Python pair when `python` is set.
+struct hidden_pair {
+  std::string name;
+  activation_options options;
+  std::shared_ptr<python_functions> python;
+};
 
 /// What bilevel.train passes on to the run loop.
 struct train_settings {
@@ -31,10 +39,9 @@ struct train_settings {
 
 template <Scalar S>
 struct typed_ops {
-  static network<S> mlp(const std::vector<Index>& sizes, const std::string& activation,
-                        const activation_options& options);
+  static network<S> mlp(const std::vector<Index>& sizes, const hidden_pair& hidden);
   static network<S> classifier(const image_shape& input, const std::string& architecture,
-                               const std::string& activation, const activation_options& options);
+                               const hidden_pair& hidden);
   static void initialize(network<S>& net, const std::string& scheme, std::uint64_t seed);
 
   static any_method<S> method(const std::string& name, const method_options& options,

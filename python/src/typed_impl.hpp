@@ -8,31 +8,30 @@ namespace bilevel::python {
 namespace detail_impl {
 
 template <Scalar S>
-typename network<S>::pair_type pair_named(const std::string& name,
-                                          const activation_options& options) {
-  return with_activation(name, options,
-                         [](const auto& pair) { return typename network<S>::pair_type(pair); });
+typename network<S>::pair_type pair_of(const hidden_pair& hidden) {
+  using pair_type = typename network<S>::pair_type;
+  if (hidden.python) return pair_type(python_pair(hidden.python));
+  return with_activation(hidden.name, hidden.options,
+                         [](const auto& pair) { return pair_type(pair); });
 }
 
 }  // namespace detail_impl
 
 template <Scalar S>
-network<S> typed_ops<S>::mlp(const std::vector<Index>& sizes, const std::string& activation,
-                             const activation_options& options) {
+network<S> typed_ops<S>::mlp(const std::vector<Index>& sizes, const hidden_pair& hidden) {
   detail::require(sizes.size() >= 2, "mlp", "the number of layer sizes", "at least 2",
                   sizes.size());
   using pair_type = typename network<S>::pair_type;
-  std::vector<pair_type> pairs(sizes.size() - 2, detail_impl::pair_named<S>(activation, options));
+  std::vector<pair_type> pairs(sizes.size() - 2, detail_impl::pair_of<S>(hidden));
   pairs.emplace_back(identity{});
   return network<S>(sizes, std::move(pairs));
 }
 
 template <Scalar S>
 network<S> typed_ops<S>::classifier(const image_shape& input, const std::string& architecture,
-                                    const std::string& activation,
-                                    const activation_options& options) {
+                                    const hidden_pair& hidden) {
   return make_classifier<network<S>>(input, parse_architecture(architecture),
-                                     detail_impl::pair_named<S>(activation, options));
+                                     detail_impl::pair_of<S>(hidden));
 }
 
 template <Scalar S>
