@@ -453,7 +453,12 @@ PYBIND11_MODULE(bilevel, m) {
   m.def(
       "check_pair",
       [](const py_pair& pair) {
-        const pair_check_report report = check_activation_pair<double>(python_pair(pair.functions));
+        pair_check_report report;
+        {
+          // Released: the checker's loops may call the pair from other threads.
+          py::gil_scoped_release unlocked;
+          report = check_activation_pair<double>(python_pair(pair.functions));
+        }
         if (const std::exception_ptr failure = pair.functions->take_failure())
           std::rethrow_exception(failure);
         return py::make_tuple(report.ok(), report.summary());

@@ -37,9 +37,10 @@ struct python_functions {
   }
 
   ~python_functions() {
-    py::gil_scoped_acquire locked;  // the references are dropped under the GIL
+    py::gil_scoped_acquire locked;  // the references (a Python error's too) drop under the GIL
     for (py::object* held : {&f, &df, &vjp, &G, &G_conj, &inverse, &prox_conj})
       *held = py::object();
+    failure = nullptr;
   }
 };
 
