@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "bilevel/activations/relu.hpp"
@@ -88,19 +89,18 @@ TEST_CASE("every method trains end to end in the trainer, in gradient and native
   CHECK_THAT(unsupported.error, Catch::Contains("native"));
 }
 
-TEST_CASE("every method trains a CNN given by --architecture, and resumes it exactly",
-          "[trainer][conv]") {
-  data_directory data("cnn");
-  // 4 x 4 images: 8 filters of 3 x 3 with padding 1, average pooling to 2 x 2, two dense layers.
+namespace {
+
+/// Trains each (method flags, architecture) pair of `methods` on 4 x 4 images and requires the
+/// test error to fall. The methods are split over test cases so
+/// that ctest runs them side by side (under the sanitizers each takes tens of seconds), each in
+/// a data directory of its own.
+void require_cnn_training(const std::string& directory,
+                          const std::vector<std::pair<std::string, std::string>>& methods) {
+  data_directory data(directory);
   const std::string base = "--data " + data.path.string() +
                            " --train-samples 2000 --validation 500 --epochs 4 --batch 20";
-  const std::string cnn = "conv8k3p1-pool2-dense32-dense10";
-  // PCN at its defaults (sigmoid, s = 1) learns this CNN slowly: it gets a larger rate. EP
-  // refuses the identity after a pooling layer (an unbounded hidden layer): no pooling for EP.
-  for (const auto& [method, architecture] :
-       {std::pair{"bp", cnn}, {"fenbp", cnn}, {"chl", cnn}, {"pcn --lr 0.005", cnn}, {"zil", cnn},
-        {"mac", cnn}, {"lpom", cnn}, {"fln", cnn}, {"altmin", cnn},
-        {"ep", std::string("conv8k3p1-dense32-dense10")}}) {
+  for (const auto& [method, architecture] : methods) {
     INFO(method);
     const run_result run =
         run_trainer(base + " --method " + method + " --architecture " + architecture);
@@ -111,6 +111,30 @@ TEST_CASE("every method trains a CNN given by --architecture, and resumes it exa
     CHECK(summary["final_test_error"].get<double>() <
           summary["initial_test_error"].get<double>() - 0.2);
   }
+}
+
+// 8 filters of 3 x 3 with padding 1, average pooling to 2 x 2, two dense layers.
+const std::string small_cnn = "conv8k3p1-pool2-dense32-dense10";
+
+}  // namespace
+
+TEST_CASE("BP, Fenchel BP, CHL, PCN and Z-IL train a CNN given by --architecture",
+          "[trainer][conv]") {
+  // PCN at its defaults (sigmoid, s = 1) learns this CNN slowly: it gets a larger rate.
+  require_cnn_training("cnn-bp", {{"bp", small_cnn}, {"fenbp", small_cnn}, {"chl", small_cnn},
+                                  {"pcn --lr 0.005", small_cnn}, {"zil", small_cnn}});
+}
+
+TEST_CASE("MAC, LPOM, FLN, AltMin and EP train a CNN given by --architecture",
+          "[trainer][conv]") {
+  // EP refuses the identity after a pooling layer (an unbounded hidden layer): no pooling.
+  require_cnn_training("cnn-mac", {{"mac", small_cnn}, {"lpom", small_cnn}, {"fln", small_cnn},
+                                   {"altmin", small_cnn}, {"ep", "conv8k3p1-dense32-dense10"}});
+}
+
+TEST_CASE("a CNN run resumes exactly, and bad architectures are refused by name",
+          "[trainer][conv]") {
+  data_directory data("cnn");
   const fs::path half = data.path / "half.ckpt";
   require_exact_resume("--data " + data.path.string() +
                            " --architecture conv4k3p1-pool2-dense10 --train-samples 1500"
