@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <limits>
 #include <tuple>
 
 #include "bilevel/layers/avg_pool.hpp"
@@ -144,10 +145,18 @@ TEST_CASE("avg_pool averages each window, and its transpose is its adjoint", "[c
   CHECK(largest < 1e-14);
 
   const Matrix<double> g = random_matrix<double>(random, pool.outputs(), B);
-  Matrix<double> back(pool.inputs(), B);
+  // Assigning overwrites every pixel, those outside all windows with 0.
+  Matrix<double> back =
+      Matrix<double>::Constant(pool.inputs(), B, std::numeric_limits<double>::quiet_NaN());
   pool.apply_transpose(g, back);
   const double forward = (a.array() * g.array()).sum();
   CHECK(std::abs(forward - (x.array() * back.array()).sum()) < 1e-13 * (1 + std::abs(forward)));
+
+  // Adding puts the scaled signal on top of what is there.
+  const Matrix<double> start = random_matrix<double>(random, pool.inputs(), B);
+  Matrix<double> sum = start;
+  pool.apply_transpose(g, sum, -0.5, output_mode::add);
+  CHECK(((sum - start) + 0.5 * back).cwiseAbs().maxCoeff() < 1e-14);
 }
 
 TEST_CASE("convolution and pooling refuse shapes that do not fit, naming both", "[conv]") {
