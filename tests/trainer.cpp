@@ -92,9 +92,8 @@ TEST_CASE("every method trains end to end in the trainer, in gradient and native
 namespace {
 
 /// Trains each (method flags, architecture) pair of `methods` on 4 x 4 images and requires the
-/// test error to fall. The methods are split over test cases so
-/// that ctest runs them side by side (under the sanitizers each takes tens of seconds), each in
-/// a data directory of its own.
+/// test error to fall. The methods are split over test cases so that ctest runs them side by
+/// side (under the sanitizers each takes tens of seconds), each in a data directory of its own.
 void require_cnn_training(const std::string& directory,
                           const std::vector<std::pair<std::string, std::string>>& methods) {
   data_directory data(directory);

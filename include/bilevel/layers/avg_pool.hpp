@@ -97,9 +97,9 @@ class avg_pool {
 
   /// LeNet's pooling, 2 x 2 windows every 2 pixels, has loops of its own that the compiler
   /// vectorises (the general ones, with the kernel and stride known only at run time, stay
-  /// scalar; bench_layers measures them). They add the same terms in the same order as the
-  /// general loops, `0 + ` included (it turns a -0 into +0 as adding into zeroed memory
-  /// does), so they give the same bits.
+  /// scalar; bench_layers measures them). They form the same sums as the general loops and
+  /// write `0 + sum` where those add into zeroed memory (a -0 becomes +0 either way), so they
+  /// give the same bits, signed zeros included.
   bool tiles_by_two() const { return shape_.kernel == 2 && shape_.stride == 2; }
 
   void apply_tiles_by_two(const MatrixCRef<S>& x, MatrixRef<S> out) const {
