@@ -76,13 +76,15 @@ TEST_CASE("conv2d equals the convolution's definition, and its transpose is its 
 }
 
 TEST_CASE("conv2d's parameter gradient is the gradient of <g, A x + b>", "[conv]") {
-  // The last shape has many output positions per patch entry (144 of 9), which conv2d sums one
-  // filter at a time; 11 images make a chunk of 8 and a rest.
+  // The last two shapes have many output positions per patch entry (144 of 9), which conv2d
+  // correlates directly at stride 1 (layers/flat_correlation.hpp) and sums one filter at a
+  // time at stride 2; 11 images make a chunk of 8 and a rest.
   const auto [input, stride, padding] =
       GENERATE(std::make_tuple(image_shape{2, 7, 6}, 1, 0),
                std::make_tuple(image_shape{2, 7, 6}, 1, 2),
                std::make_tuple(image_shape{2, 7, 6}, 2, 1),
-               std::make_tuple(image_shape{1, 12, 12}, 1, 1));
+               std::make_tuple(image_shape{1, 12, 12}, 1, 1),
+               std::make_tuple(image_shape{1, 24, 24}, 2, 1));
   const conv2d<double> conv({input, 3, 3, stride, padding});
   random_source random(2);
   const Index B = 11;

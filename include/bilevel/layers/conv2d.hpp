@@ -16,17 +16,21 @@
 ///   dWc = sum over images X_col^T G,      db = sum over images and positions of G,
 ///
 /// for an output-side signal g (its image as the P x F matrix G). Each is one matrix product
-/// per image, the images split across threads (core/parallel.hpp); the patch matrix lives in a
+/// per image, the images split across threads (core/parallel.hpp), except where X_col would be
+/// long and thin at stride 1 (a first layer): there the forward map and the weight gradient are
+/// computed directly, without patches (layers/flat_correlation.hpp). The patch matrix lives in a
 /// buffer of each thread, reused across calls (no allocation once it has grown), so one object
 /// may be used from several threads. The weight gradient is summed in fixed chunks of images,
 /// so any number of threads gives the same bits.
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/types.hpp"
+#include "flat_correlation.hpp"
 #include "image.hpp"
 #include "map.hpp"
 
@@ -54,6 +58,8 @@ class conv2d {
                                         shape.stride, shape.padding),
                detail::window_positions(function, "column", shape.input.width, shape.kernel,
                                         shape.stride, shape.padding)};
+    if (shape.stride == 1 && long_and_thin_patches())
+      direct_.emplace(shape.input, shape.kernel, shape.padding, shape.filters);
   }
 
   const geometry& shape() const { return shape_; }
@@ -137,6 +143,15 @@ class conv2d {
     check_weights(function, weights);
     detail::require_sample_columns(function, "x", inputs(), x.rows(), x.cols());
     detail::require_shape(function, "out", outputs(), x.cols(), out.rows(), out.cols());
+    if (direct_) {
+      for_image_blocks(x.cols(), [&](Index first, Index end) {
+        const auto work = direct_->start();
+        for (Index j = first; j < end; ++j)
+          direct_->forward(work, x.col(j).data(), weights.data(), weights.outerStride(),
+                           bias ? bias->data() : nullptr, out.col(j).data());
+      });
+      return;
+    }
     for_image_blocks(x.cols(), [&](Index first, Index end) {
       MatrixMap<S> patches = patch_buffer();
       clear_padding(patches);
@@ -162,25 +177,19 @@ class conv2d {
     S* const partials = gradient_slots(chunks * slot);
     detail::parallel_ranges(chunks, gradient_chunk * output_.pixels() * patch_size(), 1,
                             [&](Index first, Index end) {
-      MatrixMap<S> patches = patch_buffer();
-      clear_padding(patches);
       for (Index chunk = first; chunk < end; ++chunk) {
         MatrixMap<S> weights(partials + chunk * slot, weight_rows(), weight_cols());
         VectorMap<S> bias(partials + chunk * slot + weight_count, bias_size());
-        weights.setZero();
+        const Index begin = chunk * gradient_chunk;
+        const Index last = std::min(x.cols(), begin + gradient_chunk);
+        if (direct_)
+          sum_direct_gradient(x, g, begin, last, weights);
+        else
+          sum_im2col_gradient(x, g, begin, last, weights);
         bias.setZero();
-        const Index last = std::min(x.cols(), (chunk + 1) * gradient_chunk);
-        for (Index j = chunk * gradient_chunk; j < last; ++j) {
-          gather_patches(x.col(j), patches);
-          const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
-          if (long_and_thin_patches()) {
-            for (Index f = 0; f < shape_.filters; ++f)
-              weights.col(f).noalias() += patches.transpose() * signal.col(f);
-          } else {
-            weights.noalias() += patches.transpose() * signal;
-          }
-          bias += signal.colwise().sum().transpose();
-        }
+        for (Index j = begin; j < last; ++j)
+          bias += ConstMatrixMap<S>(g.col(j).data(), output_.pixels(), shape_.filters)
+                      .colwise().sum().transpose();
       }
     });
     for (Index chunk = 0; chunk < chunks; ++chunk) {
@@ -189,6 +198,33 @@ class conv2d {
       if (bias_gradient)
         *bias_gradient += scale * ConstVectorMap<S>(sums + weight_count, bias_size());
     }
+  }
+
+  /// weights = sum_{j in [first, last)} X_col(x_j)^T G_j, by im2col.
+  void sum_im2col_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, Index first,
+                           Index last, MatrixMap<S>& weights) const {
+    MatrixMap<S> patches = patch_buffer();
+    clear_padding(patches);
+    weights.setZero();
+    for (Index j = first; j < last; ++j) {
+      gather_patches(x.col(j), patches);
+      const ConstMatrixMap<S> signal(g.col(j).data(), output_.pixels(), shape_.filters);
+      if (long_and_thin_patches()) {
+        for (Index f = 0; f < shape_.filters; ++f)
+          weights.col(f).noalias() += patches.transpose() * signal.col(f);
+      } else {
+        weights.noalias() += patches.transpose() * signal;
+      }
+    }
+  }
+
+  /// The same sum by the direct correlation (layers/flat_correlation.hpp).
+  void sum_direct_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, Index first,
+                           Index last, MatrixMap<S>& weights) const {
+    const auto work = direct_->start();
+    for (Index j = first; j < last; ++j)
+      direct_->add_gradient(work, x.col(j).data(), g.col(j).data());
+    direct_->sum_gradient(work, weights.data(), weights.rows());
   }
 
   /// Images per partial sum of the parameter gradient.
@@ -208,10 +244,11 @@ class conv2d {
     detail::parallel_ranges(count, output_.pixels() * patch_size(), 1, body);
   }
 
-  /// Whether X_col^T G is faster as one matrix-vector product per filter: Eigen's matrix
-  /// product packs X_col anew for every image, which costs more than streaming it once per
-  /// filter when it has many rows (output positions) and few columns, as at a first layer
-  /// (LeNet-5's conv1, 784 x 25: twice as fast, benchmarks/layers.cpp; 100 x 150: slower).
+  /// Whether X_col has many rows (output positions) and few columns, as at a first layer
+  /// (LeNet-5's conv1, 784 x 25). At stride 1 such a layer is convolved directly; at other
+  /// strides X_col^T G is one matrix-vector product per filter: Eigen's matrix product packs
+  /// X_col anew for every image, which costs more than streaming it once per filter (twice as
+  /// fast at conv1's shape, benchmarks/layers.cpp; at 100 x 150 slower).
   bool long_and_thin_patches() const { return output_.pixels() >= 16 * patch_size(); }
 
   /// The calling thread's P x (C*K*K) patch matrix, in storage shared by every conv2d object of
@@ -308,6 +345,8 @@ class conv2d {
 
   geometry shape_;
   image_shape output_;
+  /// The direct correlation, for stride 1 and long and thin patch matrices.
+  std::optional<detail::flat_correlation<S>> direct_;
 };
 
 }  // namespace bilevel
