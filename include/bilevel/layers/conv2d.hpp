@@ -177,6 +177,9 @@ class conv2d {
     S* const partials = gradient_slots(chunks * slot);
     detail::parallel_ranges(chunks, gradient_chunk * output_.pixels() * patch_size(), 1,
                             [&](Index first, Index end) {
+      // im2col's patches, their padding zeroed once for all the chunks of this thread.
+      MatrixMap<S> patches = direct_ ? MatrixMap<S>(nullptr, 0, 0) : patch_buffer();
+      if (!direct_) clear_padding(patches);
       for (Index chunk = first; chunk < end; ++chunk) {
         MatrixMap<S> weights(partials + chunk * slot, weight_rows(), weight_cols());
         VectorMap<S> bias(partials + chunk * slot + weight_count, bias_size());
@@ -185,7 +188,7 @@ class conv2d {
         if (direct_)
           sum_direct_gradient(x, g, begin, last, weights);
         else
-          sum_im2col_gradient(x, g, begin, last, weights);
+          sum_im2col_gradient(x, g, begin, last, patches, weights);
         bias.setZero();
         for (Index j = begin; j < last; ++j)
           bias += ConstMatrixMap<S>(g.col(j).data(), output_.pixels(), shape_.filters)
@@ -200,11 +203,10 @@ class conv2d {
     }
   }
 
-  /// weights = sum_{j in [first, last)} X_col(x_j)^T G_j, by im2col.
+  /// weights = sum_{j in [first, last)} X_col(x_j)^T G_j, by im2col into `patches` (whose
+  /// padding entries are zero).
   void sum_im2col_gradient(const MatrixCRef<S>& x, const MatrixCRef<S>& g, Index first,
-                           Index last, MatrixMap<S>& weights) const {
-    MatrixMap<S> patches = patch_buffer();
-    clear_padding(patches);
+                           Index last, MatrixMap<S>& patches, MatrixMap<S>& weights) const {
     weights.setZero();
     for (Index j = first; j < last; ++j) {
       gather_patches(x.col(j), patches);
