@@ -12,33 +12,19 @@
 
 #include "bilevel/layers/conv2d.hpp"
 #include "helpers.hpp"
+#include "naive_convolution.hpp"
 
 using namespace bilevel;
 using namespace bilevel::testing;
 
 namespace {
 
-/// Pixel (c, row, col) of image n of x, zero outside the image.
+/// Whether `value` is `exact` up to the rounding of `S` over `terms` terms whose magnitudes
+/// sum to `scale`.
 template <class S>
-double pixel(const Matrix<S>& x, const image_shape& in, Index n, Index c, Index row, Index col) {
-  if (row < 0 || row >= in.height || col < 0 || col >= in.width) return 0;
-  return double(x((c * in.height + row) * in.width + col, n));
-}
-
-/// A sum of products in double and the sum of their magnitudes (its rounding scale).
-struct sum_and_scale {
-  double sum = 0, scale = 0;
-  void add(double a, double b) {
-    sum += a * b;
-    scale += std::abs(a * b);
-  }
-};
-
-/// Whether `value` is the exact sum up to the rounding of `S` over `terms` terms.
-template <class S>
-bool close(S value, const sum_and_scale& exact, Index terms) {
+bool close(S value, double exact, double scale, Index terms) {
   const double unit = double(std::numeric_limits<S>::epsilon());
-  return std::abs(double(value) - exact.sum) <= double(terms + 2) * unit * (exact.scale + 1e-30);
+  return std::abs(double(value) - exact) <= double(terms + 2) * unit * (scale + 1e-30);
 }
 
 }  // namespace
@@ -55,7 +41,7 @@ TEMPLATE_TEST_CASE("conv2d's direct correlation equals the convolution's definit
                std::make_tuple(1, 14, 14, 2, 3, 0), std::make_tuple(1, 5, 40, 5, 2, 0));
   CAPTURE(channels, height, width, filters, kernel, padding);
   const conv2d<S> conv({{channels, height, width}, filters, kernel, 1, padding});
-  const image_shape in = conv.input(), out = conv.output();
+  const image_shape out = conv.output();
   REQUIRE(out.pixels() >= 16 * conv.patch_size());
   random_source random(5);
   const Index B = 11;  // a chunk of 8 images of the gradient and a rest
@@ -63,7 +49,7 @@ TEMPLATE_TEST_CASE("conv2d's direct correlation equals the convolution's definit
   const Vector<S> bias = random_matrix<S>(random, filters, 1);
   const Matrix<S> x = random_matrix<S>(random, conv.inputs(), B);
   const Matrix<S> g = random_matrix<S>(random, conv.outputs(), B);
-  const Index K = kernel, taps = conv.patch_size();
+  const Index taps = conv.patch_size();
 
   // Every entry is written: the outputs start as NaN.
   const S nan = std::numeric_limits<S>::quiet_NaN();
@@ -71,22 +57,21 @@ TEMPLATE_TEST_CASE("conv2d's direct correlation equals the convolution's definit
   Matrix<S> linear = Matrix<S>::Constant(conv.outputs(), B, nan);
   conv.apply(weights, bias, x, a);
   conv.apply_linear(weights, x, linear);
+  // The sums in double, and the sums of the terms' magnitudes (their rounding scale).
+  const Matrix<double> W = weights.template cast<double>(), X = x.template cast<double>();
+  const Vector<double> b = bias.template cast<double>(), no_bias = Vector<double>::Zero(filters);
+  const Matrix<double> exact = naive_convolution(conv, W, b, X);
+  const Matrix<double> magnitude = naive_convolution(conv, W.cwiseAbs(), b.cwiseAbs(),
+                                                     X.cwiseAbs());
+  const Matrix<double> exact_linear = naive_convolution(conv, W, no_bias, X);
+  const Matrix<double> magnitude_linear =
+      naive_convolution(conv, W.cwiseAbs(), no_bias, X.cwiseAbs());
   Index wrong = 0;
   for (Index n = 0; n < B; ++n)
-    for (Index f = 0; f < filters; ++f)
-      for (Index i = 0; i < out.height; ++i)
-        for (Index j = 0; j < out.width; ++j) {
-          sum_and_scale exact;
-          for (Index c = 0; c < channels; ++c)
-            for (Index u = 0; u < K; ++u)
-              for (Index v = 0; v < K; ++v)
-                exact.add(double(weights((c * K + u) * K + v, f)),
-                          pixel(x, in, n, c, i - padding + u, j - padding + v));
-          const Index row = (f * out.height + i) * out.width + j;
-          wrong += !close(linear(row, n), exact, taps);
-          exact.add(double(bias(f)), 1.0);
-          wrong += !close(a(row, n), exact, taps + 1);
-        }
+    for (Index row = 0; row < conv.outputs(); ++row) {
+      wrong += !close(linear(row, n), exact_linear(row, n), magnitude_linear(row, n), taps);
+      wrong += !close(a(row, n), exact(row, n), magnitude(row, n), taps + 1);
+    }
   CHECK(wrong == 0);
 
   // dW(t, f) = scale sum_n sum_{i,j} g_n(f, i, j) x_n(c, i - p + u, j - p + v), added onto
@@ -98,26 +83,24 @@ TEMPLATE_TEST_CASE("conv2d's direct correlation equals the convolution's definit
   conv.add_weight_gradient(x, g, scale, added);
   wrong = 0;
   const Index terms = B * out.pixels();
+  const Matrix<double> G = g.template cast<double>();
   for (Index f = 0; f < filters; ++f) {
-    sum_and_scale bias_sum;
-    for (Index n = 0; n < B; ++n)
-      for (Index p = 0; p < out.pixels(); ++p)
-        bias_sum.add(double(scale), double(g(f * out.pixels() + p, n)));
-    wrong += !close(db(f), bias_sum, terms);
-    for (Index c = 0; c < channels; ++c)
-      for (Index u = 0; u < K; ++u)
-        for (Index v = 0; v < K; ++v) {
-          sum_and_scale exact;
-          for (Index n = 0; n < B; ++n)
-            for (Index i = 0; i < out.height; ++i)
-              for (Index j = 0; j < out.width; ++j)
-                exact.add(double(scale) * double(g((f * out.height + i) * out.width + j, n)),
-                          pixel(x, in, n, c, i - padding + u, j - padding + v));
-          const Index t = (c * K + u) * K + v;
-          wrong += !close(dW(t, f), exact, terms);
-          exact.add(1.0, 1.0);
-          wrong += !close(added(t, f), exact, terms + 1);
-        }
+    const auto g_f = G.middleRows(f * out.pixels(), out.pixels()).array();
+    wrong += !close(db(f), scale * g_f.sum(), scale * g_f.abs().sum(), terms);
+  }
+  // Tap t's input x_n(c, i - p + u, j - p + v) at every output position (i, j): the
+  // convolution whose weights are 1 at t in every filter and 0 elsewhere.
+  for (Index t = 0; t < taps; ++t) {
+    Matrix<double> tap_weights = Matrix<double>::Zero(taps, filters);
+    tap_weights.row(t).setOnes();
+    const Matrix<double> tap_input = naive_convolution(conv, tap_weights, no_bias, X);
+    for (Index f = 0; f < filters; ++f) {
+      const auto g_f = G.middleRows(f * out.pixels(), out.pixels()).array();
+      const auto x_t = tap_input.middleRows(f * out.pixels(), out.pixels()).array();
+      const double sum = scale * (g_f * x_t).sum(), size = scale * (g_f * x_t).abs().sum();
+      wrong += !close(dW(t, f), sum, size, terms);
+      wrong += !close(added(t, f), sum + 1, size + 1, terms + 1);
+    }
   }
   CHECK(wrong == 0);
 }
