@@ -107,7 +107,8 @@ TEST_CASE("CHL on one identity layer with MSE has the closed form (a - y) x^T / 
       chl<double>(tight(beta, gamma)).gradient(net, x, y, gradient);
       const Matrix<double> expected = (a - y) * x.transpose() / (4 * (1 + beta));
       CAPTURE(gamma, beta);
-      CHECK((net.layer(0).weights(gradient) - expected).norm() < 1e-10 * expected.norm());
+      // Up to the inner solve's tolerance, 1e-9 relative to the displacement.
+      CHECK((net.layer(0).weights(gradient) - expected).norm() < 1e-9 * expected.norm());
     }
 }
 

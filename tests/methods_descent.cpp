@@ -1,4 +1,5 @@
-// The weight-block line search the block-descent methods share (methods/descent.hpp).
+// The step sizes the block-descent methods share (methods/descent.hpp): the weight blocks'
+// line search and the lifted z-blocks' step growth.
 #include <catch2/catch.hpp>
 
 #include <vector>
@@ -7,6 +8,7 @@
 
 using bilevel::Index;
 using bilevel::detail::armijo_backtracking;
+using bilevel::detail::grown_step;
 
 namespace {
 
@@ -66,4 +68,17 @@ TEST_CASE("the line search gives up after its tries with the step halved each ti
   CHECK(result.tries == 4);
   CHECK(step == 4);
   CHECK(search.tried == std::vector<double>{64, 32, 16, 8});
+}
+
+TEST_CASE("after an accepted trial the step grows to 0.8 of the curvature test's bound, by a "
+          "factor between 1 and 1.5",
+          "[descent]") {
+  // The test accepts t along a move while <dq, dz> <= ||dz||^2 / t: here ||dz||^2 = 2, so the
+  // bound is 2 / curvature.
+  CHECK(grown_step(1.0, 2.0, 1.5) == Approx(0.8 * 2.0 / 1.5));  // 1.07: between 1 and 1.5
+  CHECK(grown_step(1.0, 2.0, 0.5) == 1.5);                      // bound 4: capped at 1.5 t
+  CHECK(grown_step(1.0, 2.0, 1.9) == 1.0);                      // 0.84 < t: kept, not shrunk
+  CHECK(grown_step(0.25, 2.0, 0.0) == 0.375);   // no curvature along the move: 1.5 t
+  CHECK(grown_step(0.25, 2.0, -1e-17) == 0.375);  // rounding below zero: the same
+  CHECK(grown_step(1.0f, 2.0f, 1.5f) == Approx(0.8f * 2.0f / 1.5f));
 }

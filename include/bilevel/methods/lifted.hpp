@@ -683,7 +683,7 @@ class lifted_objective {
         squared += work.move.col(j).squaredNorm();
       }
       if (curvature <= squared / step) {
-        step *= S(1.5);  // let the step grow back where the curvature allows
+        step = grown_step(step, squared, curvature);
         return squared > 0;
       }
       step /= 2;
