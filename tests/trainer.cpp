@@ -197,6 +197,29 @@ TEST_CASE("the trainer flushes denormals unless --keep-denormals, with the same 
   CHECK(flushed.lines[1]["test_error"] == kept.lines[1]["test_error"]);
 }
 
+TEST_CASE("the trainer runs in double with --precision double, or says it was built without it",
+          "[trainer]") {
+  data_directory data("precision");
+  const std::string arguments =
+      "--data " + data.path.string() + small_run + " --method fenbp --epochs 2 --seed 5";
+  const run_result in_double = run_trainer(arguments + " --precision double");
+#ifdef BILEVEL_MNIST_MLP_DOUBLE
+  const run_result in_float = run_trainer(arguments);
+  INFO(in_double.error);
+  REQUIRE(in_double.status == 0);
+  REQUIRE(in_float.status == 0);
+  CHECK(in_double.lines.back()["precision"] == "double");
+  CHECK(in_float.lines.back()["precision"] == "float");
+  // The same training up to float's rounding, which two epochs of Adam do not amplify far.
+  const double loss = in_double.lines[1]["loss"].get<double>();
+  CHECK(in_float.lines[1]["loss"].get<double>() == Approx(loss).epsilon(1e-3));
+#else
+  CHECK(in_double.status == 2);
+  CHECK_THAT(in_double.error, Catch::Contains("--precision double") &&
+                                  Catch::Contains("BILEVEL_TRAINER_DOUBLE=OFF"));
+#endif
+}
+
 TEST_CASE("a flag given twice takes its last value, so wrappers can set defaults",
           "[trainer]") {
   data_directory data("repeat");

@@ -414,8 +414,14 @@ int main(int argc, char** argv) {
     if (!opts.keep_denormals) bilevel::flush_denormals();  // after the pool's size is known
     group.require_same_flags(mnist_mlp::training_flags(opts));
     if (group.root()) mnist_mlp::check_outputs(opts);  // one process writes the files
-    return opts.precision == "double" ? mnist_mlp::run_double(opts, group)
-                                      : mnist_mlp::run_float(opts, group);
+#ifdef MNIST_MLP_WITH_DOUBLE
+    if (opts.precision == "double") return mnist_mlp::run_double(opts, group);
+#else
+    if (opts.precision == "double")
+      return group.fail("--precision double: this mnist_mlp was built without it "
+                        "(CMake option BILEVEL_TRAINER_DOUBLE=OFF)", 2);
+#endif
+    return mnist_mlp::run_float(opts, group);
   } catch (const bilevel::config_error& e) {
     return group.fail(e.what(), 2);
   } catch (const std::exception& e) {

@@ -15,6 +15,8 @@
 ///   divergence         G(a + h) - G(a) - f(a) h from the pair's G_divergence is >= 0 and
 ///                      equals the direct form in long double; its batch form, summed per
 ///                      sample, equals the scalar one's sum
+///   prox equation      d = prox_conj_displacement(a, rho, c) is f(a + w) - f(a) at the w with
+///                      c w + d = rho, also where a + w saturates f
 ///   prox displacement  the pair's prox_conj_difference(a, rho, c) (scalar and batch forms)
 ///                      equals the d = f(a + w) - f(a) with c w + d = rho that safeguarded
 ///                      Newton steps find (activations/displacement.hpp)
@@ -192,6 +194,22 @@ pair_check_report check_activation_pair(const P& pair, const pair_check_options&
       for (Index i = 0; i < n; ++i)
         if (!detail::close(image(i, j), p(i, j), 100 * tol))
           fail("prox of t G* violates z = f((v - z)/t)", i, j, p(i, j), image(i, j));
+  }
+
+  // The prox in displacement form solves its equation: d = f(a + w) - f(a) with c w + d = rho,
+  // for moves from small to deep into saturation (|rho| up to (c + 1) times the sample range).
+  if constexpr (!ColumnwisePair<P, S>) {
+    for (const double c : {0.1, 0.25, 1.0, 10.0}) {
+      const Matrix<S> rho = detail::uniform_matrix<S>(random, n, m, (c + 1) * options.scale);
+      Matrix<S> d(n, m), image(n, m);
+      prox_conj_displacement<S>(pair, a, rho, S(c), d);
+      difference<S>(pair, a, Matrix<S>((rho - d) / S(c)), image);
+      for (Index j = 0; j < m; ++j)
+        for (Index i = 0; i < n; ++i)
+          if (!detail::close(image(i, j), d(i, j), 100 * tol))
+            fail("prox_conj_displacement violates d = f(a + w) - f(a) with c w + d = rho", i, j,
+                 d(i, j), image(i, j));
+    }
   }
 
   // f(a + h) - f(a) against the direct form in long double, whose own error, about

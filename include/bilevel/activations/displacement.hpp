@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 
+#include "../core/error.hpp"
 #include "concept.hpp"
 
 namespace bilevel {
@@ -37,18 +38,23 @@ S scalar_difference(const P& pair, S a, S h) {
 
 /// Solves c w + f(a + w) - f(a) = rho for one element and returns f(a + w) - f(a). The left side
 /// increases in w with slope >= c (f is monotone), so Newton steps are kept inside a bracket
-/// that the slope bound gives at once, and halve it where they would leave it. The first
+/// that the slope bound gives at once. A Newton step is taken where it stays inside and the
+/// last one at least halved the bracket; otherwise the bracket is halved. Newton alone can
+/// cycle: where f saturates on both sides of the root (tanh, sigmoid), steps from either end
+/// of the bracket land near the other end and the bracket hardly shrinks. With a halving at
+/// least every second step, the bracket collapses to rounding within the iterations. The first
 /// trial, rho / (c + f'(a)), is exact when a + w stays on a's linear piece.
 template <class S, class P>
 S solve_displacement(const P& pair, S a, S rho, S c) {
   const S unit = std::numeric_limits<S>::epsilon();
   S w = rho / (c + S(pair.df(a)));
   S low = -std::numeric_limits<S>::infinity(), high = std::numeric_limits<S>::infinity();
-  for (int iteration = 0; iteration < 100; ++iteration) {
+  for (int iteration = 0; iteration < 4 * std::numeric_limits<S>::digits; ++iteration) {
     const S difference = scalar_difference<S>(pair, a, w);
     const S excess = c * w + difference - rho;
     if (std::abs(excess) <= 4 * unit * (c * std::abs(w) + std::abs(difference) + std::abs(rho)))
       return difference;
+    const S width = high - low;
     // The slope is at least c: w - excess / c lies on the other side of the root.
     if (excess > 0) {
       high = w;
@@ -58,7 +64,8 @@ S solve_displacement(const P& pair, S a, S rho, S c) {
       high = std::min(high, w - excess / c);
     }
     const S newton = w - excess / (c + S(pair.df(a + w)));
-    w = newton > low && newton < high ? newton : low + (high - low) / 2;
+    const bool halved = high - low <= width / 2;  // width is +inf before the first bracket
+    w = halved && newton > low && newton < high ? newton : low + (high - low) / 2;
     if (!(high - low > unit * std::max(std::abs(low), std::abs(high)))) break;
   }
   return scalar_difference<S>(pair, a, w);
