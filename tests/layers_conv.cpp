@@ -18,11 +18,14 @@ using namespace bilevel::testing;
 TEST_CASE("conv2d equals the convolution's definition, and its transpose is its adjoint",
           "[conv]") {
   // (channels, height, width, filters, kernel, stride, padding): LeNet-5's two convolutions
-  // in small, non-square images, strides that skip pixels, padding wider than the stride.
+  // in small, non-square images, strides that skip pixels, padding wider than the stride;
+  // LeNet-5's conv2 itself; rows of 7, which whole packets of 2 or 8 entries overrun, next to
+  // padding (the gather copies rows in whole packets where that is safe).
   const auto [channels, height, width, filters, kernel, stride, padding] =
       GENERATE(std::make_tuple(1, 8, 8, 3, 5, 1, 2), std::make_tuple(2, 7, 6, 4, 3, 1, 0),
                std::make_tuple(3, 9, 7, 2, 3, 2, 1), std::make_tuple(2, 6, 9, 3, 4, 3, 2),
-               std::make_tuple(1, 5, 5, 2, 5, 1, 0));
+               std::make_tuple(1, 5, 5, 2, 5, 1, 0), std::make_tuple(6, 14, 14, 16, 5, 1, 0),
+               std::make_tuple(1, 7, 7, 2, 3, 1, 1));
   const conv2d<double> conv({{channels, height, width}, filters, kernel, stride, padding});
   random_source random(1);
   CAPTURE(channels, height, width, filters, kernel, stride, padding);

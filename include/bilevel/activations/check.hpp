@@ -1,27 +1,27 @@
 #pragma once
 /// \file
 /// Numerical checks of an activation pair against the identities of docs/methods.md §2, for built-in
-/// and user-defined pairs alike:
+/// and user-defined pairs alike, in the order they run:
 /// ~~~{.unparsed}
+///   declared range     f(a) in [lower, upper], and f(a) = clip(a, lower, upper) if it clips
+///                      (pairs with a `range` member, activations/range.hpp)
 ///   Fenchel-Young      G(a) + G*(z) - <z, a> >= 0 for any a, z, and = 0 at z = f(a)
 ///   gradient           f = dG, by central differences of G
 ///   VJP                <J_f(a)^T u, v> = <u, d/dh f(a + h v)>, by central differences of f
 ///                      (from the vectorised df_expr and from the scalar df, where both exist)
 ///   inverse map        f(grad_conj(z)) = z on the range of f
 ///   prox               z = prox_{tG*}(v) satisfies z = f((v - z) / t)  (Moreau's identity)
+///   prox equation      d = prox_conj_displacement(a, rho, c) is f(a + w) - f(a) at the w with
+///                      c w + d = rho, also where a + w saturates f
 ///   difference         f(a + h) - f(a) from the pair's f_difference (batch and scalar forms)
 ///                      equals the direct form evaluated in long double, for h from 1e-4 to 10
 ///                      times the sample range
 ///   divergence         G(a + h) - G(a) - f(a) h from the pair's G_divergence is >= 0 and
 ///                      equals the direct form in long double; its batch form, summed per
 ///                      sample, equals the scalar one's sum
-///   prox equation      d = prox_conj_displacement(a, rho, c) is f(a + w) - f(a) at the w with
-///                      c w + d = rho, also where a + w saturates f
 ///   prox displacement  the pair's prox_conj_difference(a, rho, c) (scalar and batch forms)
 ///                      equals the d = f(a + w) - f(a) with c w + d = rho that safeguarded
 ///                      Newton steps find (activations/displacement.hpp)
-///   declared range     f(a) in [lower, upper], and f(a) = clip(a, lower, upper) if it clips
-///                      (pairs with a `range` member, activations/range.hpp)
 /// ~~~
 /// Finite differences are skipped where the forward and backward differences disagree (a kink
 /// between the sample points), since f and G are only piecewise smooth.
