@@ -20,12 +20,16 @@ TEST_CASE("conv2d equals the convolution's definition, and its transpose is its 
   // (channels, height, width, filters, kernel, stride, padding): LeNet-5's two convolutions
   // in small, non-square images, strides that skip pixels, padding wider than the stride;
   // LeNet-5's conv2 itself; rows of 7, which whole packets of 2 or 8 entries overrun, next to
-  // padding (the gather copies rows in whole packets where that is safe).
+  // padding (the gather copies rows in whole packets where that is safe); input rows of 9 and
+  // of 1, which the transpose's packets overrun, in a tile of 8 output rows and the rest (where
+  // every window lies inside the image, the transpose adds whole input rows; rows of 1 reach
+  // into the next row's first packet even where a packet holds 2 entries).
   const auto [channels, height, width, filters, kernel, stride, padding] =
       GENERATE(std::make_tuple(1, 8, 8, 3, 5, 1, 2), std::make_tuple(2, 7, 6, 4, 3, 1, 0),
                std::make_tuple(3, 9, 7, 2, 3, 2, 1), std::make_tuple(2, 6, 9, 3, 4, 3, 2),
                std::make_tuple(1, 5, 5, 2, 5, 1, 0), std::make_tuple(6, 14, 14, 16, 5, 1, 0),
-               std::make_tuple(1, 7, 7, 2, 3, 1, 1));
+               std::make_tuple(1, 7, 7, 2, 3, 1, 1), std::make_tuple(2, 11, 9, 3, 3, 1, 0),
+               std::make_tuple(2, 10, 1, 2, 1, 1, 0));
   const conv2d<double> conv({{channels, height, width}, filters, kernel, stride, padding});
   random_source random(1);
   CAPTURE(channels, height, width, filters, kernel, stride, padding);

@@ -24,8 +24,10 @@
 /// so any number of threads gives the same bits.
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
@@ -63,6 +65,8 @@ class conv2d {
                                         shape.stride, shape.padding)};
     if (shape.stride == 1 && long_and_thin_patches())
       direct_.emplace(shape.input, shape.kernel, shape.padding, shape.filters);
+    if (shape.stride == 1 && shape.padding == 0)
+      windows_inside_.emplace(shape.kernel, row_span(), output_.width);
   }
 
   const geometry& shape() const { return shape_; }
@@ -115,7 +119,10 @@ class conv2d {
         patches.noalias() = scale * signal * weights.transpose();
         auto column = out.col(j);
         if (mode == output_mode::assign) column.setZero();
-        scatter_patches(patches, column);
+        if (windows_inside_)
+          scatter_rows(patches, column);
+        else
+          scatter_patches(patches, column);
       }
     });
   }
@@ -261,7 +268,8 @@ class conv2d {
   /// reallocate it.
   MatrixMap<S> patch_buffer() const {
     thread_local Vector<S> storage;
-    const Index size = output_.pixels() * patch_size();
+    // scatter_rows reads up to a row's span past the last column (lanes it masks out).
+    const Index size = output_.pixels() * patch_size() + row_span();
     if (storage.size() < size) storage.resize(size);
     return MatrixMap<S>(storage.data(), output_.pixels(), patch_size());
   }
@@ -360,10 +368,82 @@ class conv2d {
     });
   }
 
+  /// An input row's length rounded up to whole packets.
+  Index row_span() const { return (shape_.input.width + lanes - 1) / lanes * lanes; }
+
+  /// For each kernel column v, the lanes x of an input row's packets that block v covers,
+  /// v <= x < v + OW, as all-one bits (the others zero), to mask the rows scatter_rows reads.
+  struct covered_lanes {
+    covered_lanes(Index kernel, Index span, Index covered) : span(span) {
+      bits.resize(std::size_t(kernel * span));
+      for (Index v = 0; v < kernel; ++v)
+        std::memset(&bits[std::size_t(v * span + v)], 0xFF, std::size_t(covered) * sizeof(S));
+    }
+    Index span;
+    std::vector<S> bits;
+  };
+
+  /// Adds the patches onto the image where every window lies inside it (stride 1, no padding:
+  /// LeNet-5's conv2) in whole packets: the blocks v = 0..K-1 of a channel c and kernel row u
+  /// add output row i onto the same input row i + u, shifted by v, so their sum is formed over
+  /// the input row's packets, each block's lanes outside its columns masked to zero, for a
+  /// tile of rows at once. Every pixel receives the same additions in the same order as block
+  /// by block (plus zeros): kernel rows u in turn. Within one, the channels take turns tile by
+  /// tile: a tile's packets reach into the first row of the next tile of its channel, and a
+  /// load that overlaps a pending store in part waits for it.
+  template <class Column>
+  void scatter_rows(const MatrixMap<S>& patches, Column& image) const {
+    for (Index u = 0; u < shape_.kernel; ++u) {
+      Index i = 0;
+      for (; i + rows_per_tile <= output_.height; i += rows_per_tile)
+        for (Index c = 0; c < shape_.input.channels; ++c)
+          scatter_tile<rows_per_tile>(patches, image, c, u, i);
+      for (; i < output_.height; ++i)
+        for (Index c = 0; c < shape_.input.channels; ++c) scatter_tile<1>(patches, image, c, u, i);
+    }
+  }
+
+  static constexpr Index rows_per_tile = 8;
+
+  /// scatter_rows for channel c, kernel row u and output rows i to i + T - 1. A row's packets
+  /// reach into the rows after it, adding zeros there, so the rows are stored in order; where
+  /// they would reach past the image's column (its last rows), the rows go block by block.
+  template <Index T, class Column>
+  void scatter_tile(const MatrixMap<S>& patches, Column& image, Index c, Index u,
+                    Index i) const {
+    using namespace Eigen::internal;
+    const Index K = shape_.kernel, W = shape_.input.width, OW = output_.width;
+    const Index P = output_.pixels(), span = windows_inside_->span;
+    const Index first = (c * shape_.input.height + u + i) * W;
+    S* const row = image.data() + first;
+    // Block v's entry for pixel x of row t: from[t * OW + v * (P - 1) + x].
+    const S* const from = patches.col((c * K + u) * K).data() + i * OW;
+    if (first + (T - 1) * W + span > image.size()) {
+      for (Index t = 0; t < T; ++t)
+        for (Index v = 0; v < K; ++v)
+          for (Index j = 0; j < OW; ++j) row[t * W + j + v] += from[t * OW + v * P + j];
+      return;
+    }
+    const S* const masks = windows_inside_->bits.data();
+    for (Index k = 0; k < span; k += lanes) {
+      Packet sums[T];
+      for (Index t = 0; t < T; ++t) sums[t] = ploadu<Packet>(row + t * W + k);
+      for (Index v = 0; v < K; ++v) {
+        const Packet mask = ploadu<Packet>(masks + v * span + k);
+        const S* const block = from + v * (P - 1) + k;
+        for (Index t = 0; t < T; ++t)
+          sums[t] = padd(sums[t], pand(ploadu<Packet>(block + t * OW), mask));
+      }
+      for (Index t = 0; t < T; ++t) pstoreu(row + t * W + k, sums[t]);
+    }
+  }
+
   geometry shape_;
   image_shape output_;
   /// The direct correlation, for stride 1 and long and thin patch matrices.
   std::optional<detail::flat_correlation<S>> direct_;
+  /// scatter_rows' masks, where every window lies inside the image.
+  std::optional<covered_lanes> windows_inside_;
 };
 
 }  // namespace bilevel
