@@ -28,11 +28,14 @@
 /// Two block updates:
 /// * proximal gradient, z_m <- prox_{t lambda_m G*}(z_m - t (q_m - lambda_m a_m)), in
 ///   displacement form d_m <- prox_conj_displacement(a_m^0, d_m + t lambda_m e_m - t q_m,
-///   t lambda_m), with t backtracked until <q(z+) - q(z), z+ - z> <= |z+ - z|^2 / t: for convex
-///   h_m this gives h_m(z+) <= h_m(z) + <grad h_m(z), z+ - z> + |z+ - z|^2 / t, which the
-///   prox step's optimality (with its strong convexity) offsets, so the block objective cannot
-///   increase (docs/methods.md §5.5). Under an unlifted output h_{L-1} is convex where l o f_L
-///   is (softmax cross-entropy on identity logits, MSE through an identity output);
+///   t lambda_m), with t backtracked until h_m's Bregman divergence
+///   D_h(z+, z) = h_m(z+) - h_m(z) - <grad h_m(z), z+ - z> <= |z+ - z|^2 / (2 t), which the
+///   prox step's optimality (with its strong convexity) more than offsets, so the block
+///   objective cannot increase (docs/methods.md §5.5); next to the loss, and above pairs
+///   without a closed-form D_G, the test takes the curvature <q(z+) - q(z), z+ - z> in place of
+///   2 D_h, which bounds D_h for convex h_m. Under an unlifted output h_{L-1}
+///   is convex where l o f_L is (softmax cross-entropy on identity logits, MSE through an
+///   identity output);
 /// * LPOM's fixed point of the block's optimality condition z_m = f(a_m - q_m / lambda_m),
 ///   d_m <- f(a_m^0 + v) - f(a_m^0) with v = e_m - q_m / lambda_m. Per sample it changes J by
 ///   exactly
@@ -637,8 +640,10 @@ class lifted_objective {
     feedback(net, y, weights, m, d_[i], above(m), work.feedback);
     block_rule_.start(1, width_, tolerance);
     for (Index t = 0; t < iterations; ++t) {
-      if (!proximal_step(net, y, weights, m, nullptr)) break;  // at a minimiser up to rounding
-      accept(m, work.candidate, work.candidate_above, work.candidate_feedback,
+      const bool last = t + 1 == iterations;
+      // at a minimiser up to rounding
+      if (!proximal_step(net, y, weights, m, nullptr, !last)) break;
+      accept(m, work.candidate, work.candidate_above, last ? nullptr : &work.candidate_feedback,
              work.candidate_preimage, nullptr);
       live(step_norm_) = live(work.move).colwise().norm();
       live(displacement_norm_) = live(d_[i]).colwise().norm();
@@ -649,21 +654,30 @@ class lifted_objective {
   }
 
   /// One proximal-gradient trial on block m from its current state (work.feedback = q_m):
-  /// backtracks the block's step size until the curvature condition holds over the samples
-  /// `columns` selects (all when null), and leaves the candidate in work.candidate*, or in
-  /// work.fallback* when `columns` is given (LPOM's safeguard). Returns false when no step
-  /// passes (rounding dominates the move).
+  /// backtracks the block's step size t until 2 D_h(z+, z) <= ||z+ - z||^2 / t, D_h h_m's
+  /// Bregman divergence h_m(z+) - h_m(z) - <q_m, z+ - z>, over the samples `columns` selects
+  /// (all when null), which with the prox step's optimality keeps J from increasing (file
+  /// comment; docs/methods.md §5.5). Below the loss the divergence needs a_{m+1} = W_{m+1} z+
+  /// alone, so the feedback at z+ is computed only where `feedback_needed` (another update of
+  /// the block follows) or the curvature test needs it. Leaves the candidate in
+  /// work.candidate*, or in work.fallback* when `columns` is given (LPOM's safeguard). Returns
+  /// false when no step passes (rounding dominates the move).
   template <class Program>
   bool proximal_step(const Program& net, const MatrixCRef<S>& y, const lifted_weights<S>& weights,
-                     Index m, const std::vector<char>* columns) {
+                     Index m, const std::vector<char>* columns, bool feedback_needed) {
     const auto i = std::size_t(m);
     const bool top = m == Index(e_.size());
+    // The curvature test next to the loss, and above a pair whose G differences would round
+    // (D_G from values of G cancels to rounding on tiny moves, and spurious refusals would
+    // shrink the step until the stopping rule took the crawl for convergence).
+    const bool curvature_test =
+        next_to_loss(net, weights, m) || !exact_divergence(net, m);
     block_work& work = blocks_[i - 1];
     Matrix<S>& next = columns ? work.fallback : work.candidate;
     Matrix<S>& next_above = columns ? work.fallback_above : work.candidate_above;
     Matrix<S>& next_feedback = columns ? work.fallback_feedback : work.candidate_feedback;
     Matrix<S>& next_preimage = columns ? work.fallback_preimage : work.candidate_preimage;
-    Matrix<S>* next_output = columns ? &work.fallback_output : nullptr;
+    Matrix<S>& next_output = columns ? work.fallback_output : work.candidate_output;
     const S lambda = weights.lambda[i - 1];
     S& step = step_size(m, weights);
     for (int halving = 0; halving < 60; ++halving) {
@@ -675,15 +689,20 @@ class lifted_objective {
       live(next_preimage) = (live(work.shift) - live(next)) / c;  // c w + f(a + w) - f(a) = rho
       live(work.move) = live(next) - live(d_[i]);
       if (!top) net.linear(m, live(next), live(next_above));
-      feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, next_output);
-      S curvature = 0, squared = 0;
+      if (feedback_needed || curvature_test)
+        feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, &next_output);
+      if (!curvature_test)
+        upstairs_divergence(net, y, weights, m, next_above, next_output, work.change);
+      S measured = 0, squared = 0;
       for (Index j = 0; j < width_; ++j) {
         if (columns && !(*columns)[std::size_t(j)]) continue;
-        curvature += (next_feedback.col(j) - work.feedback.col(j)).dot(work.move.col(j));
+        measured += curvature_test
+                        ? (next_feedback.col(j) - work.feedback.col(j)).dot(work.move.col(j))
+                        : S(2) * work.change(j);
         squared += work.move.col(j).squaredNorm();
       }
-      if (curvature <= squared / step) {
-        step = grown_step(step, squared, curvature);
+      if (measured <= squared / step) {
+        step = grown_step(step, squared, measured);
         return squared > 0;
       }
       step /= 2;
@@ -691,10 +710,60 @@ class lifted_objective {
     return false;
   }
 
+  /// D_h(z+, z) per sample for block m's move work.move to z+ (h_m the terms of the layers
+  /// above it, file comment): lambda_{m+1} D_{G_{m+1}}(a_{m+1}^+, a_{m+1}) about
+  /// a_{m+1} = a_{m+1}^0 + e_{m+1}, with `next_above` = e_{m+1}^+; next to the loss,
+  /// w [l(z+) - l(z) - <grad l(z), z+ - z>] for a lifted output (work.feedback = w grad l) and
+  /// w [L(a+) - L(a) - <delta_L, a+ - a>] with L = l o f_L under an unlifted one, where
+  /// <w delta_L, W_L (z+ - z)> = <q_m, z+ - z>, from the outputs `next_output` and
+  /// work.state_output. The loss's change is taken in its increment, which keeps its digits
+  /// where z+ is close to z (a difference of two loss values rounds at the loss's size).
+  template <class Program>
+  void upstairs_divergence(const Program& net, const MatrixCRef<S>& y,
+                           const lifted_weights<S>& weights, Index m, const Matrix<S>& next_above,
+                           const Matrix<S>& next_output, RowVector<S>& out) {
+    const auto i = std::size_t(m);
+    block_work& work = blocks_[i - 1];
+    if (next_to_loss(net, weights, m)) {
+      live(work.output) = live(next_output) - live(work.state_output);
+      net.loss_change(live(work.state_output), live(work.output), y, live(out));
+      live(out) = weights.loss_weight * live(out) -
+                  live(work.feedback).cwiseProduct(live(work.move)).colwise().sum();
+      return;
+    }
+    live(work.above_move) = live(next_above) - live(e_[i]);
+    live(work.above_base) = live(forward_.a[i]) + live(e_[i]);
+    net.layer(m).visit([&](const auto& pair) {
+      potential_divergence<S>(pair, live(work.above_base), live(work.above_move), live(out));
+    });
+    live(out) *= weights.lambda[i];
+  }
+
+  /// Whether layer m + 1's pair (index m) takes D_G in a closed form that keeps its digits on
+  /// tiny moves (the identity, ReLU, leaky ReLU, the hard pairs), not from values of G.
+  template <class Program>
+  static bool exact_divergence(const Program& net, Index m) {
+    bool exact = false;
+    net.layer(m).visit([&](const auto& pair) {
+      using P = std::decay_t<decltype(pair)>;
+      exact = linear_pair<P> || has_scalar_divergence<P, S> || has_divergence_expr<P, S>;
+    });
+    return exact;
+  }
+
+  /// Whether the loss is the next term above block m: m = L (lifted output) or m = L - 1 under
+  /// an unlifted output; its divergence is then taken from the outputs z_L.
+  template <class Program>
+  static bool next_to_loss(const Program& net, const lifted_weights<S>& weights, Index m) {
+    return m == net.depth() || (m + 1 == net.depth() && !weights.output_lifted);
+  }
+
   /// Takes block m's candidate as its state (all active samples, or where `columns` says so).
-  /// Copies, not swaps: the retired samples' state stays where it is.
+  /// Copies, not swaps: the retired samples' state stays where it is. Without `next_feedback`
+  /// (the block's last update), work.feedback is left as it was: the next sweep computes it
+  /// anew.
   void accept(Index m, const Matrix<S>& next, const Matrix<S>& next_above,
-              const Matrix<S>& next_feedback, const Matrix<S>& next_preimage,
+              const Matrix<S>* next_feedback, const Matrix<S>& next_preimage,
               const std::vector<char>* columns) {
     const auto i = std::size_t(m);
     const bool top = m == Index(e_.size());
@@ -702,7 +771,7 @@ class lifted_objective {
     if (!columns) {
       live(d_[i]) = live(next);
       live(v_[i]) = live(next_preimage);
-      live(work.feedback) = live(next_feedback);
+      if (next_feedback) live(work.feedback) = live(*next_feedback);
       if (!top) live(e_[i]) = live(next_above);
       return;
     }
@@ -710,7 +779,7 @@ class lifted_objective {
       if (!(*columns)[std::size_t(j)]) continue;
       d_[i].col(j) = next.col(j);
       v_[i].col(j) = next_preimage.col(j);
-      work.feedback.col(j) = next_feedback.col(j);
+      if (next_feedback) work.feedback.col(j) = next_feedback->col(j);
       if (!top) e_[i].col(j) = next_above.col(j);
     }
   }
@@ -723,7 +792,7 @@ class lifted_objective {
     const auto i = std::size_t(m);
     const Index L = net.depth(), B = width_;
     const bool top = m == L;
-    const bool loss_next = top || (m + 1 == L && !weights.output_lifted);
+    const bool loss_next = next_to_loss(net, weights, m);
     block_work& work = blocks_[i - 1];
     const S lambda = weights.lambda[i - 1];
     feedback(net, y, weights, m, d_[i], above(m), work.feedback,
@@ -738,8 +807,14 @@ class lifted_objective {
                       live(work.candidate));
       });
       if (!top) net.linear(m, live(work.candidate), live(work.candidate_above));
-      feedback(net, y, weights, m, work.candidate, top ? work.candidate : work.candidate_above,
-               work.candidate_feedback, loss_next ? &work.candidate_output : nullptr);
+      // The candidate's feedback q_m is the next update's; the block's last update needs it
+      // only where the loss is next (for the output z_L its change of J is taken at). Below
+      // the top, J's change needs a_{m+1} alone, so that update saves a product.
+      const bool last = t + 1 == iterations;
+      if (!last || loss_next)
+        feedback(net, y, weights, m, work.candidate, top ? work.candidate : work.candidate_above,
+                 work.candidate_feedback, loss_next ? &work.candidate_output : nullptr);
+      const Matrix<S>* candidate_feedback = last ? nullptr : &work.candidate_feedback;
       // J(z+) - J(z) per sample: the divergence upstairs minus lambda_m D_{G_m}(u+, u).
       live(work.preimage_move) = live(work.candidate_preimage) - live(v_[i]);
       live(work.shift) = live(forward_.a[i - 1]) + live(v_[i]);  // u, with z_m = f(u)
@@ -747,26 +822,8 @@ class lifted_objective {
         potential_divergence<S>(pair, live(work.shift), live(work.preimage_move), live(work.row));
       });
       live(work.move) = live(work.candidate) - live(d_[i]);
-      if (loss_next) {
-        // w [l(z+) - l(z) - <grad l(z), z+ - z>] for a lifted output (work.feedback = w grad l),
-        // w [L(a+) - L(a) - <delta_L, a+ - a>] with L = l o f_L under an unlifted one, where
-        // <w delta_L, W_L (z+ - z)> = <q_m, z+ - z>.
-        // The loss's change is taken in its increment, which keeps its digits where z+ is
-        // close to z (a difference of two loss values rounds at the loss's size).
-        live(work.output) = live(work.candidate_output) - live(work.state_output);
-        net.loss_change(live(work.state_output), live(work.output), y, live(work.change));
-        live(work.change) = weights.loss_weight * live(work.change) -
-                            live(work.feedback).cwiseProduct(live(work.move)).colwise().sum();
-      } else {
-        // lambda_{m+1} D_{G_{m+1}}(a_{m+1}^+, a_{m+1}), about a_{m+1} = a_{m+1}^0 + e_{m+1}.
-        live(work.above_move) = live(work.candidate_above) - live(e_[i]);
-        live(work.above_base) = live(forward_.a[i]) + live(e_[i]);
-        net.layer(m).visit([&](const auto& pair) {
-          potential_divergence<S>(pair, live(work.above_base), live(work.above_move),
-                                  live(work.change));
-        });
-        live(work.change) *= weights.lambda[i];
-      }
+      upstairs_divergence(net, y, weights, m, work.candidate_above, work.candidate_output,
+                          work.change);
       live(work.change) -= lambda * live(work.row);
       Index rejected = 0;
       for (Index j = 0; j < B; ++j) {
@@ -776,13 +833,13 @@ class lifted_objective {
       }
       fixed_point_updates_ += B;
       safeguarded_ += rejected;
-      accept(m, work.candidate, work.candidate_above, work.candidate_feedback,
-             work.candidate_preimage, &work.accepted);
+      accept(m, work.candidate, work.candidate_above, candidate_feedback, work.candidate_preimage,
+             &work.accepted);
       if (loss_next) copy_columns(work.candidate_output, work.state_output, work.accepted);
       if (rejected > 0) {
         for (Index j = 0; j < B; ++j) work.accepted[std::size_t(j)] ^= 1;
-        if (proximal_step(net, y, weights, m, &work.accepted)) {
-          accept(m, work.fallback, work.fallback_above, work.fallback_feedback,
+        if (proximal_step(net, y, weights, m, &work.accepted, !last)) {
+          accept(m, work.fallback, work.fallback_above, last ? nullptr : &work.fallback_feedback,
                  work.fallback_preimage, &work.accepted);
           if (loss_next) copy_columns(work.fallback_output, work.state_output, work.accepted);
         }
