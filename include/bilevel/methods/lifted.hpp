@@ -33,9 +33,8 @@
 ///   prox step's optimality (with its strong convexity) more than offsets, so the block
 ///   objective cannot increase (docs/methods.md §5.5); next to the loss, and above pairs
 ///   without a closed-form D_G, the test takes the curvature <q(z+) - q(z), z+ - z> in place of
-///   2 D_h, which bounds D_h for convex h_m. Under an unlifted output h_{L-1}
-///   is convex where l o f_L is (softmax cross-entropy on identity logits, MSE through an
-///   identity output);
+///   2 D_h, which bounds D_h for convex h_m. Under an unlifted output h_{L-1} is convex where
+///   l o f_L is (softmax cross-entropy on identity logits, MSE through an identity output);
 /// * LPOM's fixed point of the block's optimality condition z_m = f(a_m - q_m / lambda_m),
 ///   d_m <- f(a_m^0 + v) - f(a_m^0) with v = e_m - q_m / lambda_m. Per sample it changes J by
 ///   exactly
@@ -641,7 +640,7 @@ class lifted_objective {
     block_rule_.start(1, width_, tolerance);
     for (Index t = 0; t < iterations; ++t) {
       const bool last = t + 1 == iterations;
-      // at a minimiser up to rounding
+      // No step passes where the block is at a minimiser up to rounding.
       if (!proximal_step(net, y, weights, m, nullptr, !last)) break;
       accept(m, work.candidate, work.candidate_above, last ? nullptr : &work.candidate_feedback,
              work.candidate_preimage, nullptr);
@@ -670,8 +669,7 @@ class lifted_objective {
     // The curvature test next to the loss, and above a pair whose G differences would round
     // (D_G from values of G cancels to rounding on tiny moves, and spurious refusals would
     // shrink the step until the stopping rule took the crawl for convergence).
-    const bool curvature_test =
-        next_to_loss(net, weights, m) || !exact_divergence(net, m);
+    const bool curvature_test = next_to_loss(net, weights, m) || !exact_divergence(net, m);
     block_work& work = blocks_[i - 1];
     Matrix<S>& next = columns ? work.fallback : work.candidate;
     Matrix<S>& next_above = columns ? work.fallback_above : work.candidate_above;
