@@ -35,13 +35,13 @@ line_search_result armijo_backtracking(S& step, S before, S squared, S armijo, I
 }
 
 /// The step to try next after a proximal-gradient trial at `step` was accepted by the test
-/// `curvature` <= ||dz||^2 / step (docs/methods.md §5.5), given `squared` = ||dz||^2 and the
-/// test's left side of that trial (twice the Bregman divergence D_h(z+, z), or <dq, dz> next
-/// to the loss): squared / curvature is the largest step the test would have accepted along
-/// that move. The step grows to 0.8 of it, but by a factor between 1 and 1.5 (1.5 where the
-/// move showed no curvature). Growing 1.5x blindly had every second or third trial refused, a
-/// product each, on the paper's MLP; never shrinking after an accepted trial keeps rounding in
-/// a converged block's tiny moves from driving the step down.
+/// `curvature` <= ||dz||^2 / step (docs/methods.md §5.5), given `squared` = ||dz||^2 and the test's
+/// left side of that trial (twice the Bregman divergence D_h(z+, z), or <dq, dz> next to the loss
+/// and above pairs without a closed-form D_G): squared / curvature is the largest step the test
+/// would have accepted along that move. The step grows to 0.8 of it, but by a factor between 1 and
+/// 1.5 (1.5 where the move showed no curvature). Growing 1.5x blindly had every second or third
+/// trial refused, a product each, on the paper's MLP; never shrinking after an accepted trial keeps
+/// rounding in a converged block's tiny moves from driving the step down.
 template <Scalar S>
 S grown_step(S step, S squared, S curvature) {
   const S grown = S(1.5) * step;
