@@ -289,6 +289,29 @@ TEMPLATE_TEST_CASE("piecewise-linear differences are slope * h on one piece and 
   CHECK(out(0, 3) == 2);
 }
 
+TEMPLATE_TEST_CASE("ReLU's Bregman divergence is exact on both pieces and keeps a NaN of a or h",
+                   "[activations][divergence]", float, double) {
+  using S = TestType;
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  const relu pair;
+  CHECK(pair.G_divergence(S(0.75), S(0.5)) == S(0.125));    // both positive: h^2 / 2
+  CHECK(pair.G_divergence(S(0.75), S(-1.75)) == S(1.03125));  // -a^2 / 2 - a h, to 0
+  CHECK(pair.G_divergence(S(-0.5), S(1.5)) == S(0.5));       // from 0 up: (a + h)^2 / 2
+  CHECK(pair.G_divergence(S(-0.5), S(0.25)) == 0);           // both not positive
+  CHECK(std::isnan(pair.G_divergence(nan, S(0.5))));
+  CHECK(std::isnan(pair.G_divergence(S(0.5), nan)));
+  // The vectorised sum per column: nine rows, so that whole packets and a tail are summed; a
+  // NaN in a (column 1, first row) or in h (column 2, last row) makes its column's sum NaN.
+  Matrix<S> a = Matrix<S>::Constant(9, 3, S(0.75)), h = Matrix<S>::Constant(9, 3, S(-1.75));
+  a(0, 1) = nan;
+  h(8, 2) = nan;
+  RowVector<S> sums(3);
+  potential_divergence<S>(pair, a, h, sums);
+  CHECK(sums(0) == 9 * S(1.03125));
+  CHECK(std::isnan(sums(1)));
+  CHECK(std::isnan(sums(2)));
+}
+
 TEMPLATE_TEST_CASE("the softmax difference equals a long double reference for small and huge "
                    "steps",
                    "[activations][difference]", float, double) {

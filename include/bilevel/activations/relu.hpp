@@ -34,10 +34,12 @@ struct relu {
   }
   /// D_G(a + h, a) = G(a + h) - G(a) - f(a) h, the integral over s in [0, h] of
   /// f(a + s) - f(a) = max(t(s), -f(a)) with t(s) = min(a, 0) + s: t^2 / 2 at t(h) while t stays
-  /// above -f(a), linear below; exactly h^2 / 2 on the positive piece and 0 on the other.
+  /// above -f(a), linear below; exactly h^2 / 2 on the positive piece and 0 on the other. Both
+  /// pieces are m (t - m / 2) with m = max(-f(a), t): a max instead of a branch, which Eigen 3.4
+  /// vectorises (its select it does not). -f(a) first, so that a NaN in a stays in m.
   template <class S> S G_divergence(S a, S h) const {
-    const S low = -f(a), t = std::min(a, S(0)) + h;
-    return t > low ? t * t / 2 : low * (t - low / 2);
+    const S t = std::min(a, S(0)) + h, m = std::max(-f(a), t);
+    return m * (t - m / 2);
   }
 
   /// The proximal map of c G* about the forward pass (activations/displacement.hpp): the
@@ -59,9 +61,9 @@ struct relu {
   }
   template <class A, class H> auto G_divergence_expr(const A& a, const H& h) const {
     using S = typename A::Scalar;
-    const auto low = -a.max(S(0));
     const auto t = a.min(S(0)) + h;
-    return (t > low).select(t * t / 2, low * (t - low / 2));
+    const auto m = (-a.max(S(0))).max(t);  // G_divergence's m, NaN from a kept as there
+    return m * (t - S(0.5) * m);
   }
   template <class A, class R>
   auto prox_conj_difference_expr(const A& a, const R& rho, typename A::Scalar c) const {
