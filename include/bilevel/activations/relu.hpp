@@ -36,7 +36,7 @@ struct relu {
   /// f(a + s) - f(a) = max(t(s), -f(a)) with t(s) = min(a, 0) + s: t^2 / 2 at t(h) while t stays
   /// above -f(a), linear below; exactly h^2 / 2 on the positive piece and 0 on the other. Both
   /// pieces are m (t - m / 2) with m = max(-f(a), t): a max instead of a branch, which Eigen 3.4
-  /// vectorises (its select it does not). -f(a) first, so that a NaN in a stays in m.
+  /// vectorises (its select it does not). A NaN in a or h reaches t, and so the result.
   template <class S> S G_divergence(S a, S h) const {
     const S t = std::min(a, S(0)) + h, m = std::max(-f(a), t);
     return m * (t - m / 2);
@@ -62,7 +62,7 @@ struct relu {
   template <class A, class H> auto G_divergence_expr(const A& a, const H& h) const {
     using S = typename A::Scalar;
     const auto t = a.min(S(0)) + h;
-    const auto m = (-a.max(S(0))).max(t);  // G_divergence's m, NaN from a kept as there
+    const auto m = (-a.max(S(0))).max(t);  // G_divergence's m
     return m * (t - S(0.5) * m);
   }
   template <class A, class R>
