@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 
+#include "indicator.hpp"
 #include "range.hpp"
 
 namespace bilevel {
@@ -49,7 +50,7 @@ struct hard_tanh {
   }
   template <class A> auto df_expr(const A& a) const {
     using S = typename A::Scalar;
-    return ((a > S(-1)) && (a < S(1))).template cast<S>();
+    return detail::indicator_between(a, S(-1), S(1));
   }
   template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
     using S = typename A::Scalar;

@@ -11,6 +11,8 @@
 #include <limits>
 #include <string>
 
+#include "indicator.hpp"
+
 namespace bilevel {
 
 /// The ReLU pair: f(a) = max(a, 0), G(a) = [a]_+^2 / 2, G*(z) = z^2/2 on z >= 0.
@@ -52,8 +54,7 @@ struct relu {
 
   template <class A> auto f_expr(const A& a) const { return a.max(typename A::Scalar(0)); }
   template <class A> auto df_expr(const A& a) const {
-    using S = typename A::Scalar;
-    return (a > S(0)).template cast<S>();
+    return detail::indicator_above(a, typename A::Scalar(0));
   }
   template <class A, class H> auto f_difference_expr(const A& a, const H& h) const {
     using S = typename A::Scalar;
