@@ -254,6 +254,24 @@ TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
     CHECK(run.error.rfind("mnist_mlp: ", 0) == 0);
     CHECK(run.error.find('\n') == run.error.size() - 1);  // one line
   }
+  // Values that used to pass silently: an empty path, list or architecture read as the flag not
+  // given, a trailing comma was dropped, and a spacing <= 0 was refused by the method without
+  // naming the flag.
+  for (const auto& [flags, names] : std::vector<std::pair<std::string, std::string>>{
+           {" --architecture ''", "--architecture: expected a non-empty value"},
+           {" --save ''", "--save: expected a non-empty value"},
+           {" --resume ''", "--resume: expected a non-empty value"},
+           {" --csv ''", "--csv: expected a non-empty value"},
+           {" --export ''", "--export: expected a non-empty value"},
+           {" --layers 16,64,10,", "--layers must be a comma-separated list of finite numbers"},
+           {" --method pcn --beta 0", "--beta must be a comma-separated list of finite numbers"},
+           {" --method lpom --lambda -1", "--lambda must be a comma-separated list"}}) {
+    INFO(flags);
+    const run_result run = run_trainer(base + flags);
+    CHECK(run.status == 2);
+    CHECK(run.lines.empty());
+    CHECK_THAT(run.error, Catch::Matchers::Contains(names));
+  }
 }
 
 TEST_CASE("missing or corrupt data gives a one-line error and exit status 1", "[trainer]") {

@@ -98,6 +98,12 @@ CLI::Validator finite_in(double low, bool closed_low,
   });
 }
 
+/// A flag whose value must not be empty (a path, a list or an architecture): an empty value
+/// would otherwise read as the flag not given.
+CLI::Validator non_empty() {
+  return expecting("", "a non-empty value", [](const std::string& text) { return !text.empty(); });
+}
+
 /// `requested` threads, at most as many as the machine's cores (more only slow Eigen's
 /// products down); says so on stderr unless `quiet`.
 int usable_threads(int requested, bool quiet) {
@@ -222,7 +228,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "mnist_mlp, bilevel " + std::string(bilevel::version));
   app.add_option("--data", opts.data,
                  "Directory with train-/t10k- images and labels (idx, plain or .gz)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_empty());
   app.add_option("--method", opts.method,
                  "bp, fenbp (Fenchel BP), chl, ep, pcn, zil (Z-IL), mac, lpom, fln, altmin")
       ->check(CLI::IsMember(bilevel::method_names()))
@@ -230,7 +237,8 @@ int main(int argc, char** argv) {
   app.add_option("--beta", opts.beta,
                  "Spacing per sample: fenbp (one value, or one per layer), chl, ep, pcn (the "
                  "loss's weight s in F = sum E_k + s l) (method default: fenbp 0.01, chl 0.1, "
-                 "ep 0.5, pcn 1)");
+                 "ep 0.5, pcn 1)")
+      ->check(non_empty());
   app.add_option("--init", opts.init,
                  "Weight initialisation: glorot, he, negative (the Fenchel BP paper's start: "
                  "layer 1 -|glorot|, the rest glorot, biases 0), all-negative (every layer "
@@ -281,7 +289,8 @@ int main(int argc, char** argv) {
                  "(F filters K x K, stride S, zero padding P), pool<K>[s<S>] (average pooling); "
                  "the activation follows every conv and dense layer but the last")
       ->excludes(layers_flag)
-      ->excludes(model_flag);
+      ->excludes(model_flag)
+      ->check(non_empty());
   app.add_option("--activation", opts.activation,
                  "Hidden activation pair (method default: relu; ep hard_sigmoid; pcn sigmoid)")
       ->check(CLI::IsMember(std::vector<std::string>(bilevel::activation_names.begin(),
@@ -313,7 +322,8 @@ int main(int argc, char** argv) {
       ->check(finite_in(0, false))
       ->capture_default_str();
   app.add_option("--lambda", opts.lambda,
-                 "lpom, fln: multipliers lambda, one value or one per layer (method default 10)");
+                 "lpom, fln: multipliers lambda, one value or one per layer (method default 10)")
+      ->check(non_empty());
   app.add_option("--mu", opts.mu, "mac: penalty weight mu (default 10); altmin: mu (3e-5)")
       ->check(finite_in(0, false));
   app.add_option("--mu-growth", opts.mu_growth, "mac: factor on mu after every step")
@@ -367,7 +377,8 @@ int main(int argc, char** argv) {
                "--inner-iterations its cap");
   app.add_option("--layer-scales", opts.layer_scales,
                  "ep: factors on each layer's gradient, one per layer (with --optimizer sgd: "
-                 "per-layer learning rates --lr x factor)");
+                 "per-layer learning rates --lr x factor)")
+      ->check(non_empty());
   app.add_option("--step-mode", opts.step_mode,
                  "gradient (the method's gradient estimate and --optimizer) or native (the "
                  "method's own block-coordinate step: mac, lpom, fln, altmin) (method default: "
@@ -375,7 +386,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"gradient", "native"}));
   app.add_option("--save", opts.save,
                  "Checkpoint file, written atomically at the start, every --save-every epochs "
-                 "and after the last epoch");
+                 "and after the last epoch")
+      ->check(non_empty());
   app.add_option("--save-every", opts.save_every, "Epochs between checkpoints")
       ->check(whole_at_least(1))
       ->capture_default_str();
@@ -383,14 +395,17 @@ int main(int argc, char** argv) {
                  "Checkpoint to continue from: training runs on from its epoch to --epochs, "
                  "exactly as if it had never stopped. The checkpoint records the training flags "
                  "and the data's checksums and refuses others (--epochs, outputs, --data's "
-                 "location and --threads may change)");
+                 "location and --threads may change)")
+      ->check(non_empty());
   app.add_option("--csv", opts.csv,
                  "Also write the per-epoch metrics to this CSV file (rewritten atomically after "
-                 "every epoch; a resumed run keeps the earlier epochs' rows)");
+                 "every epoch; a resumed run keeps the earlier epochs' rows)")
+      ->check(non_empty());
   app.add_option("--export", opts.export_dir,
                  "After the last epoch, write the trained parameters as NumPy files into this "
                  "existing directory: Wk.npy and bk.npy for each layer k with parameters, and "
-                 "manifest.json (README \"Reliability\"; import_npy reads them back)");
+                 "manifest.json (README \"Reliability\"; import_npy reads them back)")
+      ->check(non_empty());
   app.add_flag("--quiet", opts.quiet,
                "No progress on stderr (errors only); stdout's JSON is unchanged");
   try {

@@ -2,6 +2,7 @@
 // The trainer's settings, shared by the command-line front end and the typed training code.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -195,21 +196,28 @@ struct flags_record {
   }
 };
 
-/// Parses a comma-separated list of numbers; `what` names the flag in errors.
+/// Parses a comma-separated list of numbers, each finite and > 0 (sizes, spacings, weights and
+/// scales all are); `what` names the flag in errors. An empty item anywhere (a trailing comma
+/// too) is refused, not skipped.
 template <class T>
 std::vector<T> parse_list(const std::string& text, const std::string& what) {
+  const auto refuse = [&] {
+    return bilevel::config_error(what + " must be a comma-separated list of finite numbers > 0, "
+                                 "got '" + text + "'");
+  };
+  if (text.empty()) throw bilevel::config_error(what + " must not be empty");
+  if (text.back() == ',') throw refuse();
   std::vector<T> values;
   std::stringstream stream(text);
   std::string item;
   while (std::getline(stream, item, ',')) {
     std::istringstream parse(item);
     T value{};
-    if (!(parse >> value) || !(parse >> std::ws).eof())
-      throw bilevel::config_error(what + " must be a comma-separated list of numbers, got '" +
-                                  text + "'");
+    if (!(parse >> value) || !(parse >> std::ws).eof() || !std::isfinite(double(value)) ||
+        !(value > T(0)))
+      throw refuse();
     values.push_back(value);
   }
-  if (values.empty()) throw bilevel::config_error(what + " must not be empty");
   return values;
 }
 

@@ -56,3 +56,30 @@ TEST_CASE("conv2d gives the same bits on one thread and on two", "[conv]") {
     CHECK(one.weight_gradient.norm() > 0.0f);  // the products ran
   }
 }
+
+TEST_CASE("conv2d gives the same bits on one thread and on two for batches too small to split",
+          "[conv]") {
+  // One image, or one chunk of the gradient (<= 8 images), is one range: the products then ran
+  // on the calling thread, where Eigen split them over its two threads and summed in another
+  // order (these shapes' products are large enough for it to; LeNet-5's are not).
+  random_source random(4);
+  for (const conv2d<float>::geometry shape :
+       {conv2d<float>::geometry{{2, 27, 9}, 20, 5, 1, 4},
+        conv2d<float>::geometry{{9, 32, 15}, 17, 7, 1, 0}}) {
+    const conv2d<float> conv(shape);
+    const Matrix<float> weights =
+        random_matrix<float>(random, conv.weight_rows(), conv.weight_cols());
+    const Vector<float> bias = random_matrix<float>(random, conv.bias_size(), 1);
+    for (const Index images : {1, 5}) {
+      const Matrix<float> x = random_matrix<float>(random, conv.inputs(), images);
+      const Matrix<float> g = random_matrix<float>(random, conv.outputs(), images);
+      const conv_results one = run(conv, weights, bias, x, g, 1);
+      const conv_results two = run(conv, weights, bias, x, g, 2);
+      INFO(images << " images");
+      CHECK(one.forward == two.forward);
+      CHECK(one.transpose == two.transpose);
+      CHECK(one.weight_gradient == two.weight_gradient);
+      CHECK(one.bias_gradient == two.bias_gradient);
+    }
+  }
+}

@@ -24,15 +24,23 @@ inline constexpr Index parallel_grain = 16384;
 /// Calls body(begin, end) on consecutive ranges covering [0, count), one per thread. A unit of
 /// the range is `cost` elements of work (a column of r rows: cost r); every range holds at least
 /// parallel_grain elements, and every range but the last is a multiple of `align` units.
+/// How many ranges parallel_ranges makes (1: a plain call).
+inline Index range_count(Index count, Index cost, Index align) {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+  const Index units = std::max<Index>(1, parallel_grain / std::max<Index>(cost, 1));
+  return std::max<Index>(1, std::min<Index>(Eigen::nbThreads(), count / std::max(units, align)));
+#else
+  (void)count;
+  (void)cost;
+  (void)align;
+  return 1;
+#endif
+}
+
 template <class Body>
 void parallel_ranges(Index count, Index cost, Index align, const Body& body) {
-  const Index units = std::max<Index>(1, parallel_grain / std::max<Index>(cost, 1));
-  Index threads = std::min<Index>(Eigen::nbThreads(), count / std::max(units, align));
-#ifdef _OPENMP
-  if (omp_in_parallel()) threads = 1;
-#else
-  threads = 1;
-#endif
+  const Index threads = range_count(count, cost, align);
   if (threads <= 1) {
     body(Index(0), count);
     return;
@@ -47,6 +55,23 @@ void parallel_ranges(Index count, Index cost, Index align, const Body& body) {
     if (begin < end) body(begin, end);
   }
 #endif
+}
+
+/// parallel_ranges for bodies that run Eigen's matrix products and must give the same bits on
+/// any number of threads. Called outside a parallel region, Eigen splits a product over its
+/// threads, blocking and so summing it in another order; so where parallel_ranges would call
+/// the body plainly while Eigen has threads, the body runs on the first thread of a team of
+/// two (the other idles), inside which Eigen keeps each product on one thread.
+template <class Body>
+void parallel_ranges_of_products(Index count, Index cost, Index align, const Body& body) {
+#ifdef _OPENMP
+  if (Eigen::nbThreads() > 1 && !omp_in_parallel() && range_count(count, cost, align) <= 1) {
+#pragma omp parallel num_threads(2)
+    if (omp_get_thread_num() == 0) body(Index(0), count);
+    return;
+  }
+#endif
+  parallel_ranges(count, cost, align, body);
 }
 
 /// Calls body(first, columns) on blocks of consecutive columns of a batch with `rows` rows and

@@ -185,8 +185,8 @@ class conv2d {
     const Index chunks = (x.cols() + gradient_chunk - 1) / gradient_chunk;
     const Index weight_count = weight_rows() * weight_cols(), slot = weight_count + bias_size();
     S* const partials = gradient_slots(chunks * slot);
-    detail::parallel_ranges(chunks, gradient_chunk * output_.pixels() * patch_size(), 1,
-                            [&](Index first, Index end) {
+    detail::parallel_ranges_of_products(chunks, gradient_chunk * output_.pixels() * patch_size(),
+                                        1, [&](Index first, Index end) {
       // im2col's patches, their padding zeroed once for all the chunks of this thread.
       MatrixMap<S> patches = direct_ ? MatrixMap<S>(nullptr, 0, 0) : patch_buffer();
       if (!direct_) clear_padding(patches);
@@ -250,10 +250,11 @@ class conv2d {
   }
 
   /// Calls body(first, end) on blocks of the images [0, count) in parallel (core/parallel.hpp):
-  /// every image is independent, and each thread uses its own patch buffer.
+  /// every image is independent, and each thread uses its own patch buffer. The products
+  /// inside stay on one thread however few the images (parallel_ranges_of_products).
   template <class Body>
   void for_image_blocks(Index count, const Body& body) const {
-    detail::parallel_ranges(count, output_.pixels() * patch_size(), 1, body);
+    detail::parallel_ranges_of_products(count, output_.pixels() * patch_size(), 1, body);
   }
 
   /// Whether X_col has many rows (output positions) and few columns, as at a first layer
