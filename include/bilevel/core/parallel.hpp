@@ -21,10 +21,7 @@ namespace bilevel::detail {
 /// the cost of starting a parallel region whose threads are already awake.
 inline constexpr Index parallel_grain = 16384;
 
-/// Calls body(begin, end) on consecutive ranges covering [0, count), one per thread. A unit of
-/// the range is `cost` elements of work (a column of r rows: cost r); every range holds at least
-/// parallel_grain elements, and every range but the last is a multiple of `align` units.
-/// How many ranges parallel_ranges makes (1: a plain call).
+/// How many ranges parallel_ranges makes for these arguments (1: a plain call).
 inline Index range_count(Index count, Index cost, Index align) {
 #ifdef _OPENMP
   if (omp_in_parallel()) return 1;
@@ -38,6 +35,9 @@ inline Index range_count(Index count, Index cost, Index align) {
 #endif
 }
 
+/// Calls body(begin, end) on consecutive ranges covering [0, count), one per thread. A unit of
+/// the range is `cost` elements of work (a column of r rows: cost r); every range holds at least
+/// parallel_grain elements, and every range but the last is a multiple of `align` units.
 template <class Body>
 void parallel_ranges(Index count, Index cost, Index align, const Body& body) {
   const Index threads = range_count(count, cost, align);
