@@ -33,6 +33,23 @@ conv_results run(const conv2d<float>& conv, const Matrix<float>& weights,
   return r;
 }
 
+/// Every operation of `conv` on `images` random images, on one thread and on two: the same bits.
+void check_same_bits(const conv2d<float>& conv, random_source& random, Index images) {
+  const Matrix<float> weights =
+      random_matrix<float>(random, conv.weight_rows(), conv.weight_cols());
+  const Vector<float> bias = random_matrix<float>(random, conv.bias_size(), 1);
+  const Matrix<float> x = random_matrix<float>(random, conv.inputs(), images);
+  const Matrix<float> g = random_matrix<float>(random, conv.outputs(), images);
+  const conv_results one = run(conv, weights, bias, x, g, 1);
+  const conv_results two = run(conv, weights, bias, x, g, 2);
+  INFO(images << " images");
+  CHECK(one.forward == two.forward);
+  CHECK(one.transpose == two.transpose);
+  CHECK(one.weight_gradient == two.weight_gradient);
+  CHECK(one.bias_gradient == two.bias_gradient);
+  CHECK(one.weight_gradient.norm() > 0.0f);  // the products ran
+}
+
 }  // namespace
 
 TEST_CASE("conv2d gives the same bits on one thread and on two", "[conv]") {
@@ -40,21 +57,8 @@ TEST_CASE("conv2d gives the same bits on one thread and on two", "[conv]") {
   // LeNet-5's second convolution and a strided, padded one; 37 images (chunks of 8 and a rest).
   for (const conv2d<float>::geometry shape :
        {conv2d<float>::geometry{{6, 14, 14}, 16, 5, 1, 0},
-        conv2d<float>::geometry{{3, 11, 9}, 4, 3, 2, 1}}) {
-    const conv2d<float> conv(shape);
-    const Matrix<float> weights =
-        random_matrix<float>(random, conv.weight_rows(), conv.weight_cols());
-    const Vector<float> bias = random_matrix<float>(random, conv.bias_size(), 1);
-    const Matrix<float> x = random_matrix<float>(random, conv.inputs(), 37);
-    const Matrix<float> g = random_matrix<float>(random, conv.outputs(), 37);
-    const conv_results one = run(conv, weights, bias, x, g, 1);
-    const conv_results two = run(conv, weights, bias, x, g, 2);
-    CHECK(one.forward == two.forward);
-    CHECK(one.transpose == two.transpose);
-    CHECK(one.weight_gradient == two.weight_gradient);
-    CHECK(one.bias_gradient == two.bias_gradient);
-    CHECK(one.weight_gradient.norm() > 0.0f);  // the products ran
-  }
+        conv2d<float>::geometry{{3, 11, 9}, 4, 3, 2, 1}})
+    check_same_bits(conv2d<float>(shape), random, 37);
 }
 
 TEST_CASE("conv2d gives the same bits on one thread and on two for batches too small to split",
@@ -65,21 +69,6 @@ TEST_CASE("conv2d gives the same bits on one thread and on two for batches too s
   random_source random(4);
   for (const conv2d<float>::geometry shape :
        {conv2d<float>::geometry{{2, 27, 9}, 20, 5, 1, 4},
-        conv2d<float>::geometry{{9, 32, 15}, 17, 7, 1, 0}}) {
-    const conv2d<float> conv(shape);
-    const Matrix<float> weights =
-        random_matrix<float>(random, conv.weight_rows(), conv.weight_cols());
-    const Vector<float> bias = random_matrix<float>(random, conv.bias_size(), 1);
-    for (const Index images : {1, 5}) {
-      const Matrix<float> x = random_matrix<float>(random, conv.inputs(), images);
-      const Matrix<float> g = random_matrix<float>(random, conv.outputs(), images);
-      const conv_results one = run(conv, weights, bias, x, g, 1);
-      const conv_results two = run(conv, weights, bias, x, g, 2);
-      INFO(images << " images");
-      CHECK(one.forward == two.forward);
-      CHECK(one.transpose == two.transpose);
-      CHECK(one.weight_gradient == two.weight_gradient);
-      CHECK(one.bias_gradient == two.bias_gradient);
-    }
-  }
+        conv2d<float>::geometry{{9, 32, 15}, 17, 7, 1, 0}})
+    for (const Index images : {1, 5}) check_same_bits(conv2d<float>(shape), random, images);
 }
