@@ -122,7 +122,14 @@ Method at_spacing(S spacing, bilevel::inner_start start) {
 /// PCN with momentum in its inference (docs/methods.md §5.4), an option.
 bilevel::pcn<S> accelerated(const bilevel::pcn<S>& method) {
   auto config = method.config();
-  config.accelerated = true;
+  config.inference = bilevel::pcn_inference::momentum;
+  return bilevel::pcn<S>(config);
+}
+
+/// PCN with Anderson mixing in its inference (docs/methods.md §5.4), an option.
+bilevel::pcn<S> mixed(const bilevel::pcn<S>& method) {
+  auto config = method.config();
+  config.inference = bilevel::pcn_inference::anderson;
   return bilevel::pcn<S>(config);
 }
 
@@ -156,6 +163,8 @@ METHOD_STEP(pcn_cold, at_spacing<bilevel::pcn<S>>(1.0f, cold), false);
 METHOD_STEP(pcn_warm, at_spacing<bilevel::pcn<S>>(1.0f, warm), false);
 METHOD_STEP(pcn_accelerated_cold, accelerated(at_spacing<bilevel::pcn<S>>(1.0f, cold)), false);
 METHOD_STEP(pcn_accelerated_warm, accelerated(at_spacing<bilevel::pcn<S>>(1.0f, warm)), false);
+METHOD_STEP(pcn_anderson_cold, mixed(at_spacing<bilevel::pcn<S>>(1.0f, cold)), false);
+METHOD_STEP(pcn_anderson_warm, mixed(at_spacing<bilevel::pcn<S>>(1.0f, warm)), false);
 METHOD_STEP(mac_cold, at_spacing<bilevel::mac<S>>(10.0f, cold), false);
 METHOD_STEP(mac_warm, at_spacing<bilevel::mac<S>>(10.0f, warm), false);
 METHOD_STEP(lpom_cold, at_spacing<bilevel::lpom<S>>(10.0f, cold), false);

@@ -402,7 +402,7 @@ TEST_CASE("accelerated inference reaches the same equilibrium in fewer steps", "
     config.spacing = s;
     config.stopping = {1e-8, 100000};
     const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
-    config.accelerated = true;
+    config.inference = pcn_inference::momentum;
     pcn<double> accelerated(config);
     const step_report report = accelerated.gradient(net, x, y, estimate);
     CHECK(report.converged());
@@ -427,7 +427,7 @@ TEST_CASE("accelerated inference starts with two plain steps and is read at its 
   const Matrix<double> y = random_one_hot<double>(random, 4, 6);
   pcn<double>::settings config;
   config.stopping = {1e-14, 2};
-  config.accelerated = true;
+  config.inference = pcn_inference::momentum;
   Vector<double> accelerated, plain;
   const step_report report = pcn<double>(config).gradient(net, x, y, accelerated);
   const step_report reference = make_pcn(2, config.inference_rate).gradient(net, x, y, plain);
@@ -446,7 +446,107 @@ TEST_CASE("accelerated inference does not depend on the batch either", "[pcn]") 
         pcn<double>::settings config;
         config.spacing = 0.3;
         config.stopping = {1e-3, 100000};
-        config.accelerated = true;
+        config.inference = pcn_inference::momentum;
+        return pcn<double>(config);
+      },
+      [](pcn<double>& m) -> const auto& { return m.state(); });
+  REQUIRE(measured.batch_converged);
+  CHECK(measured.fewest_sweeps < measured.most_sweeps);
+  CHECK(measured.largest < 1e-10);
+}
+
+TEST_CASE("Anderson mixing reaches the same equilibrium in fewer steps", "[pcn]") {
+  // Mixed steps, certified by plain ones (§5.4): the estimate is the plain solve's to the
+  // tolerance, at every spacing, from far fewer steps.
+  random_source random(70);
+  auto net = make_mlp<double, tanh_pair>({5, 8, 7, 6, 4});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 5, 10);
+  const Matrix<double> y = random_one_hot<double>(random, 4, 10);
+  for (const double s : {1.0, 0.1, 1e-3}) {
+    CAPTURE(s);
+    Vector<double> reference, plain_estimate, estimate;
+    tight_pcn(s).gradient(net, x, y, reference);
+    pcn<double>::settings config;
+    config.spacing = s;
+    config.stopping = {1e-8, 100000};
+    const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
+    config.inference = pcn_inference::anderson;
+    const step_report report = pcn<double>(config).gradient(net, x, y, estimate);
+    CHECK(report.converged());
+    CHECK(relative_error(estimate, reference) < 1e-6);
+    CHECK(relative_error(plain_estimate, reference) < 1e-6);
+    CAPTURE(plain.inner_iterations, report.inner_iterations);
+    CHECK(report.inner_iterations < plain.inner_iterations / 2);
+    CHECK(report.inner_residual < 1e-6 * plain.inner_energy);
+    CHECK(report.inner_energy == Approx(plain.inner_energy).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("Anderson mixing solves a quadratic energy in finitely many steps", "[pcn]") {
+  // Identity pairs and squared error make F quadratic, so the plain step is an affine map and
+  // mixing with a memory of at least the n unknowns of a sample is GMRES on it (Walker and Ni,
+  // 2011): the first step is plain, n mixed ones span the Krylov space and the next one lands
+  // on the minimiser, n + 2 = 6 steps here, where plain steps take hundreds.
+  random_source random(72);
+  auto net = make_mlp<double, identity, mse>({3, 2, 2, 2});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 3, 4);
+  const Matrix<double> y = random_matrix<double>(random, 2, 4);
+  pcn<double>::settings config;
+  config.stopping = {1e-13, 100000};
+  pcn<double> tight(config);
+  Vector<double> estimate;
+  const step_report plain = tight.gradient(net, x, y, estimate);
+  REQUIRE(plain.converged());
+  CHECK(plain.inner_iterations > 100);
+  config.stopping.max_iterations = 6;
+  config.inference = pcn_inference::anderson;
+  pcn<double> mixed(config);
+  mixed.gradient(net, x, y, estimate);
+  for (const Index k : {1, 2}) {
+    CAPTURE(k);
+    CHECK((mixed.state()[std::size_t(k)] - tight.state()[std::size_t(k)]).cwiseAbs().maxCoeff() <
+          1e-10);
+  }
+}
+
+TEST_CASE("Anderson mixing stays in the forward pass's basin where momentum leaves it",
+          "[pcn]") {
+  // Tanh nets with weights from N(0, 1), where momentum coasts to another stationary point
+  // (§5.4): a mixed point that raises F falls back to the plain step, so mixing only descends
+  // and ends where plain steps end, at the trainer's tolerance.
+  for (const std::uint64_t seed : {1, 2, 3}) {
+    for (const double s : {1.0, 0.1, 0.01}) {
+      CAPTURE(seed, s);
+      auto net = make_mlp<double, tanh_pair>({5, 8, 7, 6, 4});
+      random_source random{seed};
+      randomize(net, random, 1.0);
+      const Matrix<double> x = random_matrix<double>(random, 5, 10);
+      const Matrix<double> y = random_one_hot<double>(random, 4, 10);
+      Vector<double> reference, estimate;
+      pcn<double>::settings config;
+      config.spacing = s;
+      config.stopping = {1e-10, 200000};
+      REQUIRE(pcn<double>(config).gradient(net, x, y, reference).converged());
+      config.stopping = {1e-4, 5000};
+      config.inference = pcn_inference::anderson;
+      const step_report report = pcn<double>(config).gradient(net, x, y, estimate);
+      CHECK(report.converged());
+      CHECK(relative_error(estimate, reference) < 3e-4);
+    }
+  }
+}
+
+TEST_CASE("Anderson mixing does not depend on the batch either", "[pcn]") {
+  const auto measured = batch_dependence<tanh_pair>(
+      39,
+      [] {
+        pcn<double>::settings config;
+        config.spacing = 0.3;
+        config.stopping = {1e-3, 100000};
+        config.inference = pcn_inference::anderson;
+        config.anderson_memory = 3;
         return pcn<double>(config);
       },
       [](pcn<double>& m) -> const auto& { return m.state(); });
@@ -544,9 +644,18 @@ TEST_CASE("PCN rejects bad settings and batches of the wrong shape", "[pcn]") {
   CHECK_THROWS_AS(make_pcn(0, 0.1), config_error);
   CHECK_THROWS_AS(make_pcn(10, 0.0), config_error);
   pcn<double>::settings momentum_on_zil = pcn<double>::zil().config();
-  momentum_on_zil.accelerated = true;
+  momentum_on_zil.inference = pcn_inference::momentum;
   CHECK_THROWS_WITH(pcn<double>(momentum_on_zil),
-                    Catch::Contains("pcn: accelerated must be false with zero_divergence"));
+                    Catch::Contains("pcn: inference must be plain with zero_divergence") &&
+                        Catch::Contains("got momentum"));
+  for (const Index memory : {0, 9}) {
+    pcn<double>::settings mixing;
+    mixing.inference = pcn_inference::anderson;
+    mixing.anderson_memory = memory;
+    CHECK_THROWS_WITH(pcn<double>(mixing),
+                      Catch::Contains("pcn: anderson_memory must be in [1, 8]") &&
+                          Catch::Contains("got " + std::to_string(memory)));
+  }
   CHECK_THROWS_AS(make_pcn(10, std::numeric_limits<double>::quiet_NaN()), config_error);
   CHECK_THROWS_WITH(make_pcn(10, -0.5), Catch::Contains("pcn") &&
                                             Catch::Contains("inference_rate") &&

@@ -30,7 +30,7 @@ method_options unusual_options() {
   o.extrapolation = 0.0;
   o.nudged_iterations = 2;
   o.one_sided = true;
-  o.accelerated = true;
+  o.inference = pcn_inference::anderson;
   o.converged = true;
   o.particles = 6;
   o.layer_scales = {0.5, 2, 1};
@@ -55,7 +55,7 @@ method_options only(const method_options& options, Keep keep) {
   if (keep("extrapolation")) o.extrapolation = options.extrapolation;
   if (keep("nudged_iterations")) o.nudged_iterations = options.nudged_iterations;
   if (keep("one_sided")) o.one_sided = options.one_sided;
-  if (keep("accelerated")) o.accelerated = options.accelerated;
+  if (keep("inference")) o.inference = options.inference;
   if (keep("converged")) o.converged = options.converged;
   if (keep("particles")) o.particles = options.particles;
   if (keep("layer_scales")) o.layer_scales = options.layer_scales;

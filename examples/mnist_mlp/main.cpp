@@ -163,7 +163,7 @@ void warn_ignored_flags(const CLI::App& app, const options& opts) {
       {"--extrapolation", "extrapolation"},
       {"--nudged-iterations", "nudged_iterations"},
       {"--one-sided", "one_sided"},
-      {"--inference", "accelerated"},
+      {"--inference", "inference"},
       {"--ep-particles", "particles"},
       {"--ep-converged", "converged"},
       {"--layer-scales", "layer_scales"}};
@@ -361,11 +361,13 @@ int main(int argc, char** argv) {
       ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--inference", opts.inference,
-                 "pcn: plain (fixed-rate gradient descent, the default) or accelerated "
-                 "(Nesterov momentum with restarts, certified by plain steps; about half the "
-                 "steps on smooth nets, but it can leave the forward pass's basin; "
-                 "docs/methods.md §5.4)")
-      ->check(CLI::IsMember({"accelerated", "plain"}));
+                 "pcn: plain (fixed-rate gradient descent, the default), momentum (Nesterov "
+                 "momentum with restarts, certified by plain steps; about half the steps on "
+                 "smooth nets, but it can leave the forward pass's basin) or anderson (Anderson "
+                 "mixing over the last 5 steps, falling back to the plain step where F rose, "
+                 "certified by plain steps; a fifth to a third of the steps); docs/methods.md "
+                 "§5.4")
+      ->check(CLI::IsMember({"plain", "momentum", "anderson"}));
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
   app.add_flag("--ep-particles", opts.ep_particles,

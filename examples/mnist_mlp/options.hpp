@@ -61,7 +61,7 @@ struct options {
   double extrapolation = -1;   ///< < 0: the method's own default
   Index nudged_iterations = 4;
   bool one_sided = false;
-  std::string inference;  ///< pcn: "accelerated" or "plain"; empty: the method's own default
+  std::string inference;  ///< pcn: "plain", "momentum" or "anderson"; empty: the method's default
   bool ep_particles = false;
   bool ep_converged = false;
   std::string layer_scales;  ///< ep: per-layer factors; empty: none

@@ -135,14 +135,21 @@ method_options parse_method_options(const std::string& name, const py::kwargs& s
     else if (key == "inner_step") o.inner_step = value.cast<double>();
     else if (key == "tolerance") o.tolerance = value.cast<double>();
     else if (key == "extrapolation") o.extrapolation = value.cast<double>();
-    else if (key == "accelerated") o.accelerated = value.cast<bool>();
     else if (key == "nudged_iterations") o.nudged_iterations = value.cast<Index>();
     else if (key == "one_sided") o.one_sided = value.cast<bool>();
     else if (key == "converged") o.converged = value.cast<bool>();
     else if (key == "particles") o.particles = value.cast<Index>();
     else if (key == "seed") o.seed = value.cast<std::uint64_t>();
     else if (key == "learning_rate") o.learning_rate = value.cast<double>();
-    else if (key == "start") {
+    else if (key == "inference") {
+      const auto inference = value.cast<std::string>();
+      detail::require(inference == "plain" || inference == "momentum" || inference == "anderson",
+                      "bilevel.method", "inference", "\"plain\", \"momentum\" or \"anderson\"",
+                      inference);
+      o.inference = inference == "plain"      ? pcn_inference::plain
+                    : inference == "momentum" ? pcn_inference::momentum
+                                              : pcn_inference::anderson;
+    } else if (key == "start") {
       const auto start = value.cast<std::string>();
       detail::require(start == "forward" || start == "first-order", "bilevel.method", "start",
                       "\"forward\" or \"first-order\"", start);

@@ -94,3 +94,20 @@ def test_unconverged_inner_solves_warn():
     with pytest.warns(bilevel.UnconvergedWarning, match="pcn"):
         _, report = bilevel.method("pcn", inner_iterations=1).gradient(net, x, y)
     assert report["unconverged"] > 0
+
+
+def test_pcn_inference_dynamics_share_the_equilibrium():
+    """Plain, momentum and Anderson inference end at one equilibrium (docs/methods.md §5.4);
+    a name outside the three is refused, naming the setting."""
+    net = bilevel.mlp([6, 7, 5, 10], activation="tanh", seed=4, dtype="float64")
+    x, y = batch(6, seed=3)
+    estimates = {}
+    for inference in ("plain", "momentum", "anderson"):
+        g, report = bilevel.method("pcn", inference=inference, tolerance=1e-8).gradient(net, x, y)
+        assert report["unconverged"] == 0
+        estimates[inference] = g
+    for inference in ("momentum", "anderson"):
+        error = np.linalg.norm(estimates[inference] - estimates["plain"])
+        assert error < 1e-5 * np.linalg.norm(estimates["plain"]), (inference, error)
+    with pytest.raises(bilevel.ConfigError, match='inference must be "plain", "momentum" or'):
+        bilevel.method("pcn", inference="nesterov")

@@ -38,7 +38,7 @@ struct method_options {
   std::optional<inner_start> start = std::nullopt;  ///< chl, pcn, mac, lpom, fln
   /// chl, lpom, fln: the cap on the extrapolation factor between sweeps (0: plain sweeps).
   std::optional<double> extrapolation = std::nullopt;
-  std::optional<bool> accelerated = std::nullopt;  ///< pcn: momentum on inference (or plain)
+  std::optional<pcn_inference> inference = std::nullopt;  ///< pcn: plain, momentum or anderson
   std::optional<Index> nudged_iterations = std::nullopt;  ///< ep
   bool one_sided = false;            ///< ep: one nudged phase of random sign
   bool converged = false;            ///< ep: relax each phase to the stopping rule
@@ -140,7 +140,7 @@ const std::vector<method_entry<S>>& method_registry() {
          return ep<S>(s);
        }},
       {"pcn", "predictive coding (§5.4)",
-       {"beta", "inner_iterations", "inner_step", "tolerance", "start", "accelerated"},
+       {"beta", "inner_iterations", "inner_step", "tolerance", "start", "inference"},
        [](O o, Index) -> any_method<S> {
          typename pcn<S>::settings s;
          s.spacing = S(detail::single_beta(o, "pcn", double(s.spacing)));
@@ -148,7 +148,7 @@ const std::vector<method_entry<S>>& method_registry() {
          if (o.inner_step) s.inference_rate = S(*o.inner_step);
          if (o.tolerance) s.stopping.tolerance = S(*o.tolerance);
          if (o.start) s.start = *o.start;
-         if (o.accelerated) s.accelerated = *o.accelerated;
+         if (o.inference) s.inference = *o.inference;
          return pcn<S>(s);
        }},
       {"zil", "Z-IL: predictive coding that equals BP (§5.4)", {},
