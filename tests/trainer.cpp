@@ -84,6 +84,17 @@ TEST_CASE("every method trains end to end in the trainer, in gradient and native
             summary["initial_test_error"].get<double>() - 0.2);
     }
   }
+  // PCN's optional inference dynamics (docs/methods.md §5.4) train as the plain steps do.
+  for (const std::string& inference : {std::string("momentum"), std::string("anderson")}) {
+    INFO(inference);
+    const run_result run =
+        run_trainer(base + " --method pcn --batch 20 --inference " + inference);
+    INFO(run.error);
+    REQUIRE(run.status == 0);
+    CHECK(run.lines.front()["unconverged_share"] == 0.0);
+    CHECK(run.lines.back()["final_test_error"].get<double>() <
+          run.lines.back()["initial_test_error"].get<double>() - 0.2);
+  }
   const run_result unsupported = run_trainer(base + " --method fenbp --step-mode native");
   CHECK(unsupported.status == 2);
   CHECK_THAT(unsupported.error, Catch::Contains("native"));
@@ -246,7 +257,8 @@ TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
        {std::string(" --method sgd"), std::string(" --beta 0"), std::string(" --beta -1"),
         std::string(" --beta 1,2"), std::string(" --batch 0"), std::string(" --activation elu"),
         std::string(" --layers 16,64,9"), std::string(" --architecture dense10"),
-        std::string(" --train-samples 6000"), std::string(" --no-such-flag")}) {
+        std::string(" --train-samples 6000"), std::string(" --method pcn --inference fast"),
+        std::string(" --no-such-flag")}) {
     INFO(flags);
     const run_result run = run_trainer(base + flags);
     CHECK(run.status == 2);

@@ -365,7 +365,7 @@ int main(int argc, char** argv) {
                  "momentum with restarts, certified by plain steps; about half the steps on "
                  "smooth nets, but it can leave the forward pass's basin) or anderson (Anderson "
                  "mixing over the last 5 steps, falling back to the plain step where F rose, "
-                 "certified by plain steps; a fifth to a third of the steps); docs/methods.md "
+                 "certified by plain steps; a third of the steps or fewer); docs/methods.md "
                  "§5.4")
       ->check(CLI::IsMember({"plain", "momentum", "anderson"}));
   app.add_flag("--one-sided", opts.one_sided,

@@ -63,8 +63,8 @@
 ///
 /// Anderson mixing corrects each plain step by a least-squares fit over the sample's last
 /// steps (§5.4), which sees the whole spectrum of F's curvature where a rate sees only its
-/// largest value: on the smooth MNIST nets measured a fifth to a third of the plain steps to
-/// the same equilibrium. A mixed point that raised F falls back to the plain step, so it
+/// largest value: on the smooth MNIST nets measured a third of the plain steps or fewer to the
+/// same equilibrium. A mixed point that raised F falls back to the plain step, so it
 /// descends and stays in the forward pass's basin where momentum left it; plain steps certify
 /// convergence as with momentum.
 ///
