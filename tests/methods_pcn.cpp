@@ -386,32 +386,34 @@ TEST_CASE("a sample's inference does not depend on its batch: the solve retires 
   CHECK(overshooting.largest < 1e-6);
 }
 
-TEST_CASE("accelerated inference reaches the same equilibrium in fewer steps", "[pcn]") {
-  // Nesterov momentum with restarts, certified by plain steps (§5.4): the estimate is the
-  // plain solve's to the tolerance, at every spacing, from far fewer steps.
+TEST_CASE("momentum and Anderson mixing reach the same equilibrium in fewer steps", "[pcn]") {
+  // Both are certified by plain steps (§5.4): the estimate is the plain solve's to the
+  // tolerance, at every spacing, from far fewer steps.
   random_source random(70);
   auto net = make_mlp<double, tanh_pair>({5, 8, 7, 6, 4});
   randomize(net, random);
   const Matrix<double> x = random_matrix<double>(random, 5, 10);
   const Matrix<double> y = random_one_hot<double>(random, 4, 10);
-  for (const double s : {1.0, 0.1, 1e-3}) {
-    CAPTURE(s);
-    Vector<double> reference, plain_estimate, estimate;
-    tight_pcn(s).gradient(net, x, y, reference);
-    pcn<double>::settings config;
-    config.spacing = s;
-    config.stopping = {1e-8, 100000};
-    const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
-    config.inference = pcn_inference::momentum;
-    pcn<double> accelerated(config);
-    const step_report report = accelerated.gradient(net, x, y, estimate);
-    CHECK(report.converged());
-    CHECK(relative_error(estimate, reference) < 1e-6);
-    CHECK(relative_error(plain_estimate, reference) < 1e-6);
-    CHECK(report.inner_iterations < plain.inner_iterations / 2);
-    // The state and the estimate are read at the iterates: a stationary point of F.
-    CHECK(report.inner_residual < 1e-6 * plain.inner_energy);
-    CHECK(report.inner_energy == Approx(plain.inner_energy).epsilon(1e-12));
+  for (const pcn_inference inference : {pcn_inference::momentum, pcn_inference::anderson}) {
+    for (const double s : {1.0, 0.1, 1e-3}) {
+      CAPTURE(inference == pcn_inference::momentum, s);
+      Vector<double> reference, plain_estimate, estimate;
+      tight_pcn(s).gradient(net, x, y, reference);
+      pcn<double>::settings config;
+      config.spacing = s;
+      config.stopping = {1e-8, 100000};
+      const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
+      config.inference = inference;
+      const step_report report = pcn<double>(config).gradient(net, x, y, estimate);
+      CHECK(report.converged());
+      CHECK(relative_error(estimate, reference) < 1e-6);
+      CHECK(relative_error(plain_estimate, reference) < 1e-6);
+      CAPTURE(plain.inner_iterations, report.inner_iterations);
+      CHECK(report.inner_iterations < plain.inner_iterations / 2);
+      // The state and the estimate are read at the iterates: a stationary point of F.
+      CHECK(report.inner_residual < 1e-6 * plain.inner_energy);
+      CHECK(report.inner_energy == Approx(plain.inner_energy).epsilon(1e-12));
+    }
   }
 }
 
@@ -436,50 +438,26 @@ TEST_CASE("accelerated inference starts with two plain steps and is read at its 
   CHECK(report.inner_energy == Approx(reference.inner_energy).epsilon(1e-14));
 }
 
-TEST_CASE("accelerated inference does not depend on the batch either", "[pcn]") {
+TEST_CASE("momentum and Anderson mixing do not depend on the batch either", "[pcn]") {
   // At a loose tolerance the rule stops each sample far from its limit, so that the step at
   // which it stops shows in its state: alone and in the batch, a sample must stop at the same
   // step and state (to rounding), whatever the others do.
-  const auto measured = batch_dependence<tanh_pair>(
-      39,
-      [] {
-        pcn<double>::settings config;
-        config.spacing = 0.3;
-        config.stopping = {1e-3, 100000};
-        config.inference = pcn_inference::momentum;
-        return pcn<double>(config);
-      },
-      [](pcn<double>& m) -> const auto& { return m.state(); });
-  REQUIRE(measured.batch_converged);
-  CHECK(measured.fewest_sweeps < measured.most_sweeps);
-  CHECK(measured.largest < 1e-10);
-}
-
-TEST_CASE("Anderson mixing reaches the same equilibrium in fewer steps", "[pcn]") {
-  // Mixed steps, certified by plain ones (§5.4): the estimate is the plain solve's to the
-  // tolerance, at every spacing, from far fewer steps.
-  random_source random(70);
-  auto net = make_mlp<double, tanh_pair>({5, 8, 7, 6, 4});
-  randomize(net, random);
-  const Matrix<double> x = random_matrix<double>(random, 5, 10);
-  const Matrix<double> y = random_one_hot<double>(random, 4, 10);
-  for (const double s : {1.0, 0.1, 1e-3}) {
-    CAPTURE(s);
-    Vector<double> reference, plain_estimate, estimate;
-    tight_pcn(s).gradient(net, x, y, reference);
-    pcn<double>::settings config;
-    config.spacing = s;
-    config.stopping = {1e-8, 100000};
-    const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
-    config.inference = pcn_inference::anderson;
-    const step_report report = pcn<double>(config).gradient(net, x, y, estimate);
-    CHECK(report.converged());
-    CHECK(relative_error(estimate, reference) < 1e-6);
-    CHECK(relative_error(plain_estimate, reference) < 1e-6);
-    CAPTURE(plain.inner_iterations, report.inner_iterations);
-    CHECK(report.inner_iterations < plain.inner_iterations / 2);
-    CHECK(report.inner_residual < 1e-6 * plain.inner_energy);
-    CHECK(report.inner_energy == Approx(plain.inner_energy).epsilon(1e-12));
+  for (const pcn_inference inference : {pcn_inference::momentum, pcn_inference::anderson}) {
+    CAPTURE(inference == pcn_inference::momentum);
+    const auto measured = batch_dependence<tanh_pair>(
+        39,
+        [inference] {
+          pcn<double>::settings config;
+          config.spacing = 0.3;
+          config.stopping = {1e-3, 100000};
+          config.inference = inference;
+          config.anderson_memory = 3;
+          return pcn<double>(config);
+        },
+        [](pcn<double>& m) -> const auto& { return m.state(); });
+    REQUIRE(measured.batch_converged);
+    CHECK(measured.fewest_sweeps < measured.most_sweeps);
+    CHECK(measured.largest < 1e-10);
   }
 }
 
@@ -536,23 +514,6 @@ TEST_CASE("Anderson mixing stays in the forward pass's basin where momentum leav
       CHECK(relative_error(estimate, reference) < 3e-4);
     }
   }
-}
-
-TEST_CASE("Anderson mixing does not depend on the batch either", "[pcn]") {
-  const auto measured = batch_dependence<tanh_pair>(
-      39,
-      [] {
-        pcn<double>::settings config;
-        config.spacing = 0.3;
-        config.stopping = {1e-3, 100000};
-        config.inference = pcn_inference::anderson;
-        config.anderson_memory = 3;
-        return pcn<double>(config);
-      },
-      [](pcn<double>& m) -> const auto& { return m.state(); });
-  REQUIRE(measured.batch_converged);
-  CHECK(measured.fewest_sweeps < measured.most_sweeps);
-  CHECK(measured.largest < 1e-10);
 }
 
 TEST_CASE("PCN's report counts the samples left at the cap", "[pcn]") {
