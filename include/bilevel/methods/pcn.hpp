@@ -70,7 +70,8 @@
 ///
 /// Papers: J. Whittington, R. Bogacz, Neural Computation 29(5), 2017; Y. Song et al., "Can the
 /// Brain Do Backpropagation? Exact Implementation of Backpropagation in Predictive Coding
-/// Networks", NeurIPS 2020.
+/// Networks", NeurIPS 2020; D. G. Anderson, J. ACM 12(4), 1965, and H. F. Walker, P. Ni, SIAM
+/// J. Numer. Anal. 49(4), 2011 (Anderson mixing).
 
 #include <Eigen/Cholesky>
 #include <cmath>
