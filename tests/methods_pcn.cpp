@@ -489,6 +489,31 @@ TEST_CASE("Anderson mixing solves a quadratic energy in finitely many steps", "[
   }
 }
 
+TEST_CASE("Anderson mixing halves a rate whose plain step climbs", "[pcn]") {
+  // At rates 0.5 to 2 the plain steps inside mixing (the first, the fall-backs and the
+  // certifying ones) overshoot on this net: without halving every sample ran to the cap. Each
+  // sample halves its own rate where its plain step raised F, and reaches the equilibrium of a
+  // tight solve at rate 0.1.
+  random_source random(39);
+  auto net = make_mlp<double, tanh_pair>({5, 8, 7, 6, 4});
+  randomize(net, random);
+  const Matrix<double> x = random_matrix<double>(random, 5, 10);
+  const Matrix<double> y = random_one_hot<double>(random, 4, 10);
+  Vector<double> reference, estimate;
+  tight_pcn(0.3).gradient(net, x, y, reference);
+  for (const double rate : {0.5, 2.0}) {
+    CAPTURE(rate);
+    pcn<double>::settings config;
+    config.spacing = 0.3;
+    config.inference_rate = rate;
+    config.stopping = {1e-6, 20000};
+    config.inference = pcn_inference::anderson;
+    const step_report report = pcn<double>(config).gradient(net, x, y, estimate);
+    CHECK(report.converged());
+    CHECK(relative_error(estimate, reference) < 1e-5);
+  }
+}
+
 TEST_CASE("Anderson mixing stays in the forward pass's basin where momentum leaves it",
           "[pcn]") {
   // Tanh nets with weights from N(0, 1), where momentum coasts to another stationary point

@@ -119,8 +119,9 @@ class pcn {
     /// schedule fixes L - 1 steps: by then every layer's gradient has been taken.
     stopping_settings<S> stopping = {S(1e-4), 5000};
     /// How many times a sample's rate may be halved where its plain step climbed F without
-    /// shrinking (a two-cycle of too large a rate; 0: the fixed rate throughout). Plain
-    /// inference only: momentum restarts and mixing falls back where a step climbs; not Z-IL.
+    /// shrinking (a two-cycle of too large a rate; 0: the fixed rate throughout), or under
+    /// Anderson mixing where its plain step climbed. Not with momentum, whose restarts handle
+    /// climbing steps, nor Z-IL.
     Index rate_halvings = 4;
     /// Where inference starts: the forward pass, or the first-order start of §5.6b. The
     /// forward pass by default: the first-order start needs BP's backward pass, and locality is
@@ -432,6 +433,8 @@ class pcn {
       }
     }
     last_energy_.resize(B);
+    rate_.setConstant(B, settings_.inference_rate);
+    halvings_.setZero(B);
     plain_.setZero(B);
     history_.setConstant(B, -1);  // -1: no previous point yet
     mixed_.setZero(B);
@@ -440,26 +443,34 @@ class pcn {
 
   /// One mixing step (Anderson acceleration of the plain map z -> z + r(z), r = -rate dF_s/dz;
   /// §5.4) on the first `active` samples, whose gradient was taken at the current point p. A
-  /// sample whose p was a mixed point that raised F above its previous point's goes back to
-  /// the plain step from there and forgets its history. Otherwise the pair of changes
+  /// sample whose p raised F above its previous point's goes back to the plain step from there
+  /// and forgets its history: if p was mixed, at its rate; if p was that plain step itself (a
+  /// rate above 2 over the curvature), at half its rate, at most `rate_halvings` times, and the
+  /// rule judges it afresh (a plain step below that bound lowers F). Otherwise the pair of changes
   /// (p - p_prev, r - r_prev) enters its history, and with c such pairs the next point is
   /// p + r - sum_i gamma_i (dp_i + dr_i), gamma minimising ||r - sum_i gamma_i dr_i|| over all
   /// hidden layers (the secant fit that predicts where r vanishes). Samples in their plain
   /// phase (certify_plainly) take the plain step.
   void mixing_step(Index L, Index active) {
     constexpr S margin = S(64) * std::numeric_limits<S>::epsilon();
-    const S rate = settings_.inference_rate;
     const Index memory = settings_.anderson_memory;
     newest_ = (newest_ + 1) % memory;
     for (Index j = 0; j < active; ++j) {
-      const S energy = state_.energy(j);
-      const bool climbed = history_(j) >= 0 && mixed_(j) != 0 &&
-                           energy - last_energy_(j) > margin * std::abs(last_energy_(j));
+      const S energy = state_.energy(j), rate = rate_(j);
+      const bool climbed =
+          history_(j) >= 0 && energy - last_energy_(j) > margin * std::abs(last_energy_(j));
+      const bool mixed = mixed_(j) != 0;
       mixed_(j) = 0;
-      if (climbed) {
+      if (climbed && (mixed || halvings_(j) < settings_.rate_halvings)) {
         history_(j) = 0;
+        if (!mixed) {
+          rate_(j) /= S(2);
+          ++halvings_(j);
+          rule_.reopen(j);
+        }
         for (Index k = 1; k < L; ++k) {
           const auto u = std::size_t(k);
+          if (!mixed) previous_residual_[u].col(j) /= S(2);
           state_.d[u].col(j) = previous_point_[u].col(j) + previous_residual_[u].col(j);
           step_norms_[u](j) = previous_residual_[u].col(j).norm();
         }
@@ -548,6 +559,8 @@ class pcn {
       for (auto& slot : point_changes_) swap_columns(slot);
       for (auto& slot : residual_changes_) swap_columns(slot);
       std::swap(last_energy_(p), last_energy_(q));
+      std::swap(rate_(p), rate_(q));
+      std::swap(halvings_(p), halvings_(q));
       std::swap(plain_(p), plain_(q));
       std::swap(history_(p), history_(q));
       std::swap(mixed_(p), mixed_(q));
@@ -607,7 +620,8 @@ class pcn {
   // Mixed inference: per layer the last accepted point and its residual -rate dF_s/dz, and
   // per history slot and layer the changes of both between accepted points; per sample the
   // pairs held (-1: none yet) and whether its current point was mixed. last_energy_ holds F
-  // at the last accepted point, plain_ the phase (certify_plainly).
+  // at the last accepted point, rate_ and halvings_ the sample's rate, plain_ the phase
+  // (certify_plainly).
   std::vector<Matrix<S>> previous_point_, previous_residual_;
   std::vector<std::vector<Matrix<S>>> point_changes_, residual_changes_;
   Eigen::Matrix<Index, 1, Eigen::Dynamic> history_, mixed_;
