@@ -177,8 +177,8 @@ TEST_CASE("data-parallel BP, Fenchel BP, PCN and EP equal one process on the glo
     // and the defaults and momentum on a smooth net (PCN's trainer default, sigmoid).
     require_single_process_result<float>(pcn<float>({.rate_halvings = 0}), batch, false, 2e-6f);
     require_single_process_result<float, pcn<float>, sigmoid>(pcn<float>(), batch, false, 2e-6f);
-    require_single_process_result<float, pcn<float>, sigmoid>(pcn<float>({.inference = pcn_inference::momentum}),
-                                                              batch, false, 2e-6f);
+    const pcn<float> momentum({.inference = pcn_inference::momentum});
+    require_single_process_result<float, pcn<float>, sigmoid>(momentum, batch, false, 2e-6f);
     require_single_process_result<double, ep<double>, hard_sigmoid>(ep<double>(), batch, false,
                                                                     1e-12);
   }
