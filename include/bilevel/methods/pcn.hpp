@@ -90,12 +90,12 @@
 
 namespace bilevel {
 
-/// Predictive coding networks, and Z-IL through pcn::zil() (docs/methods.md §5.4); a
-/// GradientMethod.
 /// How PCN's inference moves: plain fixed-rate gradient steps, with Nesterov momentum, or with
 /// Anderson mixing (docs/methods.md §5.4).
 enum class pcn_inference { plain, momentum, anderson };
 
+/// Predictive coding networks, and Z-IL through pcn::zil() (docs/methods.md §5.4); a
+/// GradientMethod.
 template <Scalar S>
 class pcn {
  public:
