@@ -119,17 +119,12 @@ Method at_spacing(S spacing, bilevel::inner_start start) {
   return Method(config);
 }
 
-/// PCN with momentum in its inference (docs/methods.md §5.4), an option.
-bilevel::pcn<S> accelerated(const bilevel::pcn<S>& method) {
-  auto config = method.config();
-  config.inference = bilevel::pcn_inference::momentum;
-  return bilevel::pcn<S>(config);
-}
+using bilevel::pcn_inference;
 
-/// PCN with Anderson mixing in its inference (docs/methods.md §5.4), an option.
-bilevel::pcn<S> mixed(const bilevel::pcn<S>& method) {
+/// PCN with another inference dynamics than its default, Anderson mixing (docs/methods.md §5.4).
+bilevel::pcn<S> with_inference(const bilevel::pcn<S>& method, pcn_inference inference) {
   auto config = method.config();
-  config.inference = bilevel::pcn_inference::anderson;
+  config.inference = inference;
   return bilevel::pcn<S>(config);
 }
 
@@ -156,15 +151,24 @@ METHOD_STEP(zil, bilevel::pcn<S>::zil(), false);
 // The methods with inner solvers at the trainer's default spacings (examples/mnist_mlp: CHL
 // beta 0.1, PCN s = 1, MAC mu 10, LPOM and FLN lambda 10), each started from the forward pass
 // (cold) and from the first-order start of docs/methods.md §5.6b (warm); the trainer's default
-// is cold for CHL, PCN and MAC, warm for LPOM and FLN. PCN also with momentum.
+// is cold for CHL, PCN and MAC, warm for LPOM and FLN. PCN (mixed steps) also with plain steps
+// and with momentum.
 METHOD_STEP(chl_cold, at_spacing<bilevel::chl<S>>(0.1f, cold), false);
 METHOD_STEP(chl_warm, at_spacing<bilevel::chl<S>>(0.1f, warm), false);
 METHOD_STEP(pcn_cold, at_spacing<bilevel::pcn<S>>(1.0f, cold), false);
 METHOD_STEP(pcn_warm, at_spacing<bilevel::pcn<S>>(1.0f, warm), false);
-METHOD_STEP(pcn_accelerated_cold, accelerated(at_spacing<bilevel::pcn<S>>(1.0f, cold)), false);
-METHOD_STEP(pcn_accelerated_warm, accelerated(at_spacing<bilevel::pcn<S>>(1.0f, warm)), false);
-METHOD_STEP(pcn_anderson_cold, mixed(at_spacing<bilevel::pcn<S>>(1.0f, cold)), false);
-METHOD_STEP(pcn_anderson_warm, mixed(at_spacing<bilevel::pcn<S>>(1.0f, warm)), false);
+METHOD_STEP(pcn_plain_cold,
+            with_inference(at_spacing<bilevel::pcn<S>>(1.0f, cold), pcn_inference::plain),
+            false);
+METHOD_STEP(pcn_plain_warm,
+            with_inference(at_spacing<bilevel::pcn<S>>(1.0f, warm), pcn_inference::plain),
+            false);
+METHOD_STEP(pcn_accelerated_cold,
+            with_inference(at_spacing<bilevel::pcn<S>>(1.0f, cold), pcn_inference::momentum),
+            false);
+METHOD_STEP(pcn_accelerated_warm,
+            with_inference(at_spacing<bilevel::pcn<S>>(1.0f, warm), pcn_inference::momentum),
+            false);
 METHOD_STEP(mac_cold, at_spacing<bilevel::mac<S>>(10.0f, cold), false);
 METHOD_STEP(mac_warm, at_spacing<bilevel::mac<S>>(10.0f, warm), false);
 METHOD_STEP(lpom_cold, at_spacing<bilevel::lpom<S>>(10.0f, cold), false);

@@ -62,15 +62,16 @@ print("\nThe methods with inner solvers at the trainer's default spacings, solve
 print("| method | spacing | cold: step / BP | cold: iterations | warm: step / BP | warm: iterations |")
 print("|---|---|---|---|---|---|")
 for name, spacing, default in (("chl", "beta 0.1", "cold"), ("pcn", "s 1 (sigmoid)", "cold"),
-                               ("pcn_accelerated", "s 1 (sigmoid)", ""),
-                               ("pcn_anderson", "s 1 (sigmoid)", ""), ("mac", "mu 10", "cold"),
+                               ("pcn_plain", "s 1 (sigmoid)", ""),
+                               ("pcn_accelerated", "s 1 (sigmoid)", ""), ("mac", "mu 10", "cold"),
                                ("lpom", "lambda 10", "warm"), ("fln", "lambda 10", "warm")):
     cells = []
     for start in ("cold", "warm"):
         run = median[f"step/{name}_{start}/50/1"]
         mark = "*" if start == default else ""
         cells += [f"{run['real_time'] / bp:.1f}{mark}", f"{run['inner_iterations']:.0f}"]
-    label = {"pcn_accelerated": "pcn, momentum", "pcn_anderson": "pcn, Anderson (5)"}.get(name, name)
+    label = {"pcn": "pcn, Anderson (5)", "pcn_plain": "pcn, plain",
+             "pcn_accelerated": "pcn, momentum"}.get(name, name)
     print(f"| {label} | {spacing} | " + " | ".join(cells) + " |")
 
 print("\nThreads (OpenMP: Eigen's products, our elementwise passes and Adam), BP and Fenchel BP steps:\n")

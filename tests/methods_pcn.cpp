@@ -49,9 +49,10 @@ Vector<double> bp_gradient(const Program& net, const Matrix<double>& x, const Ma
   return gradient;
 }
 
-/// PCN taking exactly `steps` inference steps (a tolerance no sample meets before them).
+/// PCN taking exactly `steps` plain inference steps (a tolerance no sample meets before them).
 pcn<double> make_pcn(Index steps, double rate, bool zero_divergence = false, double spacing = 1) {
   pcn<double>::settings config;
+  config.inference = pcn_inference::plain;
   config.stopping = {1e-14, steps};
   config.inference_rate = rate;
   config.zero_divergence = zero_divergence;
@@ -59,9 +60,10 @@ pcn<double> make_pcn(Index steps, double rate, bool zero_divergence = false, dou
   return pcn<double>(config);
 }
 
-/// PCN with its inference solved tightly.
+/// PCN with its inference solved tightly by plain steps.
 pcn<double> tight_pcn(double spacing) {
   pcn<double>::settings config;
+  config.inference = pcn_inference::plain;
   config.spacing = spacing;
   config.stopping = {1e-11, 100000};
   return pcn<double>(config);
@@ -145,13 +147,14 @@ TEST_CASE("every other schedule of the same inference differs from BP", "[pcn]")
   const auto& top = net.layer(L - 1);
   CHECK((top.weights(gradient) - top.weights(reference)).norm() <
         1e-12 * top.weights(reference).norm());
-  // Plain PCN at its defaults: the classic spacing 1, cold start, converged.
-  pcn<double> plain;
-  CHECK(plain.name() == "pcn");
-  CHECK(plain.config().spacing == 1);
-  CHECK(plain.config().inference_rate == 0.1);
-  CHECK(plain.config().start == inner_start::forward);
-  const step_report report = plain.gradient(net, x, y, gradient);
+  // PCN at its defaults: the classic spacing 1, cold start, mixed steps, converged.
+  pcn<double> defaults;
+  CHECK(defaults.name() == "pcn");
+  CHECK(defaults.config().spacing == 1);
+  CHECK(defaults.config().inference_rate == 0.1);
+  CHECK(defaults.config().start == inner_start::forward);
+  CHECK(defaults.config().inference == pcn_inference::anderson);
+  const step_report report = defaults.gradient(net, x, y, gradient);
   CHECK(report.converged());
   CHECK(relative_error(gradient, reference) > 1e-3);
 }
@@ -386,7 +389,9 @@ TEST_CASE("a sample's inference does not depend on its batch: the solve retires 
   CHECK(overshooting.largest < 1e-6);
 }
 
-TEST_CASE("momentum and Anderson mixing reach the same equilibrium in fewer steps", "[pcn]") {
+TEST_CASE("momentum and Anderson mixing (the default) reach the plain steps' equilibrium in "
+          "fewer steps",
+          "[pcn]") {
   // Both are certified by plain steps (§5.4): the estimate is the plain solve's to the
   // tolerance, at every spacing, from far fewer steps.
   random_source random(70);
@@ -402,6 +407,7 @@ TEST_CASE("momentum and Anderson mixing reach the same equilibrium in fewer step
       pcn<double>::settings config;
       config.spacing = s;
       config.stopping = {1e-8, 100000};
+      config.inference = pcn_inference::plain;
       const step_report plain = pcn<double>(config).gradient(net, x, y, plain_estimate);
       config.inference = inference;
       const step_report report = pcn<double>(config).gradient(net, x, y, estimate);
@@ -473,6 +479,7 @@ TEST_CASE("Anderson mixing solves a quadratic energy in finitely many steps", "[
   const Matrix<double> y = random_matrix<double>(random, 2, 4);
   pcn<double>::settings config;
   config.stopping = {1e-13, 100000};
+  config.inference = pcn_inference::plain;
   pcn<double> tight(config);
   Vector<double> estimate;
   const step_report plain = tight.gradient(net, x, y, estimate);
@@ -531,6 +538,7 @@ TEST_CASE("Anderson mixing stays in the forward pass's basin where momentum leav
       pcn<double>::settings config;
       config.spacing = s;
       config.stopping = {1e-10, 200000};
+      config.inference = pcn_inference::plain;
       REQUIRE(pcn<double>(config).gradient(net, x, y, reference).converged());
       config.stopping = {1e-4, 5000};
       config.inference = pcn_inference::anderson;
@@ -576,6 +584,7 @@ TEST_CASE("a sample whose fixed rate overshoots halves it and converges; the oth
   // near its middle; judged from it, the rule stopped a sample at rate 1.5 early, leaving the
   // estimate 4 times the tolerance from the tight solve's.
   pcn<double>::settings config;
+  config.inference = pcn_inference::plain;
   for (const double rate : {1.5, 2.0}) {
     CAPTURE(rate);
     config.inference_rate = rate;
@@ -593,13 +602,15 @@ TEST_CASE("a sample whose fixed rate overshoots halves it and converges; the oth
   CHECK_FALSE(all_finite(fixed_estimate));
 
   // At the default rate these samples never climb: halvings allowed or not, the same bits.
-  pcn<double>::settings plain;
-  plain.rate_halvings = 0;
-  Vector<double> plain_estimate;
-  const step_report with = pcn<double>().gradient(net, x, y, estimate);
-  const step_report without = pcn<double>(plain).gradient(net, x, y, plain_estimate);
+  pcn<double>::settings halving;
+  halving.inference = pcn_inference::plain;
+  pcn<double>::settings fixed_rate = halving;
+  fixed_rate.rate_halvings = 0;
+  Vector<double> fixed_rate_estimate;
+  const step_report with = pcn<double>(halving).gradient(net, x, y, estimate);
+  const step_report without = pcn<double>(fixed_rate).gradient(net, x, y, fixed_rate_estimate);
   CHECK(with.inner_iterations == without.inner_iterations);
-  CHECK(estimate == plain_estimate);
+  CHECK(estimate == fixed_rate_estimate);
 }
 
 TEST_CASE("PCN in float keeps its digits at a small spacing", "[pcn]") {
@@ -634,6 +645,10 @@ TEST_CASE("PCN rejects bad settings and batches of the wrong shape", "[pcn]") {
   CHECK_THROWS_WITH(pcn<double>(momentum_on_zil),
                     Catch::Contains("pcn: inference must be plain with zero_divergence") &&
                         Catch::Contains("got momentum"));
+  // Z-IL's schedule asked for on the defaults, whose steps are mixed.
+  CHECK_THROWS_WITH(pcn<double>({.zero_divergence = true}),
+                    Catch::Contains("pcn: inference must be plain") &&
+                        Catch::Contains("got anderson"));
   for (const Index memory : {0, 9}) {
     pcn<double>::settings mixing;
     mixing.inference = pcn_inference::anderson;

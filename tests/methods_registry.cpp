@@ -30,7 +30,7 @@ method_options unusual_options() {
   o.extrapolation = 0.0;
   o.nudged_iterations = 2;
   o.one_sided = true;
-  o.inference = pcn_inference::anderson;
+  o.inference = pcn_inference::momentum;
   o.converged = true;
   o.particles = 6;
   o.layer_scales = {0.5, 2, 1};
@@ -98,6 +98,7 @@ TEST_CASE("a made method is the method its settings describe", "[registry]") {
   CHECK(gradient_of(make_method<double>("chl")) == gradient_of(chl<double>()));
   CHECK(gradient_of(make_method<double>("mac")) == gradient_of(mac<double>()));
   CHECK(gradient_of(make_method<double>("fln")) == gradient_of(fln<double>()));
+  CHECK(gradient_of(make_method<double>("pcn")) == gradient_of(pcn<double>()));
   CHECK(gradient_of(make_method<double>("zil")) == gradient_of(pcn<double>(pcn<double>::zil())));
   // Options land in the fields they name.
   chl<double>::settings chl_settings;

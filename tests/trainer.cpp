@@ -76,6 +76,9 @@ TEST_CASE("every method trains end to end in the trainer, in gradient and native
       const json& summary = run.lines.back();
       CHECK(summary["method"] == method);
       CHECK(summary["step_mode"] == mode);
+      CHECK(summary["inference"] == (method == "pcn"   ? json("anderson")
+                                     : method == "zil" ? json("plain")
+                                                       : json()));
       // Iterative methods report how their inner solver ended; BP and Fenchel BP have none.
       const bool iterative = method != "bp" && method != "fenbp";
       CHECK(run.lines.front()["inner_residual"].is_number() == iterative);
@@ -84,14 +87,16 @@ TEST_CASE("every method trains end to end in the trainer, in gradient and native
             summary["initial_test_error"].get<double>() - 0.2);
     }
   }
-  // PCN's optional inference dynamics (docs/methods.md §5.4) train as the plain steps do.
-  for (const std::string& inference : {std::string("momentum"), std::string("anderson")}) {
+  // PCN's other inference dynamics (docs/methods.md §5.4) train as its default, mixing, does;
+  // the summary names the dynamics.
+  for (const std::string& inference : {std::string("momentum"), std::string("plain")}) {
     INFO(inference);
     const run_result run =
         run_trainer(base + " --method pcn --batch 20 --inference " + inference);
     INFO(run.error);
     REQUIRE(run.status == 0);
     CHECK(run.lines.front()["unconverged_share"] == 0.0);
+    CHECK(run.lines.back()["inference"] == inference);
     CHECK(run.lines.back()["final_test_error"].get<double>() <
           run.lines.back()["initial_test_error"].get<double>() - 0.2);
   }

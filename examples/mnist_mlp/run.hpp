@@ -344,6 +344,9 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
                     {"inner_start", method.inner_start_name().empty()
                                         ? json()
                                         : json(method.inner_start_name())},
+                    {"inference", method.inference_name().empty()
+                                      ? json()
+                                      : json(method.inference_name())},
                     {"seed", opts.seed},
                     {"precision", opts.precision},
                     {"threads", Eigen::nbThreads()},

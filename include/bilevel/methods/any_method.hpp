@@ -57,6 +57,18 @@ class any_method {
         method_);
   }
 
+  /// PCN's inference dynamics ("plain", "momentum" or "anderson"), or "" for another method.
+  std::string inference_name() const {
+    return std::visit(
+        [](const auto& m) -> std::string {
+          if constexpr (requires { m.config().inference; })
+            return std::string(bilevel::inference_name(m.config().inference));
+          else
+            return "";
+        },
+        method_);
+  }
+
   /// Whether the method has a training step of its own (MAC, LPOM, FLN, AltMin), which
   /// trainer's step_mode::native uses.
   bool has_native_step() const {

@@ -34,32 +34,31 @@
 /// climbs takes the fixed-rate steps bit for bit; the halvings are bounded, so the rates do not
 /// form a summable sequence that would stall short of the equilibrium (below).
 ///
-/// As options the steps carry Nesterov momentum (`pcn_inference::momentum`) or are mixed
-/// (`pcn_inference::anderson`, below). With momentum each unit keeps its own last
-/// step, and a sample restarts its momentum where a step climbs (O'Donoghue & Candes's gradient
-/// restart, one sum per sample as the stopping rule reads). The rule is sound for steps that
-/// contract steadily, which momentum's are not, so a sample that meets it under momentum goes
-/// on with plain steps and retires once those have met it three times in a row. On the smooth
-/// MNIST nets measured it reaches the plain steps' equilibrium in about half the steps; on a
-/// nonconvex energy it can coast past the minimiser next to the forward pass (§5.4), so it is
-/// off by default.
+/// By default the steps are mixed (`pcn_inference::anderson`, below); as options they are plain
+/// (`pcn_inference::plain`, the classic dynamics step by step) or carry Nesterov momentum
+/// (`pcn_inference::momentum`). With momentum each unit keeps its own last step, and a sample
+/// restarts its momentum where a step climbs (O'Donoghue & Candes's gradient restart, one sum per
+/// sample as the stopping rule reads). The rule is sound for steps that contract steadily, which
+/// momentum's are not, so a sample that meets it under momentum goes on with plain steps and
+/// retires once those have met it three times in a row. On the smooth MNIST nets measured it
+/// reaches the plain steps' equilibrium in about half the steps; on a nonconvex energy it can coast
+/// past the minimiser next to the forward pass (§5.4), so it is off by default.
 ///
 /// Z-IL (`pcn<S>::zil()`): rate 1 and layer k's gradient taken at step t = L - k (the output
 /// layer at t = 0), which equals BP exactly.
 ///
-/// The defaults are this library's choice (§7: neither paper's code ships MNIST settings):
-/// rate 0.1 (half the Euler step of Whittington & Bogacz's XOR code: 0.2 converges twice as
-/// fast on the paper's MLP 784-256-128-64-10 ReLU at Glorot init, where 0.4 diverges, but
-/// diverges on nets with larger weights: a fixed rate must stay below 2 over F's largest
-/// curvature), no momentum, tolerance 1e-4 and a cap of 5000 steps, cold start. Gradient descent
-/// at a fixed rate converges linearly where F is smooth, so the rule's estimate is sound there
-/// (measured: within 1.03 times the tolerance); a minimiser on a kink of a piecewise-linear pair
-/// (ReLU at s >= 0.01) makes fixed-rate steps chatter without converging, which the report shows.
-/// Shrinking the rate without bound where the gradient turns back is no cure: with a summable
-/// sequence of steps the iterate stalls short of a stationary point while the rule, seeing steps
-/// shrink, calls it converged (measured at s = 1 on MNIST: stopped 11% of the estimate away
-/// from where the same steps continued). MAC's Z-step (methods/mac.hpp) minimises the same F
-/// and converges.
+/// The defaults are this library's choice (§7: neither paper's code ships MNIST settings): rate 0.1
+/// (half the Euler step of Whittington & Bogacz's XOR code: 0.2 converges twice as fast on the
+/// paper's MLP 784-256-128-64-10 ReLU at Glorot init, where 0.4 diverges, but diverges on nets with
+/// larger weights: a fixed rate must stay below 2 over F's largest curvature), Anderson mixing over
+/// 5 steps, tolerance 1e-4 and a cap of 5000 steps, cold start. Gradient descent at a fixed rate
+/// converges linearly where F is smooth, so the rule's estimate is sound there (measured: within
+/// 1.03 times the tolerance); a minimiser on a kink of a piecewise-linear pair (ReLU at s >= 0.01)
+/// makes fixed-rate steps chatter without converging, which the report shows. Shrinking the rate
+/// without bound where the gradient turns back is no cure: with a summable sequence of steps the
+/// iterate stalls short of a stationary point while the rule, seeing steps shrink, calls it
+/// converged (measured at s = 1 on MNIST: stopped 11% of the estimate away from where the same
+/// steps continued). MAC's Z-step (methods/mac.hpp) minimises the same F and converges.
 ///
 /// Anderson mixing corrects each plain step by a least-squares fit over the sample's last
 /// steps (§5.4), which sees the whole spectrum of F's curvature where a rate sees only its
@@ -74,9 +73,11 @@
 /// J. Numer. Anal. 49(4), 2011 (Anderson mixing).
 
 #include <Eigen/Cholesky>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -94,6 +95,12 @@ namespace bilevel {
 /// Anderson mixing (docs/methods.md §5.4).
 enum class pcn_inference { plain, momentum, anderson };
 
+/// The dynamics' name as the trainer's --inference and the Python module's key spell it.
+inline std::string_view inference_name(pcn_inference inference) {
+  constexpr std::array<std::string_view, 3> names = {"plain", "momentum", "anderson"};
+  return names[std::size_t(inference)];
+}
+
 /// Predictive coding networks, and Z-IL through pcn::zil() (docs/methods.md §5.4); a
 /// GradientMethod.
 template <Scalar S>
@@ -104,15 +111,17 @@ class pcn {
     S spacing = S(1);
     /// Gradient-descent step on the hidden z.
     S inference_rate = S(0.1);
-    /// plain (the default): fixed-rate gradient descent, the classic dynamics step by step.
+    /// plain: fixed-rate gradient descent, the classic dynamics step by step.
     /// momentum: Nesterov momentum, restarted per sample where it would climb and handed over to
     /// plain steps to certify convergence; on the smooth MNIST nets measured the same
     /// equilibrium in about half the steps, but on a nonconvex energy it can carry a sample past
     /// the minimiser next to the forward pass, which plain steps find. anderson: each plain step
     /// corrected by a least-squares fit over the sample's last `anderson_memory` steps, a mixed
     /// point that raised F replaced by the plain step, certified by plain steps as with
-    /// momentum. Both read sums over a sample's units, so neither is local (§5.4).
-    pcn_inference inference = pcn_inference::plain;
+    /// momentum (the default: a third of the plain steps or fewer on the nets measured). Both
+    /// read sums over a sample's units, as the stopping rule does, so neither is local; the
+    /// weight update stays local under every dynamics (§5.4).
+    pcn_inference inference = pcn_inference::anderson;
     /// The steps Anderson mixing fits over (1 to 8).
     Index anderson_memory = 5;
     /// The stopping rule of §5.6b (tolerance, cap on inference steps). Ignored by Z-IL, whose
@@ -142,15 +151,17 @@ class pcn {
     detail::require(settings_.inference == pcn_inference::plain || !settings_.zero_divergence,
                     "pcn", "inference",
                     "plain with zero_divergence (Z-IL's schedule is of plain steps)",
-                    settings_.inference == pcn_inference::momentum ? "momentum" : "anderson");
+                    inference_name(settings_.inference));
     detail::require(settings_.anderson_memory >= 1 && settings_.anderson_memory <= max_memory,
-                    "pcn", "anderson_memory", "in [1, 8]", settings_.anderson_memory);
+                    "pcn", "anderson_memory",
+                    "in [1, " + std::to_string(max_memory) + "]", settings_.anderson_memory);
   }
 
   /// Z-IL as Song et al. define it: rate 1 and the zero-divergence schedule, equal to BP.
   static pcn zil() {
     settings config;
     config.inference_rate = S(1);
+    config.inference = pcn_inference::plain;
     config.zero_divergence = true;
     return pcn(config);
   }
@@ -550,14 +561,10 @@ class pcn {
     order_.swap(p, q);
     energy_.swap_samples(p, q, {&state_});
     if (settings_.inference == pcn_inference::anderson) {
-      const auto swap_columns = [&](std::vector<Matrix<S>>& per_layer) {
-        for (Matrix<S>& m : per_layer)  // the input layer's entry is empty
-          if (m.size() > 0) m.col(p).swap(m.col(q));
-      };
-      swap_columns(previous_point_);
-      swap_columns(previous_residual_);
-      for (auto& slot : point_changes_) swap_columns(slot);
-      for (auto& slot : residual_changes_) swap_columns(slot);
+      swap_columns(previous_point_, p, q);
+      swap_columns(previous_residual_, p, q);
+      for (auto& slot : point_changes_) swap_columns(slot, p, q);
+      for (auto& slot : residual_changes_) swap_columns(slot, p, q);
       std::swap(last_energy_(p), last_energy_(q));
       std::swap(rate_(p), rate_(q));
       std::swap(halvings_(p), halvings_(q));
@@ -573,11 +580,16 @@ class pcn {
       std::swap(just_halved_(p), just_halved_(q));
       return;
     }
-    for (std::vector<Matrix<S>>* members : {&iterate_, &step_})
-      for (Matrix<S>& m : *members)
-        if (m.size() > 0) m.col(p).swap(m.col(q));
+    swap_columns(iterate_, p, q);
+    swap_columns(step_, p, q);
     std::swap(momentum_time_(p), momentum_time_(q));
     std::swap(plain_(p), plain_(q));
+  }
+
+  /// Exchanges columns p and q of every layer's matrix in a per-layer buffer.
+  static void swap_columns(std::vector<Matrix<S>>& per_layer, Index p, Index q) {
+    for (Matrix<S>& m : per_layer)  // the input layer's entry is empty
+      if (m.size() > 0) m.col(p).swap(m.col(q));
   }
 
   /// Z-IL (§5.4): layer k (1-based) is read at t = L - k, when the error sent down from the
