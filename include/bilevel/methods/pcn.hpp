@@ -443,6 +443,7 @@ class pcn {
         residual_changes_[std::size_t(i)][u].resize(rows, B);
       }
     }
+    gram_.resize(memory * memory, B);
     last_energy_.resize(B);
     rate_.setConstant(B, settings_.inference_rate);
     halvings_.setZero(B);
@@ -496,6 +497,7 @@ class pcn {
               -rate * state_.gradient[u].col(j) - previous_residual_[u].col(j);
         }
         history_(j) = std::min(history_(j) + 1, memory);
+        extend_gram(L, j);
       } else if (history_(j) < 0) {
         history_(j) = 0;
       }
@@ -519,27 +521,47 @@ class pcn {
     }
   }
 
+  /// The history slot of sample j's i-th newest pair of changes.
+  std::size_t slot(Index i) const {
+    const Index memory = settings_.anderson_memory;
+    return std::size_t((newest_ - i + memory) % memory);
+  }
+
+  /// Stores the products of sample j's newest residual change with each change it holds
+  /// (itself included), in double over all hidden layers. The products among older changes
+  /// are kept from the steps that stored them: a step computes one row of the Gram matrix.
+  void extend_gram(Index L, Index j) {
+    const Index memory = settings_.anderson_memory, newest = Index(slot(0));
+    for (Index b = 0; b < history_(j); ++b) {
+      double product = 0;
+      for (Index k = 1; k < L; ++k) {
+        const auto u = std::size_t(k);
+        product += residual_changes_[slot(0)][u].col(j).template cast<double>().dot(
+            residual_changes_[slot(b)][u].col(j).template cast<double>());
+      }
+      gram_(Index(slot(b)) * memory + newest, j) = product;
+    }
+  }
+
   /// Sets sample j's point to p + r - sum_i gamma_i (dp_i + dr_i) over its `count` newest pairs
   /// (mixing_step), gamma from the normal equations of the fit, in double and damped by a
   /// relative 1e-10 of their diagonal so that nearly dependent changes do not blow gamma up.
   void mix(Index L, Index j, Index count) {
     const Index memory = settings_.anderson_memory;
-    const auto slot = [&](Index i) { return std::size_t((newest_ - i + memory) % memory); };
     Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, 0, max_memory, max_memory> gram(count,
                                                                                            count);
     Eigen::Matrix<double, Eigen::Dynamic, 1, 0, max_memory, 1> fit(count), gamma(count);
-    gram.setZero();
+    for (Index a = 0; a < count; ++a)
+      for (Index b = 0; b <= a; ++b)
+        gram(a, b) = gram_(Index(slot(a)) * memory + Index(slot(b)), j);
+    gram.template triangularView<Eigen::StrictlyUpper>() = gram.transpose();
     fit.setZero();
     for (Index k = 1; k < L; ++k) {
       const auto u = std::size_t(k);
-      for (Index a = 0; a < count; ++a) {
-        const auto change = residual_changes_[slot(a)][u].col(j).template cast<double>();
-        fit(a) += change.dot(previous_residual_[u].col(j).template cast<double>());
-        for (Index b = 0; b <= a; ++b)
-          gram(a, b) += change.dot(residual_changes_[slot(b)][u].col(j).template cast<double>());
-      }
+      for (Index a = 0; a < count; ++a)
+        fit(a) += residual_changes_[slot(a)][u].col(j).template cast<double>().dot(
+            previous_residual_[u].col(j).template cast<double>());
     }
-    gram.template triangularView<Eigen::StrictlyUpper>() = gram.transpose();
     gram.diagonal() *= 1 + 1e-10;
     gamma = gram.ldlt().solve(fit);
     for (Index k = 1; k < L; ++k) {
@@ -563,8 +585,9 @@ class pcn {
     if (settings_.inference == pcn_inference::anderson) {
       swap_columns(previous_point_, p, q);
       swap_columns(previous_residual_, p, q);
-      for (auto& slot : point_changes_) swap_columns(slot, p, q);
-      for (auto& slot : residual_changes_) swap_columns(slot, p, q);
+      for (auto& changes : point_changes_) swap_columns(changes, p, q);
+      for (auto& changes : residual_changes_) swap_columns(changes, p, q);
+      gram_.col(p).swap(gram_.col(q));
       std::swap(last_energy_(p), last_energy_(q));
       std::swap(rate_(p), rate_(q));
       std::swap(halvings_(p), halvings_(q));
@@ -631,11 +654,14 @@ class pcn {
   Eigen::Matrix<Index, 1, Eigen::Dynamic> halvings_, just_halved_;
   // Mixed inference: per layer the last accepted point and its residual -rate dF_s/dz, and
   // per history slot and layer the changes of both between accepted points; per sample the
-  // pairs held (-1: none yet) and whether its current point was mixed. last_energy_ holds F
+  // products of its residual changes (entry p * memory + q: slot p's change, added before or
+  // with slot q's, times slot q's), the pairs held
+  // (-1: none yet) and whether its current point was mixed. last_energy_ holds F
   // at the last accepted point, rate_ and halvings_ the sample's rate, plain_ the phase
   // (certify_plainly).
   std::vector<Matrix<S>> previous_point_, previous_residual_;
   std::vector<std::vector<Matrix<S>>> point_changes_, residual_changes_;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic> gram_;
   Eigen::Matrix<Index, 1, Eigen::Dynamic> history_, mixed_;
   Index newest_ = 0;
 };
