@@ -282,7 +282,10 @@ TEST_CASE("bad flags give a one-line error and exit status 2", "[trainer]") {
            {" --export ''", "--export: expected a non-empty value"},
            {" --layers 16,64,10,", "--layers must be a comma-separated list of finite numbers"},
            {" --method pcn --beta 0", "--beta must be a comma-separated list of finite numbers"},
-           {" --method lpom --lambda -1", "--lambda must be a comma-separated list"}}) {
+           {" --method lpom --lambda -1", "--lambda must be a comma-separated list"},
+           // A batch larger than the training set ran as one batch of the set, reported as
+           // the batch asked for.
+           {" --batch 5001", "setup: --batch must be <= --train-samples (5000), got 5001"}}) {
     INFO(flags);
     const run_result run = run_trainer(base + flags);
     CHECK(run.status == 2);

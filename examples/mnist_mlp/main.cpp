@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <iostream>
 #include <limits>
+#include <new>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -441,6 +442,10 @@ int main(int argc, char** argv) {
     return mnist_mlp::run_float(opts, group);
   } catch (const bilevel::config_error& e) {
     return group.fail(e.what(), 2);
+  } catch (const std::bad_alloc&) {
+    return group.fail("out of memory (std::bad_alloc): the network, its training state and the "
+                      "data do not fit; use smaller --layers or --architecture, or fewer "
+                      "--train-samples", 1);
   } catch (const std::exception& e) {
     return group.fail(e.what(), 1);
   }

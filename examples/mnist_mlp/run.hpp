@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>  // sysconf: the machine's memory
+
 #include "bilevel/bilevel.hpp"
 #include "bilevel/train/trainer.hpp"
 #include "options.hpp"
@@ -160,6 +162,27 @@ bilevel::mlp<S, Hidden> image_program(const options& opts,
   }
 }
 
+/// Refuses a network whose parameters, gradient and optimizer state (Adam: two moments, SGD: a
+/// velocity) alone exceed this machine's memory: the allocations would succeed, and the kernel
+/// would kill the process when training first touched them, with no message. `parameters` is a
+/// double: counted from --layers before anything is allocated, it may exceed Index.
+inline void require_fits_in_memory(const options& opts, double parameters,
+                                   std::size_t scalar_bytes) {
+  const double copies = opts.optimizer == "adam" ? 4 : 3;
+  const double needed = copies * parameters * double(scalar_bytes);
+  const double physical = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (physical > 0 && needed > physical) {
+    std::ostringstream message;
+    message << (opts.architecture.empty() ? "--layers " + opts.layers
+                                          : "--architecture " + opts.architecture)
+            << ": the network's " << std::setprecision(3) << parameters << " parameters need "
+            << std::fixed << std::setprecision(1) << needed / 1e9
+            << " GB for themselves, their gradient and " << opts.optimizer
+            << "'s state; this machine has " << physical / 1e9 << " GB";
+    throw bilevel::config_error(message.str());
+  }
+}
+
 template <class S, class Hidden>
 int train(const options& opts, const Hidden& hidden, const processes& group) {
   // The layers and the method flags are checked before the data is read; an image program
@@ -168,6 +191,10 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
   std::optional<bilevel::mlp<S, Hidden>> perceptron;
   if (maps.empty()) {
     const auto sizes = parse_list<Index>(opts.layers, "--layers");
+    double parameters = 0;  // (n_{k-1} + 1) n_k per layer, before allocating any
+    for (std::size_t k = 1; k < sizes.size(); ++k)
+      parameters += (double(sizes[k - 1]) + 1) * double(sizes[k]);
+    require_fits_in_memory(opts, parameters, sizeof(S));
     try {
       perceptron.emplace(bilevel::make_mlp<S>(sizes, hidden));
     } catch (const bilevel::config_error& e) {
@@ -186,6 +213,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
   auto data = bilevel::load_mnist<S>(opts.data, perceptron ? perceptron->input_size() : 0);
   auto net = perceptron ? std::move(*perceptron)
                         : image_program<S>(opts, maps, data.train.rows, data.train.cols, hidden);
+  if (!perceptron) require_fits_in_memory(opts, double(net.parameter_count()), sizeof(S));
   const Index pixels = data.train.images.rows(), classes = 10;
   bilevel::detail::require(net.input_size() == pixels, "setup", "the program's input size",
                            bilevel::detail::concat("the image size ", pixels), net.input_size());
@@ -198,6 +226,9 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       "setup", "--train-samples + --validation",
       bilevel::detail::concat("<= the training file's ", available, " images"),
       bilevel::detail::concat(opts.train_samples, " + ", opts.validation));
+  bilevel::detail::require(opts.batch <= opts.train_samples, "setup", "--batch",
+                           bilevel::detail::concat("<= --train-samples (", opts.train_samples, ")"),
+                           opts.batch);
   // Every process must train and report on the same data: compare the files' checksums. A
   // checkpoint records them too, so that --resume refuses other data.
   flags_record flags{resumption_flags(opts)};
