@@ -225,7 +225,14 @@ TEST_CASE("read_idx rejects headers that disagree with the payload", "[idx]") {
     std::vector<std::uint8_t> huge{0, 0, 8, 4};
     for (int i = 0; i < 16; ++i) huge.push_back(0xff);
     write_raw(path, huge);
-    REQUIRE_THROWS_WITH(read_idx(path), Contains("read_idx") && Contains("at most 4294967296"));
+    REQUIRE_THROWS_WITH(read_idx(path),
+                        Contains("read_idx") && Contains("at most 4294967296") &&
+                            Contains("the header asks for 4294967295 x 4294967295 x "
+                                     "4294967295 x 4294967295"));
+    // MNIST's image dimensions after an impossible count: the count is the wrong one, though
+    // the product first overflows at the rows.
+    write_raw(path, {0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 28, 0, 0, 0, 28});
+    REQUIRE_THROWS_WITH(read_idx(path), Contains("the header asks for 4294967295 x 28 x 28"));
     // Within the limit but far beyond the file: reports the shortfall without allocating 4 GB.
     write_raw(path, {0, 0, 8, 2, 0, 1, 0, 0, 0, 1, 0, 0, 1, 2, 3});
     REQUIRE_THROWS_WITH(read_idx(path),

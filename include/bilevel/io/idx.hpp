@@ -172,8 +172,11 @@ idx_array read_idx(const std::filesystem::path& path, const HeaderCheck& check_h
     // expected <= 2^32 and size < 2^32 before this product, so it cannot overflow 64 bits.
     expected *= size;
     if (expected > detail::idx_max_payload) {
+      std::string sizes;  // all of them: the one that overflowed need not be the wrong one
+      for (std::size_t e = 0; e < ndims; ++e)
+        sizes += concat(e == 0 ? "" : " x ", detail::big_endian32(header.data() + 4 * e));
       throw data_error(concat(where, "payload must be at most ", detail::idx_max_payload,
-                              " bytes, header asks for more (dimension ", d, " is ", size, ")"));
+                              " bytes, the header asks for ", sizes));
     }
     result.dims.push_back(static_cast<std::int64_t>(size));
   }

@@ -654,11 +654,10 @@ class pcn {
   Eigen::Matrix<Index, 1, Eigen::Dynamic> halvings_, just_halved_;
   // Mixed inference: per layer the last accepted point and its residual -rate dF_s/dz, and
   // per history slot and layer the changes of both between accepted points; per sample the
-  // products of its residual changes (entry p * memory + q: slot p's change, added before or
-  // with slot q's, times slot q's), the pairs held
-  // (-1: none yet) and whether its current point was mixed. last_energy_ holds F
-  // at the last accepted point, rate_ and halvings_ the sample's rate, plain_ the phase
-  // (certify_plainly).
+  // products of its residual changes (gram_, entry p * memory + q: slot p's change, stored
+  // before or with slot q's, times slot q's), the pairs held (-1: none yet) and whether its
+  // current point was mixed. last_energy_ holds F at the last accepted point, rate_ and
+  // halvings_ the sample's rate, plain_ the phase (certify_plainly).
   std::vector<Matrix<S>> previous_point_, previous_residual_;
   std::vector<std::vector<Matrix<S>>> point_changes_, residual_changes_;
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic> gram_;
