@@ -637,6 +637,17 @@ TEST_CASE("PCN in float keeps its digits at a small spacing", "[pcn]") {
   }
 }
 
+TEST_CASE("PCN's dynamics are named and parsed back, and other names are refused", "[pcn]") {
+  for (auto inference : {pcn_inference::plain, pcn_inference::momentum, pcn_inference::anderson})
+    CHECK(parse_inference(inference_name(inference), "caller") == inference);
+  CHECK(inference_name(pcn_inference::anderson) == "anderson");
+  CHECK(inference_name(pcn_inference::plain) == "plain");
+  CHECK_THROWS_WITH(parse_inference("Plain", "caller"),
+                    "caller: inference must be \"plain\", \"momentum\" or \"anderson\", "
+                    "got Plain");
+  CHECK_THROWS_AS(parse_inference("", "caller"), config_error);
+}
+
 TEST_CASE("PCN rejects bad settings and batches of the wrong shape", "[pcn]") {
   CHECK_THROWS_AS(make_pcn(0, 0.1), config_error);
   CHECK_THROWS_AS(make_pcn(10, 0.0), config_error);

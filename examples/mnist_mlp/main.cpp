@@ -362,12 +362,12 @@ int main(int argc, char** argv) {
       ->check(whole_at_least(1))
       ->capture_default_str();
   app.add_option("--inference", opts.inference,
-                 "pcn: plain (fixed-rate gradient descent, the default), momentum (Nesterov "
-                 "momentum with restarts, certified by plain steps; about half the steps on "
-                 "smooth nets, but it can leave the forward pass's basin) or anderson (Anderson "
-                 "mixing over the last 5 steps, falling back to the plain step where F rose, "
-                 "certified by plain steps; a third of the steps or fewer); docs/methods.md "
-                 "§5.4")
+                 "pcn: anderson (the default: Anderson mixing over the last 5 steps, falling "
+                 "back to the plain step where F rose, certified by plain steps; a third of the "
+                 "steps or fewer), plain (fixed-rate gradient descent, the classic dynamics) or "
+                 "momentum (Nesterov momentum with restarts, certified by plain steps; about half "
+                 "the steps on smooth nets, but it can leave the forward pass's basin); "
+                 "docs/methods.md §5.4")
       ->check(CLI::IsMember({"plain", "momentum", "anderson"}));
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");

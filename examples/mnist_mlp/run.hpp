@@ -50,9 +50,7 @@ inline bilevel::method_options method_settings(const options& opts) {
   o.nudged_iterations = opts.nudged_iterations;
   o.one_sided = opts.one_sided;
   if (!opts.inference.empty())
-    o.inference = opts.inference == "plain"      ? bilevel::pcn_inference::plain
-                  : opts.inference == "momentum" ? bilevel::pcn_inference::momentum
-                                                 : bilevel::pcn_inference::anderson;
+    o.inference = bilevel::parse_inference(opts.inference, "--inference");
   o.converged = opts.ep_converged;
   if (opts.ep_particles) o.particles = opts.train_samples;
   o.seed = opts.seed;

@@ -142,13 +142,7 @@ method_options parse_method_options(const std::string& name, const py::kwargs& s
     else if (key == "seed") o.seed = value.cast<std::uint64_t>();
     else if (key == "learning_rate") o.learning_rate = value.cast<double>();
     else if (key == "inference") {
-      const auto inference = value.cast<std::string>();
-      detail::require(inference == "plain" || inference == "momentum" || inference == "anderson",
-                      "bilevel.method", "inference", "\"plain\", \"momentum\" or \"anderson\"",
-                      inference);
-      o.inference = inference == "plain"      ? pcn_inference::plain
-                    : inference == "momentum" ? pcn_inference::momentum
-                                              : pcn_inference::anderson;
+      o.inference = parse_inference(value.cast<std::string>(), "bilevel.method");
     } else if (key == "start") {
       const auto start = value.cast<std::string>();
       detail::require(start == "forward" || start == "first-order", "bilevel.method", "start",

@@ -101,6 +101,15 @@ inline std::string_view inference_name(pcn_inference inference) {
   return names[std::size_t(inference)];
 }
 
+/// The dynamics `name` spells (inference_name's inverse); throws config_error naming `function`
+/// for any other name.
+inline pcn_inference parse_inference(std::string_view name, std::string_view function) {
+  for (auto inference : {pcn_inference::plain, pcn_inference::momentum, pcn_inference::anderson})
+    if (inference_name(inference) == name) return inference;
+  throw config_error(detail::concat(function, ": inference must be \"plain\", \"momentum\" or ",
+                                    "\"anderson\", got ", name));
+}
+
 /// Predictive coding networks, and Z-IL through pcn::zil() (docs/methods.md §5.4); a
 /// GradientMethod.
 template <Scalar S>
