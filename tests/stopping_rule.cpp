@@ -139,3 +139,14 @@ TEST_CASE("a sample whose iterate diverged never meets the rule", "[stopping_rul
   CHECK(rule.converged(3));
   CHECK(rule.unconverged() == 3);
 }
+
+TEST_CASE("inner starts are named and parsed back, and other names are refused",
+          "[stopping_rule]") {
+  for (auto start : {inner_start::forward, inner_start::first_order})
+    CHECK(parse_start(start_name(start), "caller") == start);
+  CHECK(start_name(inner_start::first_order) == "first-order");
+  CHECK(start_name(inner_start::forward) == "forward");
+  CHECK_THROWS_WITH(parse_start("first_order", "caller"),
+                    "caller: start must be \"forward\" or \"first-order\", got first_order");
+  CHECK_THROWS_AS(parse_start("", "caller"), config_error);
+}

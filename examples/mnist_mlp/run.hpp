@@ -45,8 +45,7 @@ inline bilevel::method_options method_settings(const options& opts) {
   if (opts.tolerance > 0) o.tolerance = opts.tolerance;
   if (opts.extrapolation >= 0) o.extrapolation = opts.extrapolation;
   if (!opts.inner_start.empty())
-    o.start = opts.inner_start == "first-order" ? bilevel::inner_start::first_order
-                                                : bilevel::inner_start::forward;
+    o.start = bilevel::parse_start(opts.inner_start, "--inner-start");
   o.nudged_iterations = opts.nudged_iterations;
   o.one_sided = opts.one_sided;
   if (!opts.inference.empty())

@@ -141,14 +141,11 @@ method_options parse_method_options(const std::string& name, const py::kwargs& s
     else if (key == "particles") o.particles = value.cast<Index>();
     else if (key == "seed") o.seed = value.cast<std::uint64_t>();
     else if (key == "learning_rate") o.learning_rate = value.cast<double>();
-    else if (key == "inference") {
+    else if (key == "inference")
       o.inference = parse_inference(value.cast<std::string>(), "bilevel.method");
-    } else if (key == "start") {
-      const auto start = value.cast<std::string>();
-      detail::require(start == "forward" || start == "first-order", "bilevel.method", "start",
-                      "\"forward\" or \"first-order\"", start);
-      o.start = start == "forward" ? inner_start::forward : inner_start::first_order;
-    } else {
+    else if (key == "start")
+      o.start = parse_start(value.cast<std::string>(), "bilevel.method");
+    else {
       throw config_error(concat("bilevel.method: the setting \"", key,
                                 "\" is listed by the registry but not known to the module"));
     }

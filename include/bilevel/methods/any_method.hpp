@@ -50,7 +50,7 @@ class any_method {
     return std::visit(
         [](const auto& m) -> std::string {
           if constexpr (requires { m.config().start; })
-            return m.config().start == inner_start::first_order ? "first-order" : "forward";
+            return std::string(start_name(m.config().start));
           else
             return "";
         },

@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -56,6 +57,20 @@ struct stopping_settings {
 /// docs/methods.md §5.6b, whose error is O(s^2) of the displacement. A first-order start reads
 /// BP's backward pass, so it takes locality from methods whose point that is (PCN, CHL, EP).
 enum class inner_start { forward, first_order };
+
+/// The start's name as the trainer's --inner-start and the Python module's `start` spell it.
+inline std::string_view start_name(inner_start start) {
+  return start == inner_start::first_order ? "first-order" : "forward";
+}
+
+/// The start `name` spells (start_name's inverse); throws config_error naming `function` for
+/// any other name.
+inline inner_start parse_start(std::string_view name, std::string_view function) {
+  for (auto start : {inner_start::forward, inner_start::first_order})
+    if (start_name(start) == name) return start;
+  throw config_error(
+      detail::concat(function, ": start must be \"forward\" or \"first-order\", got ", name));
+}
 
 namespace detail {
 
