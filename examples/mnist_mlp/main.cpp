@@ -352,7 +352,8 @@ int main(int argc, char** argv) {
                  "chl, lpom, fln, pcn, mac: where the inner solve starts, forward (the forward "
                  "pass) or first-order (docs/methods.md §5.6b) (method default: chl, pcn, mac "
                  "forward; lpom, fln first-order)")
-      ->check(CLI::IsMember({"forward", "first-order"}));
+      ->check(CLI::IsMember(std::vector<std::string>(bilevel::start_names.begin(),
+                                                     bilevel::start_names.end())));
   app.add_option("--extrapolation", opts.extrapolation,
                  "chl, lpom, fln: the cap on the extrapolation factor between the inner "
                  "solver's sweeps, in [0, 1); 0 gives plain block coordinate descent "
@@ -368,7 +369,8 @@ int main(int argc, char** argv) {
                  "momentum (Nesterov momentum with restarts, certified by plain steps; about half "
                  "the steps on smooth nets, but it can leave the forward pass's basin); "
                  "docs/methods.md §5.4")
-      ->check(CLI::IsMember({"plain", "momentum", "anderson"}));
+      ->check(CLI::IsMember(std::vector<std::string>(bilevel::inference_names.begin(),
+                                                     bilevel::inference_names.end())));
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
   app.add_flag("--ep-particles", opts.ep_particles,

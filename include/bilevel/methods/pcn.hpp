@@ -95,17 +95,20 @@ namespace bilevel {
 /// Anderson mixing (docs/methods.md §5.4).
 enum class pcn_inference { plain, momentum, anderson };
 
-/// The dynamics' name as the trainer's --inference and the Python module's key spell it.
+/// The dynamics' names as the trainer's --inference and the Python module's key spell them,
+/// in the enum's order.
+inline constexpr std::array<std::string_view, 3> inference_names = {"plain", "momentum",
+                                                                     "anderson"};
+
 inline std::string_view inference_name(pcn_inference inference) {
-  constexpr std::array<std::string_view, 3> names = {"plain", "momentum", "anderson"};
-  return names[std::size_t(inference)];
+  return inference_names[std::size_t(inference)];
 }
 
 /// The dynamics `name` spells (inference_name's inverse); throws config_error naming `function`
 /// for any other name.
 inline pcn_inference parse_inference(std::string_view name, std::string_view function) {
-  for (auto inference : {pcn_inference::plain, pcn_inference::momentum, pcn_inference::anderson})
-    if (inference_name(inference) == name) return inference;
+  for (std::size_t i = 0; i < inference_names.size(); ++i)
+    if (inference_names[i] == name) return pcn_inference(i);
   throw config_error(detail::concat(function, ": inference must be \"plain\", \"momentum\" or ",
                                     "\"anderson\", got ", name));
 }

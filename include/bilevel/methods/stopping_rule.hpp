@@ -58,16 +58,17 @@ struct stopping_settings {
 /// BP's backward pass, so it takes locality from methods whose point that is (PCN, CHL, EP).
 enum class inner_start { forward, first_order };
 
-/// The start's name as the trainer's --inner-start and the Python module's `start` spell it.
-inline std::string_view start_name(inner_start start) {
-  return start == inner_start::first_order ? "first-order" : "forward";
-}
+/// The starts' names as the trainer's --inner-start and the Python module's `start` spell them,
+/// in the enum's order.
+inline constexpr std::array<std::string_view, 2> start_names = {"forward", "first-order"};
+
+inline std::string_view start_name(inner_start start) { return start_names[std::size_t(start)]; }
 
 /// The start `name` spells (start_name's inverse); throws config_error naming `function` for
 /// any other name.
 inline inner_start parse_start(std::string_view name, std::string_view function) {
-  for (auto start : {inner_start::forward, inner_start::first_order})
-    if (start_name(start) == name) return start;
+  for (std::size_t i = 0; i < start_names.size(); ++i)
+    if (start_names[i] == name) return inner_start(i);
   throw config_error(
       detail::concat(function, ": start must be \"forward\" or \"first-order\", got ", name));
 }
