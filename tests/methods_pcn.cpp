@@ -644,7 +644,7 @@ TEST_CASE("PCN's dynamics are named and parsed back, and other names are refused
   CHECK(inference_name(pcn_inference::plain) == "plain");
   CHECK_THROWS_WITH(parse_inference("Plain", "caller"),
                     "caller: inference must be \"plain\", \"momentum\" or \"anderson\", "
-                    "got Plain");
+                    "got \"Plain\"");
   CHECK_THROWS_AS(parse_inference("", "caller"), config_error);
 }
 

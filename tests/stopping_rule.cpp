@@ -147,6 +147,6 @@ TEST_CASE("inner starts are named and parsed back, and other names are refused",
   CHECK(start_name(inner_start::first_order) == "first-order");
   CHECK(start_name(inner_start::forward) == "forward");
   CHECK_THROWS_WITH(parse_start("first_order", "caller"),
-                    "caller: start must be \"forward\" or \"first-order\", got first_order");
+                    "caller: start must be \"forward\" or \"first-order\", got \"first_order\"");
   CHECK_THROWS_AS(parse_start("", "caller"), config_error);
 }

@@ -244,7 +244,8 @@ int main(int argc, char** argv) {
                  "Weight initialisation: glorot, he, negative (the Fenchel BP paper's start: "
                  "layer 1 -|glorot|, the rest glorot, biases 0), all-negative (every layer "
                  "-|glorot|)")
-      ->check(CLI::IsMember({"glorot", "he", "negative", "all-negative"}))
+      ->check(CLI::IsMember(std::vector<std::string>(bilevel::init_scheme_names.begin(),
+                                                     bilevel::init_scheme_names.end())))
       ->capture_default_str();
   app.add_option("--epochs", opts.epochs, "Number of epochs")
       ->check(whole_at_least(0))

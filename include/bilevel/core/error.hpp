@@ -2,6 +2,7 @@
 /// \file
 /// Exception hierarchy: every message names the function, the expected and the actual value.
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -46,6 +47,20 @@ std::string concat(const Parts&... parts) {
   std::ostringstream out;
   (out << ... << parts);
   return out.str();
+}
+
+/// The position of `name` in `names` (a library's spellings of an enum, in the enum's order);
+/// throws config_error for any other name, listing them: `function: what must be "a", "b" or
+/// "c", got "name"`.
+template <std::size_t N>
+std::size_t parse_name(const std::array<std::string_view, N>& names, std::string_view name,
+                       std::string_view function, std::string_view what) {
+  for (std::size_t i = 0; i < N; ++i)
+    if (names[i] == name) return i;
+  std::string listed;
+  for (std::size_t i = 0; i < N; ++i)
+    listed += concat(i == 0 ? "" : i + 1 == N ? " or " : ", ", '"', names[i], '"');
+  throw config_error(concat(function, ": ", what, " must be ", listed, ", got \"", name, '"'));
 }
 
 /// Throws shape_error unless `rows x cols` equals the expected shape.

@@ -8,6 +8,7 @@
 /// so two layers initialised one after the other from the same source get disjoint draws.
 
 #include <Eigen/Core>
+#include <array>
 #include <cmath>
 #include <concepts>
 #include <string>
@@ -29,31 +30,21 @@ enum class init_scheme {
   negative_all_layers,   // every layer -|U(-r, r)|: a harder variant, not the paper's
 };
 
-/// The command-line names "glorot", "he", "negative" (the paper's start) and "all-negative".
+/// The command-line names, in the enum's order: "negative" is the paper's start.
+inline constexpr std::array<std::string_view, 4> init_scheme_names = {"glorot", "he", "negative",
+                                                                      "all-negative"};
+
+/// The scheme `name` spells; throws config_error listing init_scheme_names for any other name.
 inline init_scheme parse_init_scheme(std::string_view name) {
-  if (name == "glorot") return init_scheme::glorot_uniform;
-  if (name == "he") return init_scheme::he_normal;
-  if (name == "negative") return init_scheme::negative_first_layer;
-  if (name == "all-negative") return init_scheme::negative_all_layers;
-  throw config_error(
-      detail::concat("parse_init_scheme: init scheme must be one of glorot, he, "
-                     "negative, all-negative, got \"",
-                     name, "\""));
+  return init_scheme(
+      detail::parse_name(init_scheme_names, name, "parse_init_scheme", "init scheme"));
 }
 
-/// The name parse_init_scheme accepts, so the two round-trip.
+/// The name parse_init_scheme accepts, so the two round-trip ("unknown" for a value outside
+/// the enum).
 inline std::string_view to_string(init_scheme scheme) {
-  switch (scheme) {
-    case init_scheme::glorot_uniform:
-      return "glorot";
-    case init_scheme::he_normal:
-      return "he";
-    case init_scheme::negative_first_layer:
-      return "negative";
-    case init_scheme::negative_all_layers:
-      return "all-negative";
-  }
-  return "unknown";
+  const auto index = std::size_t(scheme);
+  return index < init_scheme_names.size() ? init_scheme_names[index] : "unknown";
 }
 
 namespace detail {

@@ -107,10 +107,7 @@ inline std::string_view inference_name(pcn_inference inference) {
 /// The dynamics `name` spells (inference_name's inverse); throws config_error naming `function`
 /// for any other name.
 inline pcn_inference parse_inference(std::string_view name, std::string_view function) {
-  for (std::size_t i = 0; i < inference_names.size(); ++i)
-    if (inference_names[i] == name) return pcn_inference(i);
-  throw config_error(detail::concat(function, ": inference must be \"plain\", \"momentum\" or ",
-                                    "\"anderson\", got ", name));
+  return pcn_inference(detail::parse_name(inference_names, name, function, "inference"));
 }
 
 /// Predictive coding networks, and Z-IL through pcn::zil() (docs/methods.md §5.4); a

@@ -67,10 +67,7 @@ inline std::string_view start_name(inner_start start) { return start_names[std::
 /// The start `name` spells (start_name's inverse); throws config_error naming `function` for
 /// any other name.
 inline inner_start parse_start(std::string_view name, std::string_view function) {
-  for (std::size_t i = 0; i < start_names.size(); ++i)
-    if (start_names[i] == name) return inner_start(i);
-  throw config_error(
-      detail::concat(function, ": start must be \"forward\" or \"first-order\", got ", name));
+  return inner_start(detail::parse_name(start_names, name, function, "start"));
 }
 
 namespace detail {
