@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <new>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -103,6 +105,12 @@ CLI::Validator finite_in(double low, bool closed_low,
 /// would otherwise read as the flag not given.
 CLI::Validator non_empty() {
   return expecting("", "a non-empty value", [](const std::string& text) { return !text.empty(); });
+}
+
+/// One of the names a library array spells (bilevel::activation_names, start_names, ...).
+template <std::size_t N>
+CLI::IsMember one_of(const std::array<std::string_view, N>& names) {
+  return CLI::IsMember(std::vector<std::string>(names.begin(), names.end()));
 }
 
 /// `requested` threads, at most as many as the machine's cores (more only slow Eigen's
@@ -244,8 +252,7 @@ int main(int argc, char** argv) {
                  "Weight initialisation: glorot, he, negative (the Fenchel BP paper's start: "
                  "layer 1 -|glorot|, the rest glorot, biases 0), all-negative (every layer "
                  "-|glorot|)")
-      ->check(CLI::IsMember(std::vector<std::string>(bilevel::init_scheme_names.begin(),
-                                                     bilevel::init_scheme_names.end())))
+      ->check(one_of(bilevel::init_scheme_names))
       ->capture_default_str();
   app.add_option("--epochs", opts.epochs, "Number of epochs")
       ->check(whole_at_least(0))
@@ -295,8 +302,7 @@ int main(int argc, char** argv) {
       ->check(non_empty());
   app.add_option("--activation", opts.activation,
                  "Hidden activation pair (method default: relu; ep hard_sigmoid; pcn sigmoid)")
-      ->check(CLI::IsMember(std::vector<std::string>(bilevel::activation_names.begin(),
-                                                     bilevel::activation_names.end())));
+      ->check(one_of(bilevel::activation_names));
   app.add_option("--leaky-slope", opts.leaky_slope, "Slope of leaky_relu for a < 0, in (0, 1)")
       
       ->check(finite_in(0, false, 1))->capture_default_str();
@@ -353,8 +359,7 @@ int main(int argc, char** argv) {
                  "chl, lpom, fln, pcn, mac: where the inner solve starts, forward (the forward "
                  "pass) or first-order (docs/methods.md §5.6b) (method default: chl, pcn, mac "
                  "forward; lpom, fln first-order)")
-      ->check(CLI::IsMember(std::vector<std::string>(bilevel::start_names.begin(),
-                                                     bilevel::start_names.end())));
+      ->check(one_of(bilevel::start_names));
   app.add_option("--extrapolation", opts.extrapolation,
                  "chl, lpom, fln: the cap on the extrapolation factor between the inner "
                  "solver's sweeps, in [0, 1); 0 gives plain block coordinate descent "
@@ -370,8 +375,7 @@ int main(int argc, char** argv) {
                  "momentum (Nesterov momentum with restarts, certified by plain steps; about half "
                  "the steps on smooth nets, but it can leave the forward pass's basin); "
                  "docs/methods.md §5.4")
-      ->check(CLI::IsMember(std::vector<std::string>(bilevel::inference_names.begin(),
-                                                     bilevel::inference_names.end())));
+      ->check(one_of(bilevel::inference_names));
   app.add_flag("--one-sided", opts.one_sided,
                "ep: one-sided estimate with a random sign of beta instead of the symmetric one");
   app.add_flag("--ep-particles", opts.ep_particles,
