@@ -62,6 +62,7 @@
 #include "../core/finite.hpp"
 #include "../core/state_stream.hpp"
 #include "../couplings/fenchel.hpp"
+#include "../layers/packed_maps.hpp"
 #include "../program.hpp"
 #include "active_set.hpp"
 #include "batch_reduction.hpp"
@@ -130,6 +131,8 @@ class lifted_objective {
     safeguarded_ = 0;
     fixed_point_updates_ = 0;
     rule_.start(top, B, stopping.tolerance);
+    // The weights stay fixed through the solve, which multiplies by them some hundred times.
+    const auto frozen = maps_.frozen(net, B);
     for (std::size_t i = 1; i < d_.size(); ++i) base_[i] = forward_.z[i].colwise().norm();
     order_.start(y);
     remember_state(top, net.depth());
@@ -458,10 +461,10 @@ class lifted_objective {
         net.loss_gradient(live(z_out), y, live(work.output_gradient));
         vjp<S>(pair, live(a), live(work.output_gradient), live(work.output_signal));
       });
-      net.transpose(m, live(work.output_signal), live(out), weights.loss_weight);
+      maps_.transpose(net, m, live(work.output_signal), live(out), weights.loss_weight);
     } else {
       coupling_residual(net, m + 1, e_above, d_[i + 1], work.above_residual);
-      net.transpose(m, live(work.above_residual), live(out), weights.lambda[i]);
+      maps_.transpose(net, m, live(work.above_residual), live(out), weights.lambda[i]);
     }
   }
 
@@ -525,7 +528,7 @@ class lifted_objective {
       live(v_[i]) += live(work.preimage_move);
       live(d_[i]) += live(work.move);
       if (m < L) {
-        net.linear(m, live(work.move), live(work.candidate_above));
+        maps_.linear(net, m, live(work.move), live(work.candidate_above));
         live(e_[i]) += live(work.candidate_above);
       }
     }
@@ -686,7 +689,7 @@ class lifted_objective {
       });
       live(next_preimage) = (live(work.shift) - live(next)) / c;  // c w + f(a + w) - f(a) = rho
       live(work.move) = live(next) - live(d_[i]);
-      if (!top) net.linear(m, live(next), live(next_above));
+      if (!top) maps_.linear(net, m, live(next), live(next_above));
       if (feedback_needed || curvature_test)
         feedback(net, y, weights, m, next, top ? next : next_above, next_feedback, &next_output);
       if (!curvature_test)
@@ -804,7 +807,7 @@ class lifted_objective {
         difference<S>(pair, live(forward_.a[i - 1]), live(work.candidate_preimage),
                       live(work.candidate));
       });
-      if (!top) net.linear(m, live(work.candidate), live(work.candidate_above));
+      if (!top) maps_.linear(net, m, live(work.candidate), live(work.candidate_above));
       // The candidate's feedback q_m is the next update's; the block's last update needs it
       // only where the loss is next (for the output z_L its change of J is taken at). Below
       // the top, J's change needs a_{m+1} alone, so that update saves a product.
@@ -927,6 +930,7 @@ class lifted_objective {
   }
 
   forward_state<S> forward_;
+  packed_maps<S> maps_;  ///< the weights' maps, packed during a solve
   std::vector<Matrix<S>> d_, v_, e_, z_, a_;
   /// The state after the last sweep, x_k (d, v and e of each block): what the next sweep's step
   /// is measured from, and what a sample falls back to when its extrapolation is refused.
