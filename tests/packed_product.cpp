@@ -22,11 +22,12 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-/// Every entry of `actual` = scale A x within the rounding of a sum of `depth` products
-/// (|error| <= depth eps sum_k |a_ik x_kj|), the reference taken in double.
+/// Every entry of `actual` = offset + scale A x within the rounding of a sum of `depth` products
+/// and the offset (|error| <= (depth + 2) eps (|offset| + sum_k |a_ik x_kj|)), the reference
+/// taken in double.
 template <class S>
 void check_product(const Matrix<S>& actual, const Matrix<double>& a, const Matrix<double>& x,
-                   double scale) {
+                   double scale, double offset = 0) {
   const Matrix<double> exact = scale * a * x;
   const Matrix<double> bound = std::abs(scale) * a.cwiseAbs() * x.cwiseAbs();
   const double eps = std::numeric_limits<S>::epsilon();
@@ -34,8 +35,8 @@ void check_product(const Matrix<S>& actual, const Matrix<double>& a, const Matri
   REQUIRE(actual.cols() == exact.cols());
   for (Index j = 0; j < exact.cols(); ++j)
     for (Index i = 0; i < exact.rows(); ++i)
-      REQUIRE(std::abs(double(actual(i, j)) - exact(i, j)) <=
-              double(a.cols()) * eps * bound(i, j) + 1e-300);
+      REQUIRE(std::abs(double(actual(i, j)) - offset - exact(i, j)) <=
+              double(a.cols() + 2) * eps * (std::abs(offset) + bound(i, j)) + 1e-300);
 }
 
 /// A (rows x depth) and A^T packed for `width` columns, multiplied by `cols` columns given as a
@@ -64,6 +65,11 @@ void check_shape(random_source& random, Index rows, Index depth, Index width, In
     Matrix<S> outside = target;
     outside.block(1, 1, out_rows, cols).setConstant(S(7));
     CHECK((outside.array() == S(7)).all());
+    // Added into what is there: 7 + scale A x.
+    target.block(1, 1, out_rows, cols).setConstant(S(7));
+    packed.multiply(wide.middleCols(2, cols), target.block(1, 1, out_rows, cols), scale, true);
+    check_product<S>(target.block(1, 1, out_rows, cols), a_double,
+                     wide.middleCols(2, cols).template cast<double>(), double(scale), 7.0);
   }
 }
 
@@ -146,6 +152,9 @@ TEST_CASE("a program's maps are packed only while frozen, and packed anew after 
       Matrix<double> expected_t(net.layer(k).inputs(), width), actual_t = expected_t;
       net.transpose(k, g, expected_t, 0.5);
       maps.transpose(net, k, g, actual_t, 0.5);
+      CHECK((actual_t - expected_t).cwiseAbs().maxCoeff() <= 1e-13);
+      net.transpose(k, g, expected_t, -2.0, output_mode::add);
+      maps.transpose(net, k, g, actual_t, -2.0, output_mode::add);
       CHECK((actual_t - expected_t).cwiseAbs().maxCoeff() <= 1e-13);
     }
   };

@@ -57,14 +57,14 @@ class packed_matrix {
     if (batch_.size() < batch_size) batch_.resize(batch_size);
   }
 
-  /// out = scale A x, x of at most the packed width of columns. Columns are split over
-  /// Eigen's threads in blocks of the kernel's width, so each column's sums run in the same
-  /// order however the batch is split.
-  void multiply(const MatrixCRef<S>& x, MatrixRef<S> out, S scale) {
+  /// out = scale A x, or out += scale A x with `add`; x of at most the packed width of
+  /// columns. Columns are split over Eigen's threads in blocks of the kernel's width, so each
+  /// column's sums run in the same order however the batch is split.
+  void multiply(const MatrixCRef<S>& x, MatrixRef<S> out, S scale, bool add = false) {
     require(x.rows() == depth_ && x.cols() <= max_cols_, "packed_matrix::multiply", "x",
             concat(depth_, " x <= ", max_cols_), concat(x.rows(), " x ", x.cols()));
     require_shape("packed_matrix::multiply", "out", rows_, x.cols(), out.rows(), out.cols());
-    out.setZero();
+    if (!add) out.setZero();  // the kernel adds into its output
     const Index cost = std::max<Index>(rows_ * depth_, 1);
     parallel_ranges(x.cols(), cost, Traits::nr, [&](Index begin, Index end) {
       multiply_columns(x, out, scale, begin, end - begin);
@@ -130,11 +130,14 @@ class packed_matrix {
   void pack(const Factor& a, Index) {
     copy_ = a;
   }
-  void multiply(const MatrixCRef<S>& x, MatrixRef<S> out, S scale) {
+  void multiply(const MatrixCRef<S>& x, MatrixRef<S> out, S scale, bool add = false) {
     require_shape("packed_matrix::multiply", "out", copy_.rows(), x.cols(), out.rows(),
                   out.cols());
     require(x.rows() == copy_.cols(), "packed_matrix::multiply", "x rows", copy_.cols(), x.rows());
-    out.noalias() = scale * copy_ * x;
+    if (add)
+      out.noalias() += scale * copy_ * x;
+    else
+      out.noalias() = scale * copy_ * x;
   }
 
  private:

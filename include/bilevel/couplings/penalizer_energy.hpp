@@ -40,6 +40,7 @@
 
 #include "../activations/concept.hpp"
 #include "../core/types.hpp"
+#include "../layers/packed_maps.hpp"
 #include "../methods/active_set.hpp"
 #include "../program.hpp"
 
@@ -191,6 +192,13 @@ class penalizer_energy {
     }
   }
 
+  /// The program's maps packed for the evaluations that follow (layers/packed_maps.hpp), until
+  /// the returned guard goes out of scope: the parameters must not change meanwhile.
+  template <class Program>
+  [[nodiscard]] auto frozen(const Program& net) {
+    return maps_.frozen(net, forward_.z.front().cols());
+  }
+
   /// F per sample at p.d, and with `with_gradient` the signals, dF/dz and its squared norm (for
   /// the first width() samples; y holds their labels).
   template <class Program>
@@ -204,7 +212,7 @@ class penalizer_energy {
         // a_k = a^0_k + e_k and f(a_k) - f(a^0_k); z_0 = x does not move, so e_1 = 0 (and the
         // difference stays 0 from start()).
         if (k > 1) {
-          net.linear(k - 1, live(p.d[u - 1]), live(shift_[u]));
+          maps_.linear(net, k - 1, live(p.d[u - 1]), live(shift_[u]));
           live(a_[u]) = a0 + live(shift_[u]);
           difference<S>(pair, a0, live(shift_[u]), live(difference_[u]));
         }
@@ -233,7 +241,7 @@ class penalizer_energy {
     live(p.squared_gradient).setZero();
     for (Index k = 1; k < L; ++k) {
       const auto u = std::size_t(k);
-      net.transpose(k, live(p.signal[u + 1]), live(p.gradient[u]));
+      maps_.transpose(net, k, live(p.signal[u + 1]), live(p.gradient[u]), S(1));
       live(p.gradient[u]) += penalty_ * live(error_[u]);
       live(p.squared_gradient) += live(p.gradient[u]).colwise().squaredNorm();
     }
@@ -263,12 +271,12 @@ class penalizer_energy {
         vjp<S>(pair, live(a_[u + 1]), live(back_[u + 1]), live(shift_[u + 1]));
       });
       live(back_[u]) = live(p.gradient[u]);
-      net.transpose(k, live(shift_[u + 1]), live(back_[u]), S(1), output_mode::add);
+      maps_.transpose(net, k, live(shift_[u + 1]), live(back_[u]), S(1), output_mode::add);
     }
     live(p.direction[1]) = live(back_[1]);
     for (Index k = 2; k < L; ++k) {
       const auto u = std::size_t(k);
-      net.linear(k - 1, live(p.direction[u - 1]), live(shift_[u]));
+      maps_.linear(net, k - 1, live(p.direction[u - 1]), live(shift_[u]));
       net.layer(k - 1).visit([&](const auto& pair) {
         vjp<S>(pair, live(a_[u]), live(shift_[u]), live(difference_[u]));
       });
@@ -315,6 +323,7 @@ class penalizer_energy {
   S penalty_ = S(1), loss_weight_ = S(1);
   Index width_ = 0;
   forward_state<S> forward_;
+  packed_maps<S> maps_;  ///< the weights' maps, packed while frozen
   std::vector<Matrix<S>> a_, shift_, difference_, error_, back_, z_;
   std::vector<RowVector<S>> base_norm_;
   RowVector<S> losses_;

@@ -12,6 +12,7 @@
 #include "../core/packed_product.hpp"
 #include "../core/types.hpp"
 #include "dense.hpp"
+#include "map.hpp"
 
 namespace bilevel::detail {
 
@@ -51,15 +52,16 @@ class packed_maps {
     map.forward.multiply(x, out, S(1));
   }
 
-  /// out = scale A^T g for layer `index`, as net.transpose.
+  /// out = scale A^T g for layer `index`, or out += that with output_mode::add, as
+  /// net.transpose.
   template <class Program>
   void transpose(const Program& net, Index index, const MatrixCRef<S>& g, MatrixRef<S> out,
-                 S scale) {
-    if (!packs(net, index, g.cols())) return net.transpose(index, g, out, scale);
+                 S scale, output_mode mode = output_mode::assign) {
+    if (!packs(net, index, g.cols())) return net.transpose(index, g, out, scale, mode);
     packed_map& map = maps_[std::size_t(index)];
     if (!map.transpose_packed) map.transpose.pack(net.weights(index).transpose(), max_cols_);
     map.transpose_packed = true;
-    map.transpose.multiply(g, out, scale);
+    map.transpose.multiply(g, out, scale, mode == output_mode::add);
   }
 
  private:

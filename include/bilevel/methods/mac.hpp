@@ -246,6 +246,7 @@ class mac {
     const auto L = std::size_t(net.depth());
     if (layers_.size() != L) layers_.assign(L, layer_work{});
     energy_.start(net, x, mu_, S(1));
+    const auto frozen = energy_.frozen(net);  // the weights stay fixed through the Z-step
     energy_.size(net, now_, true);
     energy_.size(net, trial_, true);
     const auto& forward = energy_.forward();

@@ -198,6 +198,7 @@ class pcn {
 
     const Index L = net.depth();
     energy_.start(net, x, S(1), settings_.spacing);
+    const auto frozen = energy_.frozen(net);  // the weights stay fixed through the inference
     energy_.size(net, state_);
     step_report report;
     report.loss =
