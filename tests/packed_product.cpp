@@ -59,7 +59,8 @@ void check_shape(random_source& random, Index rows, Index depth, Index width, In
     Matrix<S> target = Matrix<S>::Constant(out_rows + 3, cols + 2, S(7));
     packed.multiply(wide.middleCols(2, cols), target.block(1, 1, out_rows, cols), scale);
     const Matrix<double> a_double =
-        transposed ? Matrix<double>(a.transpose().template cast<double>()) : a.template cast<double>();
+        transposed ? Matrix<double>(a.transpose().template cast<double>())
+                   : Matrix<double>(a.template cast<double>());
     check_product<S>(target.block(1, 1, out_rows, cols), a_double,
                      wide.middleCols(2, cols).template cast<double>(), double(scale));
     Matrix<S> outside = target;
