@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
     const auto all = bilevel::make_dataset<S>(files.train.images, files.train.labels, 10);
     bilevel::detail::require(train_samples + validation_samples <= all.size(), "ep_mnist",
                              "--train-samples + --validation",
-                             bilevel::detail::concat("<= ", all.size()),
+                             bilevel::detail::parts("<= ", all.size()),
                              train_samples + validation_samples);
     const auto train_set = bilevel::slice(all, 0, train_samples);
     const auto validation_set = bilevel::slice(all, train_samples, validation_samples);

@@ -213,7 +213,7 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
   if (!perceptron) require_fits_in_memory(opts, double(net.parameter_count()), sizeof(S));
   const Index pixels = data.train.images.rows(), classes = 10;
   bilevel::detail::require(net.input_size() == pixels, "setup", "the program's input size",
-                           bilevel::detail::concat("the image size ", pixels), net.input_size());
+                           bilevel::detail::parts("the image size ", pixels), net.input_size());
   bilevel::detail::require(net.output_size() == classes, "setup", "the last layer's size",
                            "the number of classes (10)", net.output_size());
   const Index available = data.train.images.cols();
@@ -221,10 +221,10 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
   bilevel::detail::require(
       opts.train_samples <= available && opts.validation <= available - opts.train_samples,
       "setup", "--train-samples + --validation",
-      bilevel::detail::concat("<= the training file's ", available, " images"),
-      bilevel::detail::concat(opts.train_samples, " + ", opts.validation));
+      bilevel::detail::parts("<= the training file's ", available, " images"),
+      bilevel::detail::parts(opts.train_samples, " + ", opts.validation));
   bilevel::detail::require(opts.batch <= opts.train_samples, "setup", "--batch",
-                           bilevel::detail::concat("<= --train-samples (", opts.train_samples, ")"),
+                           bilevel::detail::parts("<= --train-samples (", opts.train_samples, ")"),
                            opts.batch);
   // Every process must train and report on the same data: compare the files' checksums. A
   // checkpoint records them too, so that --resume refuses other data.
@@ -261,9 +261,9 @@ int train(const options& opts, const Hidden& hidden, const processes& group) {
       const Index last = opts.train_samples % opts.batch;
       bilevel::detail::require(opts.batch >= group.size() && (last == 0 || last >= group.size()),
                                "setup", "--batch and the last batch (--train-samples % --batch)",
-                               bilevel::detail::concat(">= the number of processes (", group.size(),
+                               bilevel::detail::parts(">= the number of processes (", group.size(),
                                                        ") for native steps"),
-                               bilevel::detail::concat(opts.batch, " and ", last));
+                               bilevel::detail::parts(opts.batch, " and ", last));
     }
 
     bilevel::run_record record;

@@ -72,7 +72,7 @@ class program {
     detail::require(!maps_.empty(), "program", "the number of layers", "at least 1", 0);
     const Index depth = Index(maps_.size());
     detail::require(Index(pairs.size()) == depth, "program", "the number of activation pairs",
-                    detail::concat("one per layer (", depth, ")"), pairs.size());
+                    detail::parts("one per layer (", depth, ")"), pairs.size());
     std::vector<layer_map<S>> built;
     Index weight_total = 0, bias_total = 0;
     image_shape shape = input;
@@ -276,7 +276,7 @@ class program {
     detail::require_shape("program::loss_values", "y", z_out.rows(), z_out.cols(), y.rows(),
                           y.cols());
     detail::require(out.size() == z_out.cols(), "program::loss_values", "values",
-                    detail::concat(z_out.cols()),
+                    z_out.cols(),
                     out.size());
     if constexpr (requires { loss_.template value<S>(z_out, y, Eigen::Ref<RowVector<S>>(out)); }) {
       detail::parallel_columns(z_out.rows(), z_out.cols(), [&](Index first, Index count) {
@@ -301,7 +301,7 @@ class program {
       detail::require_shape("program::loss_change", "y", z_out.rows(), z_out.cols(), y.rows(),
                             y.cols());
       detail::require(out.size() == z_out.cols(), "program::loss_change", "values",
-                      detail::concat(z_out.cols()), out.size());
+                      z_out.cols(), out.size());
       loss_.template change<S>(z_out, h, y, out);
     } else {
       const Matrix<S> moved = z_out + h;
@@ -339,7 +339,7 @@ class program {
   template <class Coupling>
   Matrix<S> layer_energies(const std::vector<Matrix<S>>& z) const {
     detail::require(z.size() == layers_.size() + 1, "program::layer_energies",
-                    "the number of states", detail::concat(layers_.size() + 1), z.size());
+                    "the number of states", layers_.size() + 1, z.size());
     Matrix<S> energies(depth(), z[0].cols());
     Matrix<S> a;
     for (Index k = 0; k < depth(); ++k) {
@@ -362,7 +362,7 @@ class program {
   static std::vector<map_spec> dense_layers(const std::vector<Index>& sizes) {
     std::vector<map_spec> maps;
     for (std::size_t k = 1; k < sizes.size(); ++k) {
-      detail::require(sizes[k] > 0, "program", detail::concat("layer size ", k), "> 0", sizes[k]);
+      detail::require(sizes[k] > 0, "program", detail::parts("layer size ", k), "> 0", sizes[k]);
       maps.emplace_back(dense_spec{sizes[k]});
     }
     return maps;

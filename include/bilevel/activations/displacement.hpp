@@ -109,7 +109,7 @@ template <class S, ActivationPair<S> P>
 void potential_divergence(const P& pair, const MatrixCRef<S>& a, const MatrixCRef<S>& h,
                           RowVectorRef<S> out) {
   detail::require(out.size() == a.cols(), "potential_divergence", "columns of out",
-                  detail::concat(a.cols()), out.size());
+                  a.cols(), out.size());
   if constexpr (ColumnwisePair<P, S>) {
     Matrix<S> forward(a.rows(), a.cols());
     pair.f(a, MatrixRef<S>(forward));

@@ -62,7 +62,7 @@ class packed_matrix {
   /// column's sums run in the same order however the batch is split.
   void multiply(const MatrixCRef<S>& x, MatrixRef<S> out, S scale, bool add = false) {
     require(x.rows() == depth_ && x.cols() <= max_cols_, "packed_matrix::multiply", "x",
-            concat(depth_, " x <= ", max_cols_), concat(x.rows(), " x ", x.cols()));
+            parts(depth_, " x <= ", max_cols_), parts(x.rows(), " x ", x.cols()));
     require_shape("packed_matrix::multiply", "out", rows_, x.cols(), out.rows(), out.cols());
     if (!add) out.setZero();  // the kernel adds into its output
     const Index cost = std::max<Index>(rows_ * depth_, 1);

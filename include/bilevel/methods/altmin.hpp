@@ -179,7 +179,7 @@ class altmin {
     // A step from rest moves by (1 + m) code_rate / L_k: below 2 / L_k it lowers E.
     const S rate_cap = S(2) / (S(1) + config.code_momentum);
     detail::require(config.code_rate > 0 && config.code_rate < rate_cap, function, "code_rate",
-                    detail::concat("in (0, 2 / (1 + code_momentum)) = (0, ", rate_cap, ")"),
+                    detail::parts("in (0, 2 / (1 + code_momentum)) = (0, ", rate_cap, ")"),
                     config.code_rate);
     detail::require(config.weight_iterations >= 0, function, "weight_iterations", ">= 0",
                     config.weight_iterations);
@@ -328,7 +328,7 @@ class altmin {
   double local_loss(const Program& net, Index k, const MatrixCRef<S>& y) {
     require_state(net, y, "altmin::local_loss");
     detail::require(k >= 0 && k < net.depth(), "altmin::local_loss", "the layer index",
-                    detail::concat("in [0, ", net.depth(), ")"), k);
+                    detail::parts("in [0, ", net.depth(), ")"), k);
     return double(local_layer(net, k, y, grad_, false));
   }
 
@@ -351,7 +351,7 @@ class altmin {
     constexpr const char* function = "altmin::evaluate_code_objective";
     require_state(net, y, function);
     detail::require(k >= 0 && k + 1 < net.depth(), function, "the code index",
-                    detail::concat("in [0, ", net.depth() - 1, ")"), k);
+                    detail::parts("in [0, ", net.depth() - 1, ")"), k);
     const auto u = std::size_t(k);
     detail::require_shape(function, "code", c_[u].rows(), c_[u].cols(), code.rows(), code.cols());
     evaluate_code(net, k, y, code, work_[u]);

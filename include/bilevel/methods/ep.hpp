@@ -263,7 +263,7 @@ class ep {
     constexpr const char* function = "ep::energy";
     check_shapes(net, x, function);
     detail::require(Index(s.size()) == net.depth(), function, "the number of states",
-                    detail::concat(net.depth(), " (s_1..s_L)"), s.size());
+                    detail::parts(net.depth(), " (s_1..s_L)"), s.size());
     for (Index k = 0; k < net.depth(); ++k) {
       kind_of(net, k, function);
       detail::require_shape(function, detail::concat("s_", k + 1), net.layer(k).outputs(),
@@ -369,12 +369,12 @@ class ep {
   void check_samples(std::span<const Index> samples, Index batch, const char* function) const {
     if (Index(samples.size()) != batch)
       detail::require(false, function, "the number of sample indices", "the batch size",
-                      detail::concat(samples.size(), " for ", batch, " columns"));
+                      detail::parts(samples.size(), " for ", batch, " columns"));
     if (settings_.particles == 0) return;
     for (const Index sample : samples)
       if (sample < 0 || sample >= settings_.particles)
         detail::require(false, function, "a sample index",
-                        detail::concat("in [0, ", settings_.particles, ") (particles)"), sample);
+                        detail::parts("in [0, ", settings_.particles, ") (particles)"), sample);
   }
 
   template <class Program>
@@ -508,8 +508,8 @@ class ep {
                       "the program's depth", particles_.size());
       for (std::size_t k = 0; k < L; ++k) {
         if (particles_[k].rows() != free_[k].rows())
-          detail::require(false, "ep", detail::concat("the particles' layer ", k + 1, " size"),
-                          detail::concat(free_[k].rows(), " (the program's)"),
+          detail::require(false, "ep", detail::parts("the particles' layer ", k + 1, " size"),
+                          detail::parts(free_[k].rows(), " (the program's)"),
                           particles_[k].rows());
         for (std::size_t j = 0; j < samples.size(); ++j)
           free_[k].col(Index(j)) = particles_[k].col(samples[j]);

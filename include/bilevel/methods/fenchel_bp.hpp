@@ -81,8 +81,8 @@ class fenchel_bp {
           if (beta(k) >= smallest) return;  // the message below is built only when it is thrown
           detail::require(
               false, "fenchel_bp::gradient",
-              detail::concat("beta of layer ", k + 1, " (pair \"", pair.name(), "\")"),
-              detail::concat(">= ", smallest,
+              detail::parts("beta of layer ", k + 1, " (pair \"", pair.name(), "\")"),
+              detail::parts(">= ", smallest,
                              " = sqrt(machine epsilon), since the pair has no f_difference and "
                              "(f(a) - f(a - beta g)) / beta then loses about epsilon / beta of "
                              "its relative accuracy"),

@@ -143,7 +143,7 @@ class mac {
     detail::require(std::isfinite(config.mu_growth) && config.mu_growth >= 1, function,
                     "mu_growth", "finite and >= 1", config.mu_growth);
     detail::require(!std::isnan(config.mu_max) && config.mu_max >= config.mu, function, "mu_max",
-                    detail::concat(">= mu (", config.mu, ")"), config.mu_max);
+                    detail::parts(">= mu (", config.mu, ")"), config.mu_max);
     config.z_stopping.validate(function);
     detail::require(config.w_iterations >= 0, function, "w_iterations", ">= 0",
                     config.w_iterations);
@@ -314,7 +314,7 @@ class mac {
     detail::require(fits(net, y.cols()), "mac::layer_objective", "the state",
                     "a Z-step on a batch of this size and program first", "none");
     detail::require(k >= 0 && k < net.depth(), "mac::layer_objective", "the layer index",
-                    detail::concat("in [0, ", net.depth(), ")"), k);
+                    detail::parts("in [0, ", net.depth(), ")"), k);
     return double(layer_value(net, k, y, false));
   }
 

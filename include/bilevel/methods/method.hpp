@@ -103,7 +103,7 @@ void require_batch(const Program& net, const MatrixCRef<S>& x, const MatrixCRef<
 inline void require_per_layer(std::size_t count, Index depth, std::string_view function,
                               std::string_view what) {
   if (count != 1 && Index(count) != depth)
-    require(false, function, what, concat("1 or one per layer (", depth, ")"), count);
+    require(false, function, what, parts("1 or one per layer (", depth, ")"), count);
 }
 
 /// The batch-mean loss of `output` against y, through `values` (the per-sample losses, a buffer

@@ -64,8 +64,8 @@ namespace detail {
 inline double single_beta(const method_options& options, std::string_view name,
                           double fallback) {
   if (options.beta.empty()) return fallback;
-  require(options.beta.size() == 1, "make_method", concat("beta for ", name), "a single value",
-          concat(options.beta.size(), " values"));
+  require(options.beta.size() == 1, "make_method", parts("beta for ", name), "a single value",
+          parts(options.beta.size(), " values"));
   return options.beta.front();
 }
 
@@ -101,7 +101,7 @@ const std::vector<method_entry<S>>& method_registry() {
          detail::require(o.beta.size() == 1 || depth == 0 || Index(o.beta.size()) == depth,
                          "make_method",
                          "the number of fenbp beta values",
-                         detail::concat("1 or one per layer (", depth, ")"), o.beta.size());
+                         detail::parts("1 or one per layer (", depth, ")"), o.beta.size());
          return fenchel_bp<S>(detail::as_scalars<S>(o.beta));
        }},
       {"chl", "contrastive Hebbian learning (§5.2)",

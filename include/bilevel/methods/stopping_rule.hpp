@@ -117,7 +117,7 @@ class displacement_rule {
   /// Rows of the active samples (all, unless some were retired).
   void observe(Index block, const RowVectorCRef<S>& step, const RowVectorCRef<S>& displacement,
                const RowVectorCRef<S>& rounding_scale) {
-    require(step.size() == active_, "displacement_rule::observe", "samples", concat(active_),
+    require(step.size() == active_, "displacement_rule::observe", "samples", active_,
             step.size());
     // steps[0] = s_{t-1}, steps[1] = s_{t-2}, steps[2] = s_{t-3}
     std::array<RowVector<S>, 3>& steps = history_[std::size_t(block)];

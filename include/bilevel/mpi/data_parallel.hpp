@@ -147,7 +147,7 @@ class data_parallel {
     require_same_parameters(net);
     const Index B = x.cols();
     bilevel::detail::require(B >= processes_.size(), function, "the batch size",
-                             bilevel::detail::concat(">= the number of processes (",
+                             bilevel::detail::parts(">= the number of processes (",
                                                      processes_.size(), ")"),
                              B);
     const shard part = shard_of(B, processes_.rank(), processes_.size());

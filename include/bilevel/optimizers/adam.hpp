@@ -44,7 +44,7 @@ class adam {
                     "weight_decay", ">= 0", config.weight_decay);
     detail::require(n_params >= 0, "adam", "n_params", ">= 0", n_params);
     detail::require(n_decayed >= 0 && n_decayed <= n_params, "adam", "n_decayed",
-                    detail::concat("in [0, n_params] = [0, ", n_params, "]"), n_decayed);
+                    detail::parts("in [0, n_params] = [0, ", n_params, "]"), n_decayed);
     m_.setZero(n_params);
     v_.setZero(n_params);
   }

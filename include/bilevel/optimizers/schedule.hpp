@@ -44,7 +44,7 @@ struct lr_schedule {
     check_lr("lr_schedule::cosine", lr);
     detail::require(total_epochs >= 1, "lr_schedule::cosine", "total_epochs", ">= 1", total_epochs);
     detail::require(min_lr >= 0 && min_lr <= lr, "lr_schedule::cosine", "min_lr",
-                    detail::concat("in [0, lr] = [0, ", lr, "]"), min_lr);
+                    detail::parts("in [0, lr] = [0, ", lr, "]"), min_lr);
     lr_schedule schedule(kind_type::cosine, lr);
     schedule.total_epochs_ = total_epochs;
     schedule.min_lr_ = min_lr;

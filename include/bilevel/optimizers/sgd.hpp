@@ -38,7 +38,7 @@ class sgd {
                     "weight_decay", ">= 0", config.weight_decay);
     detail::require(n_params >= 0, "sgd", "n_params", ">= 0", n_params);
     detail::require(n_decayed >= 0 && n_decayed <= n_params, "sgd", "n_decayed",
-                    detail::concat("in [0, n_params] = [0, ", n_params, "]"), n_decayed);
+                    detail::parts("in [0, n_params] = [0, ", n_params, "]"), n_decayed);
     // Kept for every configuration so that checkpoints have one layout.
     velocity_.setZero(n_params);
   }

@@ -164,7 +164,7 @@ class program_loss {
  private:
   Matrix<S> output(const Vector<S>& z) const {
     detail::require(z.size() >= net_.output_size(), "program_loss", "the size of z",
-                    detail::concat(">= the output size ", net_.output_size()), z.size());
+                    detail::parts(">= the output size ", net_.output_size()), z.size());
     return z.tail(net_.output_size());
   }
 

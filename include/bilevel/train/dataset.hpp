@@ -22,12 +22,12 @@ struct dataset {
 template <Scalar S>
 dataset<S> make_dataset(Matrix<S> x, const std::vector<int>& labels, Index classes) {
   detail::require(Index(labels.size()) == x.cols(), "make_dataset", "the number of labels",
-                  detail::concat("one per input column (", x.cols(), ")"), labels.size());
+                  detail::parts("one per input column (", x.cols(), ")"), labels.size());
   dataset<S> set{std::move(x), Matrix<S>::Zero(classes, Index(labels.size()))};
   for (std::size_t j = 0; j < labels.size(); ++j) {
     const int label = labels[j];
     detail::require(label >= 0 && label < classes, "make_dataset",
-                    detail::concat("label ", j), detail::concat("in [0, ", classes, ")"), label);
+                    detail::parts("label ", j), detail::parts("in [0, ", classes, ")"), label);
     set.y(label, Index(j)) = 1;
   }
   return set;
@@ -37,8 +37,8 @@ dataset<S> make_dataset(Matrix<S> x, const std::vector<int>& labels, Index class
 template <Scalar S>
 dataset<S> slice(const dataset<S>& set, Index begin, Index count) {
   detail::require(begin >= 0 && count >= 0 && begin + count <= set.size(), "slice",
-                  "the range", detail::concat("within [0, ", set.size(), "]"),
-                  detail::concat("[", begin, ", ", begin + count, ")"));
+                  "the range", detail::parts("within [0, ", set.size(), "]"),
+                  detail::parts("[", begin, ", ", begin + count, ")"));
   return {set.x.middleCols(begin, count), set.y.middleCols(begin, count)};
 }
 
