@@ -1,14 +1,14 @@
 #pragma once
 /// \file
-/// A matrix packed once for many products with narrow batches. Eigen's matrix product copies
-/// both factors into the panel layout of its kernel on every call; with a batch of a few dozen
-/// columns or fewer the copy of the left factor (the weights, rows x depth) is a large share of
-/// the product's time (up to 40% at 5 columns). An inner solver multiplies by the same weights hundreds of
-/// times per batch, at widths that fall as its samples retire, so it packs them once
-/// (layers/packed_maps.hpp) and each product packs only the batch. The kernel, the packing and
-/// the blocking are Eigen 3.4's own (GeneralBlockPanelKernel.h), so the arithmetic is Eigen's;
-/// only the left factor's packing moves out of the loop. With another Eigen than 3.4, whose
-/// internals may differ, the class keeps a plain copy of the matrix and multiplies by it.
+/// A matrix packed once for many products with narrow batches. Eigen's matrix product copies both
+/// factors into the panel layout of its kernel on every call; with a batch of a few dozen columns
+/// or fewer the copy of the left factor (the weights, rows x depth) is a large share of the
+/// product's time (up to 40% at 5 columns). An inner solver multiplies by the same weights hundreds
+/// of times per batch, at widths that fall as its samples retire, so it packs them once
+/// (layers/packed_maps.hpp) and each product packs only the batch. The kernel, the packing and the
+/// blocking are Eigen 3.4's own (GeneralBlockPanelKernel.h), so the arithmetic is Eigen's; only the
+/// left factor's packing moves out of the loop. With another Eigen than 3.4, whose internals may
+/// differ, the class keeps a plain copy of the matrix and multiplies by it.
 
 #include <Eigen/Core>
 #include <algorithm>
